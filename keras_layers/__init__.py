@@ -1,0 +1,9 @@
+"""Keras-serializable layers for compressible image-to-image GANs.
+
+Nothing here imports `tfgancompress` or `training`: these layers stand alone.
+"""
+
+from keras_layers.gates import ChannelGate
+from keras_layers.norm import InstanceNormalization, ReflectionPadding2D
+
+__all__ = ["ChannelGate", "InstanceNormalization", "ReflectionPadding2D"]

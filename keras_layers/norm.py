@@ -1,0 +1,147 @@
+"""Normalization and padding layers used by image-to-image generators."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="tfgancompress")
+class InstanceNormalization(keras.layers.Layer):
+    """Instance normalization over the spatial axes of NHWC images.
+
+    Matches PyTorch's `InstanceNorm2d`: statistics per sample and channel,
+    biased variance, `epsilon` inside the square root, optional affine
+    parameters (`affine=True` in PyTorch is `center=True, scale=True` here).
+
+    Args:
+        center: If `True`, add a learned per-channel offset `beta`.
+        scale: If `True`, multiply by a learned per-channel factor `gamma`.
+        epsilon: Small float added to the variance. PyTorch uses `1e-5`.
+        **kwargs: Base layer keyword arguments (`name`, `dtype`, ...).
+
+    Example:
+
+    >>> x = keras.random.normal((2, 8, 8, 4))
+    >>> y = InstanceNormalization(center=False, scale=False)(x)
+    >>> y.shape
+    TensorShape([2, 8, 8, 4])
+    """
+
+    def __init__(
+        self,
+        center: bool = False,
+        scale: bool = False,
+        epsilon: float = 1e-5,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.center = center
+        self.scale = scale
+        self.epsilon = epsilon
+        self.supports_masking = True
+
+    def build(self, input_shape):
+        if len(input_shape) != 4:
+            raise ValueError(
+                f"{self.__class__.__name__} expects NHWC input of rank 4, "
+                f"got shape {input_shape}."
+            )
+        channels = input_shape[-1]
+        if channels is None:
+            raise ValueError(
+                f"{self.__class__.__name__} needs a known channel count, "
+                f"got shape {input_shape}."
+            )
+        self.gamma = None
+        self.beta = None
+        if self.scale:
+            self.gamma = self.add_weight(
+                shape=(channels,), initializer="ones", name="gamma"
+            )
+        if self.center:
+            self.beta = self.add_weight(
+                shape=(channels,), initializer="zeros", name="beta"
+            )
+
+    def call(self, inputs):
+        x = ops.cast(inputs, "float32")
+        mean = ops.mean(x, axis=(1, 2), keepdims=True)
+        variance = ops.mean(ops.square(x - mean), axis=(1, 2), keepdims=True)
+        outputs = (x - mean) * ops.rsqrt(variance + self.epsilon)
+        if self.scale:
+            outputs = outputs * ops.cast(self.gamma, "float32")
+        if self.center:
+            outputs = outputs + ops.cast(self.beta, "float32")
+        return ops.cast(outputs, self.compute_dtype)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self):
+        config = super().get_config()
+        config.update(
+            {"center": self.center, "scale": self.scale, "epsilon": self.epsilon}
+        )
+        return config
+
+
+def _normalize_padding(padding) -> tuple[tuple[int, int], tuple[int, int]]:
+    if isinstance(padding, int):
+        return ((padding, padding), (padding, padding))
+    rows, cols = padding
+    if isinstance(rows, int):
+        rows = (rows, rows)
+    if isinstance(cols, int):
+        cols = (cols, cols)
+    return (tuple(int(p) for p in rows), tuple(int(p) for p in cols))
+
+
+@keras.saving.register_keras_serializable(package="tfgancompress")
+class ReflectionPadding2D(keras.layers.Layer):
+    """Reflection padding of the spatial axes, like PyTorch `ReflectionPad2d`.
+
+    Args:
+        padding: An int (same on all four sides), a pair `(rows, cols)`, or
+            `((top, bottom), (left, right))`.
+        **kwargs: Base layer keyword arguments.
+
+    Example:
+
+    >>> x = keras.ops.ones((1, 4, 4, 2))
+    >>> ReflectionPadding2D(3)(x).shape
+    TensorShape([1, 10, 10, 2])
+    """
+
+    def __init__(self, padding=1, **kwargs):
+        super().__init__(**kwargs)
+        self.padding = _normalize_padding(padding)
+
+    def build(self, input_shape):
+        (top, bottom), (left, right) = self.padding
+        height, width = input_shape[1], input_shape[2]
+        if (height is not None and height <= max(top, bottom)) or (
+            width is not None and width <= max(left, right)
+        ):
+            raise ValueError(
+                f"Reflection padding {self.padding} needs each spatial size "
+                f"larger than the padding; got input shape {input_shape}."
+            )
+
+    def call(self, inputs):
+        (top, bottom), (left, right) = self.padding
+        return ops.pad(
+            inputs, [[0, 0], [top, bottom], [left, right], [0, 0]], mode="reflect"
+        )
+
+    def compute_output_shape(self, input_shape):
+        (top, bottom), (left, right) = self.padding
+        batch, height, width, channels = input_shape
+        height = None if height is None else height + top + bottom
+        width = None if width is None else width + left + right
+        return (batch, height, width, channels)
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"padding": self.padding})
+        return config

@@ -1,0 +1,1 @@
+"""Training for tfgancompress: trainers, losses, callbacks and scripts."""
