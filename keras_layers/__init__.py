@@ -3,7 +3,13 @@
 Nothing here imports `tfgancompress` or `training`: these layers stand alone.
 """
 
+from keras_layers.conv import SelectiveActivationConv2D
 from keras_layers.gates import ChannelGate
 from keras_layers.norm import InstanceNormalization, ReflectionPadding2D
 
-__all__ = ["ChannelGate", "InstanceNormalization", "ReflectionPadding2D"]
+__all__ = [
+    "ChannelGate",
+    "InstanceNormalization",
+    "ReflectionPadding2D",
+    "SelectiveActivationConv2D",
+]
