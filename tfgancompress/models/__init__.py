@@ -5,11 +5,18 @@ Every builder returns a flat functional `keras.Model` with stable layer names
 are addressed by name.
 """
 
+from tfgancompress.models.discriminator import patchgan_discriminator
 from tfgancompress.models.layers import TorchConv2DTranspose
 from tfgancompress.models.resnet import mobile_resnet_generator, resnet_generator
+from tfgancompress.models.taps import tap_names, with_taps
+from tfgancompress.models.unet import unet_generator
 
 __all__ = [
     "TorchConv2DTranspose",
     "mobile_resnet_generator",
+    "patchgan_discriminator",
     "resnet_generator",
+    "tap_names",
+    "unet_generator",
+    "with_taps",
 ]

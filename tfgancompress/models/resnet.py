@@ -86,7 +86,7 @@ def _build(
     input_channels: int,
     output_channels: int,
     norm: str,
-    affine: bool,
+    affine: bool | None,
     gated: str | None,
     gate_residual: bool,
     input_shape,
@@ -94,6 +94,7 @@ def _build(
 ) -> keras.Model:
     _check_args(ngf, n_blocks, norm, gated)
     bias = norm == "instance"
+    affine = norm == "batch" if affine is None else affine
     residual_gate = gated if gate_residual and gated != "scale" else None
     inputs = input_layer(input_shape, input_channels)
 
@@ -145,7 +146,7 @@ def resnet_generator(
     input_channels: int = 3,
     output_channels: int = 3,
     norm: str = "instance",
-    affine: bool = False,
+    affine: bool | None = None,
     gated: str | None = None,
     gate_residual: bool = True,
     input_shape: tuple | None = None,
@@ -167,7 +168,8 @@ def resnet_generator(
         output_channels: Channels of the output image.
         norm: `"instance"` or `"batch"`.
         affine: Whether the norms have learned scale/offset (PyTorch
-            `affine=True`).
+            `affine=True`); `None` is pix2pix's default: affine for
+            `"batch"`, not for `"instance"`.
         gated: `None` or a `ChannelGate` mode (`"binary"`, `"dmad"`,
             `"scale"`, `"gumbel"`): adds gates after the norms (see the
             module docstring for which).
@@ -211,7 +213,7 @@ def mobile_resnet_generator(
     input_channels: int = 3,
     output_channels: int = 3,
     norm: str = "instance",
-    affine: bool = False,
+    affine: bool | None = None,
     gated: str | None = None,
     gate_residual: bool = True,
     input_shape: tuple | None = None,
@@ -231,7 +233,8 @@ def mobile_resnet_generator(
         output_channels: Channels of the output image.
         norm: `"instance"` or `"batch"` (the separable convolutions' inner
             norm is always a non-affine instance norm, as in GAN Compression).
-        affine: Whether the block norms have learned scale/offset.
+        affine: Whether the block norms have learned scale/offset; `None`:
+            affine for `"batch"`, not for `"instance"`.
         gated: `None` or a `ChannelGate` mode, as in `resnet_generator`.
         gate_residual: Also gate the residual stream (not in `"scale"` mode).
         input_shape: `(height, width, input_channels)`; defaults to
