@@ -3,7 +3,12 @@
 Nothing here imports `tfgancompress` or `training`: these layers stand alone.
 """
 
-from keras_layers.conv import SelectiveActivationConv2D
+from keras_layers.conv import (
+    SelectiveActivationConv2D,
+    SuperConv2D,
+    SuperConv2DTranspose,
+    SuperSeparableConv2D,
+)
 from keras_layers.gates import ChannelGate
 from keras_layers.norm import InstanceNormalization, ReflectionPadding2D
 
@@ -12,4 +17,7 @@ __all__ = [
     "InstanceNormalization",
     "ReflectionPadding2D",
     "SelectiveActivationConv2D",
+    "SuperConv2D",
+    "SuperConv2DTranspose",
+    "SuperSeparableConv2D",
 ]

@@ -1,13 +1,25 @@
-"""Convolutions for compressible GANs: GCC's gated discriminator unit.
+"""Convolutions for compressible GANs.
 
-`SelectiveActivationConv2D` is the Conv -> Norm -> ChannelGate unit of GCC's
-selective-activation discriminator. It keeps its parts as the sub-layers
-`conv`, `norm` and `gate` so that `tfgancompress.slim` can take it apart.
+- `SelectiveActivationConv2D` is the Conv -> Norm -> ChannelGate unit of GCC's
+  selective-activation discriminator. It keeps its parts as the sub-layers
+  `conv`, `norm` and `gate` so that `tfgancompress.slim` can take it apart.
+- `SuperConv2D`, `SuperConv2DTranspose` and `SuperSeparableConv2D` are the
+  once-for-all supernet layers of GAN Compression: every sub-network shares
+  the weights of the *first k output channels*. Their width is a scalar int32
+  variable `active_filters`, settable with `set_active_filters(k)` or per call
+  with `layer(x, active_filters=k)`. The output keeps all `filters` channels
+  (static shapes: one XLA program serves every sampled width) and channels
+  `>= k` are exactly 0, which equals the conv sliced to `kernel[..., :k]`
+  followed by zero channels. The next layer then sees zeros in the input
+  channels beyond the previous width, i.e. acts as if its kernel were sliced
+  on the input axis too.
 """
 
 from __future__ import annotations
 
 import keras
+import numpy as np
+from keras import ops
 
 from keras_layers.gates import ChannelGate
 from keras_layers.norm import InstanceNormalization
@@ -137,3 +149,175 @@ class SelectiveActivationConv2D(keras.layers.Layer):
             }
         )
         return config
+
+
+class _ActiveFiltersMixin:
+    """The `active_filters` variable and the output mask of a super layer."""
+
+    def __init__(self, filters, kernel_size, **kwargs):
+        super().__init__(filters, kernel_size, **kwargs)
+        self._check_channels_last()
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self._add_active_filters()
+
+    def call(self, inputs, active_filters=None):
+        return self._mask_channels(super().call(inputs), active_filters)
+
+    def _check_channels_last(self):
+        if self.data_format != "channels_last":
+            raise ValueError(
+                f"{self.__class__.__name__} supports data_format='channels_last' "
+                f"(NHWC) only, got {self.data_format!r}."
+            )
+
+    def _add_active_filters(self):
+        self.active_filters = self.add_weight(
+            shape=(),
+            dtype="int32",
+            initializer=keras.initializers.Constant(self.filters),
+            trainable=False,
+            autocast=False,
+            name="active_filters",
+        )
+
+    def _validate_width(self, k) -> int:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise ValueError(f"{self.name}: active_filters must be an int, got {k!r}.")
+        if not 1 <= k <= self.filters:
+            raise ValueError(
+                f"{self.name}: active_filters must be in [1, {self.filters}] "
+                f"(the layer's filters), got {k}."
+            )
+        return int(k)
+
+    def set_active_filters(self, k: int) -> None:
+        """Sets the width used by calls without an `active_filters` argument.
+
+        Args:
+            k: Number of leading output channels to keep, `1 <= k <= filters`.
+
+        Raises:
+            ValueError: If `k` is not an int in `[1, filters]` or the layer is
+                not built yet.
+        """
+        k = self._validate_width(k)
+        if not self.built:
+            raise ValueError(
+                f"{self.name}: build the layer (call it once) before "
+                "set_active_filters()."
+            )
+        self.active_filters.assign(k)
+
+    def _mask_channels(self, outputs, active_filters):
+        if active_filters is None:
+            active_filters = self.active_filters
+        elif isinstance(active_filters, (int, np.integer)):
+            active_filters = self._validate_width(active_filters)
+        keep = ops.arange(self.filters, dtype="int32") < ops.cast(
+            active_filters, "int32"
+        )
+        return outputs * ops.cast(keep, outputs.dtype)
+
+
+class _ConvActiveFiltersMixin(_ActiveFiltersMixin):
+    """Saves `active_filters` too: `Conv2D` saves only its kernel and bias."""
+
+    def save_own_variables(self, store):
+        super().save_own_variables(store)
+        if self.built:
+            store["active_filters"] = self.active_filters
+
+    def load_own_variables(self, store):
+        super().load_own_variables(store)
+        if self.built:
+            self.active_filters.assign(store["active_filters"])
+
+
+@keras.saving.register_keras_serializable(package="tfgancompress")
+class SuperConv2D(_ConvActiveFiltersMixin, keras.layers.Conv2D):
+    """`keras.layers.Conv2D` whose active width is the first k filters.
+
+    Takes the arguments of `keras.layers.Conv2D` (NHWC only). The output has
+    all `filters` channels; channels `>= k` are exactly 0 (activation
+    included), channels `< k` equal a `Conv2D` with `kernel[..., :k]` and
+    `bias[:k]`. Input channels beyond the previous layer's active width
+    arrive as zeros, so they contribute nothing: no input slicing is needed.
+    Shapes never change with `k`, so an XLA train step compiles once for all
+    sampled sub-networks.
+
+    Attributes:
+        active_filters: Non-trainable scalar int32 variable, initially
+            `filters`; saved with the weights.
+
+    Call arguments:
+        inputs: NHWC tensor.
+        active_filters: Optional python int or scalar int tensor that
+            overrides the `active_filters` variable for this call. Python
+            ints are validated; tensors are used as given.
+
+    Example:
+
+    >>> layer = SuperConv2D(8, 3, padding="same")
+    >>> y = layer(keras.ops.ones((1, 4, 4, 3)), active_filters=5)
+    >>> float(keras.ops.max(keras.ops.abs(y[..., 5:])))
+    0.0
+    """
+
+
+@keras.saving.register_keras_serializable(package="tfgancompress")
+class SuperConv2DTranspose(_ActiveFiltersMixin, keras.layers.Conv2DTranspose):
+    """`keras.layers.Conv2DTranspose` whose active width is the first k filters.
+
+    Takes the arguments of `keras.layers.Conv2DTranspose` (`padding`,
+    `output_padding`, ...; NHWC only). The kernel has shape
+    `(kh, kw, filters, in_channels)`: the active sub-layer uses
+    `kernel[:, :, :k, :]` and `bias[:k]`. As in `SuperConv2D` the output
+    keeps all `filters` channels and channels `>= k` are exactly 0, so
+    shapes stay static for XLA; zero input channels contribute nothing.
+
+    Attributes:
+        active_filters: Non-trainable scalar int32 variable, initially
+            `filters`; saved with the weights.
+
+    Call arguments:
+        inputs: NHWC tensor.
+        active_filters: Optional python int or scalar int tensor that
+            overrides the `active_filters` variable for this call.
+
+    Example:
+
+    >>> layer = SuperConv2DTranspose(8, 3, strides=2, padding="same")
+    >>> layer.build((None, 4, 4, 3))
+    >>> layer.set_active_filters(2)
+    >>> layer(keras.ops.ones((1, 4, 4, 3))).shape
+    TensorShape([1, 8, 8, 8])
+    """
+
+
+@keras.saving.register_keras_serializable(package="tfgancompress")
+class SuperSeparableConv2D(_ActiveFiltersMixin, keras.layers.SeparableConv2D):
+    """`keras.layers.SeparableConv2D` whose active width is the first k filters.
+
+    Takes the arguments of `keras.layers.SeparableConv2D` (NHWC only). The
+    depthwise part is shared whole (its zero input channels stay zero); the
+    active sub-layer uses `pointwise_kernel[..., :k]` and `bias[:k]`. The
+    output keeps all `filters` channels with channels `>= k` exactly 0.
+
+    Attributes:
+        active_filters: Non-trainable scalar int32 variable, initially
+            `filters`; saved with the weights.
+
+    Call arguments:
+        inputs: NHWC tensor.
+        active_filters: Optional python int or scalar int tensor that
+            overrides the `active_filters` variable for this call.
+
+    Example:
+
+    >>> layer = SuperSeparableConv2D(8, 3, padding="same")
+    >>> y = layer(keras.ops.ones((1, 4, 4, 3)), active_filters=3)
+    >>> y.shape
+    TensorShape([1, 4, 4, 8])
+    """
