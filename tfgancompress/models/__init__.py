@@ -7,14 +7,28 @@ are addressed by name.
 
 from tfgancompress.models.discriminator import patchgan_discriminator
 from tfgancompress.models.layers import TorchConv2DTranspose
+from tfgancompress.models.pytorch import (
+    CheckpointError,
+    UnsafeCheckpointError,
+    infer_architecture,
+    load_pytorch_generator,
+    load_pytorch_state_dict,
+    pretrained,
+)
 from tfgancompress.models.resnet import mobile_resnet_generator, resnet_generator
 from tfgancompress.models.taps import tap_names, with_taps
 from tfgancompress.models.unet import unet_generator
 
 __all__ = [
+    "CheckpointError",
     "TorchConv2DTranspose",
+    "UnsafeCheckpointError",
+    "infer_architecture",
+    "load_pytorch_generator",
+    "load_pytorch_state_dict",
     "mobile_resnet_generator",
     "patchgan_discriminator",
+    "pretrained",
     "resnet_generator",
     "tap_names",
     "unet_generator",
