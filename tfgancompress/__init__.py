@@ -6,3 +6,4 @@ import tfgancompress as tgc
 """
 
 from tfgancompress import models
+from tfgancompress.surgery import slim
