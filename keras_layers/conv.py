@@ -27,11 +27,13 @@ from keras_layers.norm import InstanceNormalization
 NORMS = (None, "instance", "batch")
 
 
-def _make_norm(norm: str | None):
+def _make_norm(norm: str | None, dtype):
     if norm == "instance":
-        return InstanceNormalization(center=False, scale=False, name="norm")
+        return InstanceNormalization(
+            center=False, scale=False, dtype=dtype, name="norm"
+        )
     if norm == "batch":
-        return keras.layers.BatchNormalization(name="norm")
+        return keras.layers.BatchNormalization(dtype=dtype, name="norm")
     return None
 
 
@@ -90,24 +92,20 @@ class SelectiveActivationConv2D(keras.layers.Layer):
                 f"SelectiveActivationConv2D norm must be one of {NORMS}, got {norm!r}."
             )
         self.filters = int(filters)
-        self.kernel_size = kernel_size
-        self.strides = strides
-        self.padding = padding
-        self.use_bias = bool(use_bias)
         self.norm_type = norm
         self.gate_mode = gate_mode
-        self.kernel_initializer = keras.initializers.get(kernel_initializer)
         self.conv = keras.layers.Conv2D(
             self.filters,
             kernel_size,
             strides=strides,
             padding=padding,
-            use_bias=self.use_bias,
-            kernel_initializer=self.kernel_initializer,
+            use_bias=use_bias,
+            kernel_initializer=kernel_initializer,
+            dtype=self.dtype_policy,
             name="conv",
         )
-        self.norm = _make_norm(norm)
-        self.gate = ChannelGate(mode=gate_mode, name="gate")
+        self.norm = _make_norm(norm, self.dtype_policy)
+        self.gate = ChannelGate(mode=gate_mode, dtype=self.dtype_policy, name="gate")
 
     def build(self, input_shape):
         if len(input_shape) != 4:
@@ -137,14 +135,14 @@ class SelectiveActivationConv2D(keras.layers.Layer):
         config.update(
             {
                 "filters": self.filters,
-                "kernel_size": self.kernel_size,
-                "strides": self.strides,
-                "padding": self.padding,
-                "use_bias": self.use_bias,
+                "kernel_size": self.conv.kernel_size,
+                "strides": self.conv.strides,
+                "padding": self.conv.padding,
+                "use_bias": self.conv.use_bias,
                 "norm": self.norm_type,
                 "gate_mode": self.gate_mode,
                 "kernel_initializer": keras.initializers.serialize(
-                    self.kernel_initializer
+                    self.conv.kernel_initializer
                 ),
             }
         )

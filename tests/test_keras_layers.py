@@ -280,7 +280,15 @@ def _selective_reference(layer, x):
 
 @pytest.mark.parametrize("norm", [None, "instance", "batch"])
 def test_selective_activation_equals_gate_norm_conv(norm, tmp_path):
-    layer = SelectiveActivationConv2D(6, 4, strides=2, padding="same", norm=norm)
+    layer = SelectiveActivationConv2D(
+        6,
+        (4, 4),
+        strides=2,
+        padding="same",
+        norm=norm,
+        kernel_initializer=keras.initializers.RandomNormal(stddev=0.02),
+        name="unit",
+    )
     x = _images((2, 16, 16, 3))
     layer.build(x.shape)
     assert isinstance(layer.conv, keras.layers.Conv2D)
