@@ -1,5 +1,7 @@
 """Packaging for tfgancompress: the one place that lists dependencies."""
 
+import pathlib
+
 from setuptools import find_packages, setup
 
 INSTALL_REQUIRES = [
@@ -17,9 +19,11 @@ INSTALL_REQUIRES = [
 
 EXTRAS_REQUIRE = {
     "data": ["scikit-image>=0.22", "scikit-learn>=1.4", "matplotlib>=3.8"],
-    "test": ["pytest>=8", "ruff>=0.6", "scipy>=1.11"],
+    "test": ["pytest>=8", "ruff==0.17.*", "scipy>=1.11"],
 }
-EXTRAS_REQUIRE["all"] = sorted({dep for deps in EXTRAS_REQUIRE.values() for dep in deps})
+EXTRAS_REQUIRE["all"] = sorted(
+    {dep for deps in EXTRAS_REQUIRE.values() for dep in deps}
+)
 
 setup(
     name="tfgancompress",
@@ -28,7 +32,7 @@ setup(
         "Compress image-to-image GAN generators 10-25x in Keras and ship them "
         "as LiteRT (TFLite) files."
     ),
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=pathlib.Path("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["tfgancompress*", "keras_layers*", "training*"]),

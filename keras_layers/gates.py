@@ -196,7 +196,9 @@ class ChannelGate(keras.layers.Layer):
     def set_bound(self, bound: float) -> None:
         """`dmad` mode: set the half-width of the soft band (0: hard step)."""
         if self.mode != "dmad":
-            raise ValueError(f"set_bound is for mode 'dmad', this gate is {self.mode!r}.")
+            raise ValueError(
+                f"set_bound is for mode 'dmad', this gate is {self.mode!r}."
+            )
         self.bound.assign(max(float(bound), 0.0))
 
     def set_logits(self, logits) -> None:

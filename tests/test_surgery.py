@@ -245,7 +245,8 @@ def test_super_layers_slice_to_active_width():
     outputs = keras.layers.Conv2D(3, 1)(x)
     model = keras.Model(inputs, outputs)
     widths = [3, 5, 2]
-    for layer, width in zip(model.layers[1::2], widths, strict=True):
+    supers = [layer for layer in model.layers if hasattr(layer, "active_filters")]
+    for layer, width in zip(supers, widths, strict=True):
         layer.set_active_filters(width)
     small = slim(model)
     _assert_plain(small)
@@ -274,3 +275,40 @@ def test_errors_are_specific():
     model = keras.Model(inputs, [gated, conv])
     with pytest.raises(SurgeryError, match="leaky_gate.*also used"):
         slim(model)
+
+
+@pytest.mark.parametrize("norm", ["batch", "instance"])
+def test_unet_generator_skips(norm):
+    model = tgc.models.unet_generator(
+        ngf=8, num_downs=5, norm=norm, gated="binary", input_shape=(64, 64, 3)
+    )
+    _randomize_norms(model)
+    _randomize_gates(model, keep=0.5)
+    small = slim(model)
+    _assert_plain(small)
+    _assert_equivalent(model, small, _images((2, 64, 64, 3)))
+    assert tgc.profile(small, (64, 64, 3)).macs < tgc.profile(model, (64, 64, 3)).macs
+
+
+@pytest.mark.parametrize("conditional", [False, True])
+def test_patchgan_discriminator(conditional):
+    model = tgc.models.patchgan_discriminator(
+        ndf=8, n_layers=3, conditional=conditional, gated=True
+    )
+    _randomize_gates(model, keep=0.5)
+    small = slim(model)
+    _assert_plain(small)
+    channels = 6 if conditional else 3
+    _assert_equivalent(model, small, _images((2, 64, 64, channels)))
+    kept = [c.kept for c in live_channels(model)]
+    assert kept == [int(g.keep_mask().sum()) for g in _gates(model)] + [1]
+
+
+def test_slimmed_model_saves_and_loads(tmp_path):
+    model = tgc.models.resnet_generator(ngf=8, n_blocks=2, gated="scale")
+    _randomize_gates(model, keep=0.5, shift=True)
+    small = slim(model)
+    path = tmp_path / "small.keras"
+    small.save(path)
+    loaded = keras.models.load_model(path)
+    _assert_equivalent(small, loaded, _images((1, 32, 32, 3)))

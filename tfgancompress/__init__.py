@@ -2,8 +2,17 @@
 
 ```python
 import tfgancompress as tgc
+
+teacher = tgc.models.pretrained("vintage")
+print(tgc.profile(teacher, (256, 256, 3)))
 ```
 """
 
 from tfgancompress import models
-from tfgancompress.surgery import slim
+from tfgancompress.surgery import live_channels, slim
+
+__all__ = [
+    "live_channels",
+    "models",
+    "slim",
+]
