@@ -6,7 +6,7 @@ import pytest
 
 import keras_layers
 import tfgancompress as tgc
-from tfgancompress.surgery import SurgeryError, live_channels, slim
+from tfgancompress.surgery import SurgeryError, l1_importance, live_channels, slim
 
 RNG = np.random.default_rng(0)
 
@@ -312,3 +312,18 @@ def test_slimmed_model_saves_and_loads(tmp_path):
     small.save(path)
     loaded = keras.models.load_model(path)
     _assert_equivalent(small, loaded, _images((1, 32, 32, 3)))
+
+
+def test_l1_importance_shared_by_residual_group():
+    model = tgc.models.resnet_generator(ngf=4, n_blocks=2, gated="binary")
+    importance = l1_importance(model)
+    stem = np.abs(model.get_layer("stem_conv").kernel.numpy()).sum((0, 1, 2))
+    np.testing.assert_allclose(importance["stem_gate"], stem, rtol=1e-6)
+    stream = sum(
+        np.abs(model.get_layer(name).kernel.numpy()).sum((0, 1, 2))
+        for name in ("down2_conv", "block1_conv2", "block2_conv2")
+    )
+    for gate in ("down2_gate", "block1_gate2", "block2_gate2"):
+        np.testing.assert_allclose(importance[gate], stream, rtol=1e-6)
+    up1 = np.abs(model.get_layer("up1_conv").kernel.numpy()).sum((0, 1, 3))
+    np.testing.assert_allclose(importance["up1_gate"], up1, rtol=1e-6)

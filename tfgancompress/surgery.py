@@ -908,3 +908,58 @@ def live_channels(model: keras.Model) -> list[LayerChannels]:
         for op in graph.ops
         if op.kind in _CONV_KINDS
     ]
+
+
+def _anchor_conv(graph: _Graph, gate: _Op) -> _Op | None:
+    """The convolution whose output channels a gate decides, if any."""
+    producers = graph.producers()
+    op = producers.get(gate.inputs[0])
+    while op is not None and op.kind not in _CONV_KINDS + ("depthwise",):
+        if op.kind not in _SAME_CHANNEL_KINDS + ("gate",):
+            return None
+        op = producers.get(op.inputs[0])
+    return op
+
+
+def _filter_l1(op: _Op) -> np.ndarray:
+    if op.kind == "separable":
+        return np.abs(op.params["pointwise"]).sum(0)
+    if op.kind == "conv_t":
+        return np.abs(op.params["kernel"]).sum((0, 1, 3))
+    if op.kind == "depthwise":
+        return np.abs(op.params["kernel"]).sum((0, 1))
+    return np.abs(op.params["kernel"]).sum((0, 1, 2))
+
+
+def l1_importance(model: keras.Model) -> dict[str, np.ndarray]:
+    """Filter-L1 importance of each gate's channels, shared across residual groups.
+
+    A gate's channel importance is the L1 norm of the filter that produces it
+    (the nearest convolution before the gate). Channels joined by residual
+    adds are one group: each gets the sum over the group's producers, so every
+    gate of a group ranks the channels alike and keeps the same ones.
+
+    Args:
+        model: A gated model as accepted by `slim`.
+
+    Returns:
+        `{gate layer name: importance vector}`; gates inside
+        `SelectiveActivationConv2D` are named `<layer>_gate`.
+    """
+    graph = _trace(model)
+    classes, groups = _channel_groups(graph)
+    gates = [op for op in graph.ops if op.kind == "gate"]
+    totals: dict[int, float] = {}
+    local = {}
+    for gate in gates:
+        anchor = _anchor_conv(graph, gate)
+        if anchor is None:
+            raise SurgeryError(f"Gate {gate.name!r} has no convolution before it.")
+        local[gate.name] = _filter_l1(anchor)
+        for group, value in zip(groups[gate.output], local[gate.name], strict=True):
+            root = classes.find(group)
+            totals[root] = totals.get(root, 0.0) + value
+    return {
+        gate.name: np.array([totals[classes.find(g)] for g in groups[gate.output]])
+        for gate in gates
+    }
