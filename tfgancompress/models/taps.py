@@ -90,11 +90,14 @@ def with_taps(model: keras.Model, names: list[str] | None = None) -> keras.Model
 
     Example:
 
-    >>> image, *features = with_taps(resnet_generator(ngf=8))(x)
+    >>> tapped = with_taps(resnet_generator(ngf=8))
+    >>> image, *features = tapped(keras.ops.zeros((1, 64, 64, 3)))
+    >>> [tuple(f.shape) for f in features]
+    [(1, 16, 16, 32), (1, 16, 16, 32), (1, 16, 16, 32), (1, 16, 16, 32)]
     """
     names = tap_names(model) if names is None else list(names)
     missing = [name for name in names if not _has(model, name)]
     if missing:
         raise ValueError(f"Model {model.name!r} has no layer named {missing}.")
     taps = [model.get_layer(name).output for name in names]
-    return keras.Model(model.inputs, [model.output, *taps], name=f"{model.name}_taps")
+    return keras.Model(model.input, [model.output, *taps], name=f"{model.name}_taps")

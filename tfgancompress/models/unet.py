@@ -109,7 +109,8 @@ def unet_generator(
     Widths: ngf, 2ngf, 4ngf, then 8ngf. As in PyTorch, `norm="batch"` is
     affine and its convolutions have no bias (except the output one);
     `norm="instance"` is non-affine and its convolutions have a bias. With
-    the defaults: 54,413,955 trainable parameters, 18.6 G MACs at 256x256.
+    the defaults: 54,413,955 trainable parameters, 18.14 G MACs at 256x256
+    (torchprofile rule; papers quote about 18.6 G).
 
     Args:
         ngf: Width of the outermost down-sampling.
