@@ -63,6 +63,8 @@ class ChannelGate(keras.layers.Layer):
         temperature: `gumbel` mode: temperature of the relaxed sample.
         straight_through: `gumbel` mode: forward the hard 0/1 sample in
             training while the gradient flows through the soft one.
+        seed: `gumbel` mode: seed of the noise; `None` draws a fresh one so
+            that no two gates share their noise.
         **kwargs: Base layer keyword arguments.
 
     Example:
@@ -80,6 +82,7 @@ class ChannelGate(keras.layers.Layer):
         initial_value: float | None = None,
         temperature: float = 0.4,
         straight_through: bool = False,
+        seed: int | None = None,
         **kwargs,
     ):
         super().__init__(**kwargs)
@@ -96,7 +99,8 @@ class ChannelGate(keras.layers.Layer):
         )
         self.temperature = float(temperature)
         self.straight_through = bool(straight_through)
-        self.seed_generator = keras.random.SeedGenerator(0)
+        self.seed = seed
+        self.seed_generator = keras.random.SeedGenerator(seed)
 
     def build(self, input_shape):
         channels = input_shape[-1]
@@ -168,6 +172,8 @@ class ChannelGate(keras.layers.Layer):
             seed=self.seed_generator,
         )
         noise = ops.log(uniform) - ops.log(1.0 - uniform)
+        # float32 sigmoid saturates to exactly 0/1 beyond |z| ~ 17, where its
+        # gradient vanishes; temperature 0.4 reaches that for |logit| >~ 5.
         soft = ops.sigmoid((self.logits + noise) / self.temperature)
         if not self.straight_through:
             return soft
@@ -236,6 +242,7 @@ class ChannelGate(keras.layers.Layer):
                 "initial_value": self.initial_value,
                 "temperature": self.temperature,
                 "straight_through": self.straight_through,
+                "seed": self.seed,
             }
         )
         return config
