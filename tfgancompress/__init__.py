@@ -9,10 +9,14 @@ print(tgc.profile(teacher, (256, 256, 3)))
 """
 
 from tfgancompress import models
+from tfgancompress.profile import LayerProfile, ModelProfile, profile
 from tfgancompress.surgery import live_channels, slim
 
 __all__ = [
+    "LayerProfile",
+    "ModelProfile",
     "live_channels",
     "models",
+    "profile",
     "slim",
 ]
