@@ -11,9 +11,11 @@ from keras_layers.conv import (
 )
 from keras_layers.gates import ChannelGate
 from keras_layers.norm import InstanceNormalization, ReflectionPadding2D
+from keras_layers.quant import FakeQuant
 
 __all__ = [
     "ChannelGate",
+    "FakeQuant",
     "InstanceNormalization",
     "ReflectionPadding2D",
     "SelectiveActivationConv2D",
