@@ -544,6 +544,14 @@ def test_clear_errors(tmp_path):
         load_pytorch_generator(good, architecture="unet")
     with pytest.raises(ValueError, match="architecture must be"):
         load_pytorch_generator(good, architecture="vgg")
+    negative = tmp_path / "negative.pth"
+    write_zip(negative, {"model.1.weight": np.zeros((2, 3), np.float32)})
+    payload = zipfile.ZipFile(negative).read("archive/data.pkl")
+    with zipfile.ZipFile(negative, "w") as archive:  # stride 1 -> -1
+        archive.writestr("archive/data.pkl", payload.replace(_int(1), _int(-1)))
+        archive.writestr("archive/data/0", np.zeros(6, np.float32).tobytes())
+    with pytest.raises(CheckpointError, match="invalid offset"):
+        load_pytorch_state_dict(negative)
     odd = tmp_path / "odd.pth"
     write_zip(odd, {"features.0.weight": np.zeros((2, 2, 3, 3), np.float32)})
     with pytest.raises(CheckpointError, match="match no pix2pix"):

@@ -170,6 +170,12 @@ def _collect_refs(obj, refs: list) -> None:
 def _materialize(ref: _TensorRef, storages: dict, source: str) -> np.ndarray:
     flat = storages[ref.storage.key]
     start = ref.storage.offset + ref.offset
+    numbers = (start, *ref.size, *ref.stride)
+    if not all(isinstance(n, int) and n >= 0 for n in numbers):
+        raise CheckpointError(
+            f"{source}: tensor on storage {ref.storage.key!r} has invalid offset "
+            f"{start}, size {ref.size} or stride {ref.stride}."
+        )
     if 0 in ref.size:
         return np.zeros(ref.size, flat.dtype)
     extent = 1 + sum((n - 1) * s for n, s in zip(ref.size, ref.stride, strict=True))
