@@ -33,7 +33,9 @@ def _make_norm(norm: str | None, dtype):
             center=False, scale=False, dtype=dtype, name="norm"
         )
     if norm == "batch":
-        return keras.layers.BatchNormalization(dtype=dtype, name="norm")
+        return keras.layers.BatchNormalization(
+            epsilon=1e-5, momentum=0.9, dtype=dtype, name="norm"
+        )
     return None
 
 
