@@ -8,7 +8,7 @@ print(tgc.profile(teacher, (256, 256, 3)))
 ```
 """
 
-from tfgancompress import models
+from tfgancompress import models, schedules
 from tfgancompress.profile import LayerProfile, ModelProfile, profile
 from tfgancompress.surgery import live_channels, slim
 
@@ -18,5 +18,6 @@ __all__ = [
     "live_channels",
     "models",
     "profile",
+    "schedules",
     "slim",
 ]
