@@ -20,6 +20,12 @@ How a Keras model becomes an int8 `.tflite` (measured with TF 2.21):
 - Ops between two ranges that LiteRT cannot run in int8 (the statistics of
   an instance norm, for example) stay float32 with quantize/dequantize ops
   around them; the file is still builtin-only.
+- The converter gives an instance norm's MEAN the range of the FakeQuant in
+  front of it, so the exported mean is rounded to that grid while Keras
+  computes it in float: a FakeQuant right before an instance norm makes the
+  LiteRT file differ from the Keras model by about half a grid step divided
+  by the channel's standard deviation. Keep such ranges tight (moving
+  ranges fit the data).
 
 GAN Slimming's activation quantizer (ReLU clamped to [0, 4], 8 bits) is
 `FakeQuant(min_value=0.0, max_value=4.0)`; its ReLU may even be dropped,
