@@ -224,14 +224,14 @@ def test_fake_quant_model_with_data_runs_fully_int8(
     assert mean_error <= 0.06
 
 
-class _BesselLayer(keras.layers.Layer):
+class BesselLayer(keras.layers.Layer):
     def call(self, inputs):
         return tf.math.bessel_i0e(inputs)
 
 
 def test_flex_ops_are_named(tmp_path):
     inputs = keras.Input((8, 8, 3))
-    model = keras.Model(inputs, _BesselLayer()(keras.layers.Conv2D(3, 1)(inputs)))
+    model = keras.Model(inputs, BesselLayer()(keras.layers.Conv2D(3, 1)(inputs)))
     with pytest.raises(ValueError, match="no builtin kernel for: BesselI0e"):
         export.to_litert(model, tmp_path / "flex.tflite")
     assert not (tmp_path / "flex.tflite").exists()
@@ -272,3 +272,35 @@ def test_run_litert_checks_the_input_shape(tmp_path):
     path = export.to_litert(_mini_generator(), tmp_path / "g.tflite", input_shape=SHAPE)
     with pytest.raises(ValueError, match=r"exported for input shape \(1, 64, 64, 3\)"):
         export.run_litert(path, _images(2, seed=0))
+
+
+class QuantizedKernelConv(keras.layers.Layer):
+    """A 3x3 convolution whose kernel goes through a per-channel FakeQuant."""
+
+    def __init__(self, filters: int, **kwargs):
+        super().__init__(**kwargs)
+        self.filters = filters
+        self.kernel_quant = FakeQuant(signed=True, per_channel=True, ranges="moving")
+
+    def build(self, input_shape):
+        shape = (3, 3, input_shape[-1], self.filters)
+        self.kernel = self.add_weight(shape=shape, initializer="glorot_uniform")
+        self.kernel_quant.build(shape)
+
+    def call(self, inputs, training=None):
+        kernel = self.kernel_quant(self.kernel, training=training)
+        return tf.nn.conv2d(inputs, kernel, 1, "SAME")
+
+
+def test_fake_quant_kernel_ranges_reach_the_int8_file(tmp_path):
+    inputs = keras.Input((16, 16, 3))
+    x = FakeQuant(signed=True, max_value=1.0)(inputs)
+    x = QuantizedKernelConv(8)(x)
+    model = keras.Model(inputs, FakeQuant(ranges="moving")(x))
+    data = _images(2, seed=9)[:, :16, :16]
+    model(data, training=True)
+    path = export.to_litert(model, tmp_path / "k.tflite", "int8")
+    (conv,) = [op for op in export.litert_graph(path) if op.name == "CONV_2D"]
+    assert conv.input_dtypes == ("int8", "int8", "int32")
+    expected = model.predict(data[:1], verbose=0)
+    np.testing.assert_allclose(export.run_litert(path, data[:1]), expected, atol=1e-5)
