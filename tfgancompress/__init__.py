@@ -8,13 +8,14 @@ print(tgc.profile(teacher, (256, 256, 3)))
 ```
 """
 
-from tfgancompress import export, models, schedules
+from tfgancompress import data, export, models, schedules
 from tfgancompress.profile import LayerProfile, ModelProfile, profile
 from tfgancompress.surgery import live_channels, slim
 
 __all__ = [
     "LayerProfile",
     "ModelProfile",
+    "data",
     "export",
     "live_channels",
     "models",

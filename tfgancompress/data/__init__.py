@@ -1,0 +1,75 @@
+"""Datasets: image folders and built-in real photo tasks, as `tf.data`.
+
+Folders (pix2pix/CycleGAN layout; load -> crop -> flip; every file checked
+first, bad files named and skipped or, with `strict=True`, an error):
+
+* `paired_dataset(folder_or_pair)`: "AB" side-by-side images, or two aligned
+  folders matched by file name -> `(input, target)` batches.
+* `unpaired_dataset(dir_a, dir_b)`: independently shuffled domains.
+
+Built-in, offline (scikit-image, scikit-learn, matplotlib sample photos and
+Debian's opencv-doc photos when installed; hold evaluation photos out by
+source with `split_by_source`):
+
+* `photos(split)`: random zoom crops of the colour photos.
+* `vintage_pairs(split)`: (photo, pretrained vintage teacher's output),
+  computed once and cached on disk; `pseudo_pairs` for any teacher.
+* `edges2photos(split)`: (HED edge drawing, photo), cached.
+
+All images are `float32` NHWC in [-1, 1].
+
+```python
+import tfgancompress as tgc
+
+train = tgc.data.vintage_pairs("train", crop_size=128, batch_size=4, seed=0)
+held_out = tgc.data.vintage_pairs("eval", crop_size=256)
+```
+"""
+
+from tfgancompress.data.folders import (
+    IMAGE_EXTENSIONS,
+    BadImageError,
+    FolderScan,
+    ImageInfo,
+    paired_dataset,
+    scan_images,
+    unpaired_dataset,
+)
+from tfgancompress.data.pairs import (
+    default_cache_dir,
+    edges2photos,
+    pseudo_pairs,
+    vintage_pairs,
+)
+from tfgancompress.data.photos import (
+    DEFAULT_HOLDOUT,
+    OPENCV_DOC_DIR,
+    SOURCES,
+    Photo,
+    builtin_photos,
+    load_photo,
+    photos,
+    split_by_source,
+)
+
+__all__ = [
+    "DEFAULT_HOLDOUT",
+    "IMAGE_EXTENSIONS",
+    "OPENCV_DOC_DIR",
+    "SOURCES",
+    "BadImageError",
+    "FolderScan",
+    "ImageInfo",
+    "Photo",
+    "builtin_photos",
+    "default_cache_dir",
+    "edges2photos",
+    "load_photo",
+    "paired_dataset",
+    "photos",
+    "pseudo_pairs",
+    "scan_images",
+    "split_by_source",
+    "unpaired_dataset",
+    "vintage_pairs",
+]

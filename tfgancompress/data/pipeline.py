@@ -1,0 +1,220 @@
+"""`tf.data` building blocks shared by the folder and built-in datasets.
+
+Pairs (input, target) travel through the pipeline stacked on the channel axis
+(`H x W x 6`), so one random crop and one flip apply to both halves. Every
+random choice is stateless and derived from one per-element seed drawn from
+`tf.data.Dataset.random`, so a given `seed` reproduces the same epochs.
+"""
+
+from __future__ import annotations
+
+import tensorflow as tf
+
+AUTOTUNE = tf.data.AUTOTUNE
+
+
+def decode(path: tf.Tensor) -> tf.Tensor:
+    """Reads an image file as `uint8 (H, W, 3)` (grayscale/RGBA made RGB).
+
+    Args:
+        path: Scalar string tensor, the file's path.
+
+    Returns:
+        The decoded image.
+    """
+    image = tf.io.decode_image(
+        tf.io.read_file(path), channels=3, dtype=tf.uint8, expand_animations=False
+    )
+    image.set_shape([None, None, 3])
+    return image
+
+
+def to_float(image: tf.Tensor) -> tf.Tensor:
+    """`uint8` in [0, 255] -> `float32` in [-1, 1]."""
+    return tf.cast(image, tf.float32) / 127.5 - 1.0
+
+
+def resize(image: tf.Tensor, size: tf.Tensor | tuple[int, int]) -> tf.Tensor:
+    """Bicubic resize (antialiased, like PIL's) of a float image in [-1, 1].
+
+    Args:
+        image: `(H, W, C)` float image.
+        size: Target `(height, width)`.
+
+    Returns:
+        The resized image, clipped back to [-1, 1] (bicubic overshoots).
+    """
+    resized = tf.image.resize(image, size, method="bicubic", antialias=True)
+    return tf.clip_by_value(resized, -1.0, 1.0)
+
+
+def short_side_size(shape: tf.Tensor, short_side: int) -> tf.Tensor:
+    """The `(height, width)` that scales `shape`'s short side to `short_side`.
+
+    Args:
+        shape: `int32` tensor `(H, W, ...)`.
+        short_side: Target length of the shorter side.
+
+    Returns:
+        `int32 (2,)`: the new height and width (aspect kept, rounded).
+    """
+    hw = tf.cast(shape[:2], tf.float32)
+    scale = short_side / tf.reduce_min(hw)
+    return tf.maximum(tf.cast(tf.round(hw * scale), tf.int32), short_side)
+
+
+def load_resize(
+    image: tf.Tensor, load_size: int | None, keep_aspect: bool
+) -> tf.Tensor:
+    """Resizes to `load_size` x `load_size` (or short side, keeping the aspect).
+
+    Args:
+        image: `(H, W, C)` float image.
+        load_size: Target size; `None` leaves the image as it is.
+        keep_aspect: Scale the short side to `load_size` instead of squashing
+            to a square (the reference code's `resize_and_crop` squashes).
+
+    Returns:
+        The resized image.
+    """
+    if load_size is None:
+        return image
+    if keep_aspect:
+        return resize(image, short_side_size(tf.shape(image), load_size))
+    return resize(image, (load_size, load_size))
+
+
+def crop_flip(
+    image: tf.Tensor,
+    seed: tf.Tensor,
+    crop_size: int | None,
+    training: bool,
+    flip: bool = True,
+) -> tf.Tensor:
+    """Random crop + horizontal flip (training) or center crop (evaluation).
+
+    Args:
+        image: `(H, W, C)` image, at least `crop_size` on each side.
+        seed: `int64 (2,)` stateless seed of this element.
+        crop_size: Side of the square crop; `None` keeps the whole image.
+        training: Random crop and flip if True, else a center crop, no flip.
+        flip: Whether training flips at all.
+
+    Returns:
+        The cropped (and maybe flipped) image, same channels.
+    """
+    crop_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
+    if crop_size is not None:
+        if training:
+            channels = tf.shape(image)[-1]
+            image = tf.image.stateless_random_crop(
+                image, tf.stack([crop_size, crop_size, channels]), crop_seed
+            )
+        else:
+            shape = tf.shape(image)
+            top = (shape[0] - crop_size) // 2
+            left = (shape[1] - crop_size) // 2
+            image = image[top : top + crop_size, left : left + crop_size]
+    if training and flip:
+        image = tf.image.stateless_random_flip_left_right(image, flip_seed)
+    return image
+
+
+def zoom_crop(
+    image: tf.Tensor, seed: tf.Tensor, crop_size: int, training: bool
+) -> tf.Tensor:
+    """A square crop of random side in `[crop_size, short side]`, resized.
+
+    Training: the crop's side is uniform between `crop_size` (pixels 1:1) and
+    the image's short side (the whole scene, downscaled); its position is
+    uniform; it is resized to `crop_size` and flipped with probability 1/2.
+    Evaluation: the central square of the full short side, resized, no flip.
+
+    Args:
+        image: `(H, W, C)` float image with a short side >= `crop_size`.
+        seed: `int64 (2,)` stateless seed of this element.
+        crop_size: Output side.
+        training: Random or central crop.
+
+    Returns:
+        `(crop_size, crop_size, C)` image.
+    """
+    side_seed, top_seed, left_seed, flip_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 4)
+    )
+    shape = tf.shape(image)
+    short = tf.minimum(shape[0], shape[1])
+    if training:
+        side = tf.random.stateless_uniform(
+            [], side_seed, crop_size, short + 1, dtype=tf.int32
+        )
+        top = tf.random.stateless_uniform(
+            [], top_seed, 0, shape[0] - side + 1, dtype=tf.int32
+        )
+        left = tf.random.stateless_uniform(
+            [], left_seed, 0, shape[1] - side + 1, dtype=tf.int32
+        )
+    else:
+        side = short
+        top = (shape[0] - side) // 2
+        left = (shape[1] - side) // 2
+    crop = image[top : top + side, left : left + side]
+    crop = resize(crop, (crop_size, crop_size))
+    crop.set_shape([crop_size, crop_size, image.shape[-1]])
+    if training:
+        crop = tf.image.stateless_random_flip_left_right(crop, flip_seed)
+    return crop
+
+
+def with_seeds(dataset: tf.data.Dataset, seed: int | None) -> tf.data.Dataset:
+    """Zips each element with its own `int64 (2,)` stateless seed.
+
+    The seeds change from one iteration (epoch) to the next and are the same
+    for the same `seed`.
+
+    Args:
+        dataset: Any dataset.
+        seed: Global seed; `None` for a nondeterministic stream.
+
+    Returns:
+        A dataset of `(element, seed)`.
+    """
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+    return tf.data.Dataset.zip(dataset, seeds.batch(2))
+
+
+def finish(
+    dataset: tf.data.Dataset,
+    batch_size: int,
+    drop_remainder: bool,
+    repeat: bool,
+    count: int,
+) -> tf.data.Dataset:
+    """Repeat (optional), batch, prefetch; checks the batch can be filled.
+
+    Args:
+        dataset: The per-example dataset (shuffled already).
+        batch_size: Examples per batch.
+        drop_remainder: Drop the last partial batch (XLA compiles once per
+            batch shape).
+        repeat: Repeat forever.
+        count: Examples per epoch, for the check.
+
+    Returns:
+        The batched dataset.
+
+    Raises:
+        ValueError: If `batch_size < 1`, or if an epoch of `count` examples
+            cannot fill one batch and partial batches are dropped.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}.")
+    if drop_remainder and not repeat and count < batch_size:
+        raise ValueError(
+            f"Only {count} examples per epoch for batch_size={batch_size} with "
+            "drop_remainder=True: every batch would be dropped. Lower "
+            "batch_size, set repeat=True or drop_remainder=False."
+        )
+    if repeat:
+        dataset = dataset.repeat()
+    return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
