@@ -7,6 +7,7 @@ from setuptools import find_packages, setup
 INSTALL_REQUIRES = [
     "tensorflow==2.21.*",
     "keras>=3.15,<4",
+    "tensorboard==2.21.*",
     "tensorflow-model-optimization==0.8.*",
     "tf2onnx>=1.17",
     "onnx>=1.17",
@@ -15,10 +16,11 @@ INSTALL_REQUIRES = [
     "ai-edge-litert==2.3.*",
     "numpy>=1.26",
     "Pillow>=10",
+    "matplotlib>=3.8",
 ]
 
 EXTRAS_REQUIRE = {
-    "data": ["scikit-image>=0.22", "scikit-learn>=1.4", "matplotlib>=3.8"],
+    "data": ["scikit-image>=0.22", "scikit-learn>=1.4"],
     "test": ["pytest>=8", "ruff==0.17.*", "scipy>=1.11"],
 }
 EXTRAS_REQUIRE["all"] = sorted(

@@ -1,0 +1,386 @@
+"""Keras callbacks that drive and watch a compression run.
+
+They work with any `keras.Model` that exposes the network being compressed
+as `model.generator` (the `AdversarialTrainer` convention) and, optionally,
+a frozen `model.teacher`; a plain generator model works too (then it is the
+network itself).
+
+| callback                | does                                              |
+|-------------------------|---------------------------------------------------|
+| `UpdateCompressionStep` | sets gate keep-ratios from a tfmot schedule       |
+| `CompressionSummaries`  | TensorBoard: losses, live channels, MACs (+ PNG)  |
+| `ImageSnapshots`        | PNG grids input / teacher / student               |
+| `Evaluate`              | held-out metrics every N epochs, keeps the best   |
+| `BudgetReached`         | stops or freezes gates once the MACs budget holds |
+| `StopOnNaN`             | stops with a clear error, keeping the checkpoint  |
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import keras_layers
+import tfgancompress as tgc
+from tfgancompress import schedules
+
+
+def compressed_network(model: keras.Model) -> keras.Model:
+    """The network being compressed: `model.generator`, else `model` itself."""
+    return getattr(model, "generator", None) or model
+
+
+def gates_of(network: keras.Model) -> list[keras_layers.ChannelGate]:
+    """All `ChannelGate`s of a network, including those inside composites."""
+    gates = []
+    for layer in network._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, keras_layers.ChannelGate):
+            gates.append(layer)
+    return gates
+
+
+def training_step(model: keras.Model) -> tf.Variable:
+    """The step counter: the generator optimizer's iterations if there is one."""
+    optimizer = getattr(model, "g_optimizer", None) or model.optimizer
+    if optimizer is None:
+        raise ValueError(f"Model {model.name!r} has no optimizer: compile it first.")
+    return optimizer.iterations
+
+
+def current_macs(network: keras.Model, input_shape: Sequence[int]) -> int:
+    """MACs of the network once its switched-off channels are removed."""
+    if gates_of(network):
+        network = tgc.slim(network)
+    return tgc.profile(network, tuple(input_shape)).macs
+
+
+class UpdateCompressionStep(keras.callbacks.Callback):
+    """Drives the gates' keep-ratio from a pruning schedule, every batch.
+
+    Any `tfmot.sparsity.keras.PruningSchedule` works (`PolynomialDecay`,
+    `ConstantSparsity`, or `tgc.schedules.ChannelSparsity`/`MacsBudget`):
+    whenever the schedule says "prune" at the current step, every gate keeps
+    its top channels by `importance` (default: the gate's own parameter).
+
+    Args:
+        schedule: The pruning schedule, called with the training step.
+        importance: Optional callable `network -> {gate name: scores}`, e.g.
+            `tgc.surgery.l1_importance`, evaluated at each update.
+        freeze_gates: Make the gates non-trainable for the run, so that the
+            schedule alone decides them (an optimizer step could otherwise
+            push a gate parameter across its keep threshold).
+    """
+
+    def __init__(
+        self,
+        schedule,
+        importance: Callable[[keras.Model], dict] | None = None,
+        freeze_gates: bool = True,
+    ):
+        super().__init__()
+        self.schedule = schedule
+        self.importance = importance
+        self.freeze_gates = freeze_gates
+
+    def on_train_begin(self, logs=None):
+        if not self.freeze_gates:
+            return
+        for gate in gates_of(compressed_network(self.model)):
+            gate.trainable = False
+        self.model.make_train_function(force=True)
+
+    def on_train_batch_begin(self, batch, logs=None):
+        network = compressed_network(self.model)
+        gates = gates_of(network)
+        if not gates:
+            raise ValueError(
+                f"UpdateCompressionStep: {network.name!r} has no ChannelGate layers."
+            )
+        step = training_step(self.model)
+        should_prune, sparsity = self.schedule(step)
+        if not bool(should_prune):
+            return
+        scores = self.importance(network) if self.importance else {}
+        for gate in gates:
+            schedules.apply_sparsity(gate, sparsity, scores.get(gate.name))
+
+
+class CompressionSummaries(keras.callbacks.Callback):
+    """Writes losses, live channels per layer and MACs to TensorBoard.
+
+    Every `every_n_epochs` it also draws the per-layer live channel counts
+    as a PNG (`channels_epoch{N}.png` in `log_dir`).
+
+    Args:
+        log_dir: TensorBoard log directory.
+        input_shape: `(H, W, C)` at which MACs are counted.
+        every_n_epochs: How often to write.
+    """
+
+    def __init__(self, log_dir: str, input_shape: Sequence[int], every_n_epochs=1):
+        super().__init__()
+        self.log_dir = log_dir
+        self.input_shape = tuple(input_shape)
+        self.every_n_epochs = int(every_n_epochs)
+        self._writer = None
+
+    def on_train_begin(self, logs=None):
+        os.makedirs(self.log_dir, exist_ok=True)
+        self._writer = tf.summary.create_file_writer(self.log_dir)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every_n_epochs:
+            return
+        network = compressed_network(self.model)
+        channels = tgc.live_channels(network)
+        macs = current_macs(network, self.input_shape)
+        with self._writer.as_default(step=epoch + 1):
+            for name, value in (logs or {}).items():
+                tf.summary.scalar(f"loss/{name}", float(value))
+            tf.summary.scalar("compression/macs", macs)
+            for layer in channels:
+                tf.summary.scalar(f"channels/{layer.name}", layer.kept)
+        self._writer.flush()
+        path = os.path.join(self.log_dir, f"channels_epoch{epoch + 1}.png")
+        plot_channels(
+            channels, path, title=f"epoch {epoch + 1}: {macs / 1e9:.2f} G MACs"
+        )
+
+    def on_train_end(self, logs=None):
+        if self._writer is not None:
+            self._writer.close()
+
+
+def plot_channels(channels, path: str, title: str = "") -> None:
+    """Bar chart of kept vs total channels per layer, written as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [c.name for c in channels]
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.35 * len(names)), 4.0))
+    positions = np.arange(len(names))
+    axis.bar(positions, [c.total for c in channels], color="#dddddd", label="total")
+    axis.bar(positions, [c.kept for c in channels], color="#1f77b4", label="kept")
+    axis.set_xticks(positions, names, rotation=90, fontsize=7)
+    axis.set_ylabel("channels")
+    axis.set_title(title)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def save_image_grid(path: str, columns: Sequence[np.ndarray]) -> None:
+    """Saves rows of images side by side: one row per sample, one column each.
+
+    Args:
+        path: PNG path.
+        columns: Arrays of shape (N, H, W, 3) in [-1, 1], same N, H, W.
+    """
+    from PIL import Image
+
+    rows = [np.concatenate(images, axis=1) for images in zip(*columns, strict=True)]
+    grid = np.concatenate(rows, axis=0)
+    pixels = np.clip((grid + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+class ImageSnapshots(keras.callbacks.Callback):
+    """Writes `epoch{N}.png` grids: input | teacher | student (per row).
+
+    Args:
+        images: A fixed batch of inputs (N, H, W, 3) in [-1, 1].
+        output_dir: Where to write the PNGs.
+        every_n_epochs: How often to write.
+    """
+
+    def __init__(self, images, output_dir: str, every_n_epochs: int = 1):
+        super().__init__()
+        self.images = np.asarray(images, np.float32)
+        self.output_dir = output_dir
+        self.every_n_epochs = int(every_n_epochs)
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every_n_epochs:
+            return
+        os.makedirs(self.output_dir, exist_ok=True)
+        columns = [self.images]
+        teacher = getattr(self.model, "teacher", None)
+        if teacher is not None:
+            columns.append(np.asarray(teacher(self.images, training=False)))
+        student = compressed_network(self.model)
+        columns.append(np.asarray(student(self.images, training=False)))
+        save_image_grid(os.path.join(self.output_dir, f"epoch{epoch + 1}.png"), columns)
+
+
+class Evaluate(keras.callbacks.Callback):
+    """Held-out metrics every N epochs, added to the logs as `val_<name>`.
+
+    The target of each input is given, or is the teacher's output when the
+    dataset has inputs only. The best generator (by `monitor`) is saved.
+
+    Args:
+        inputs: Held-out inputs (N, H, W, 3) in [-1, 1].
+        targets: Their targets, or `None` to use `model.teacher`.
+        metrics: `{name: fn(target, output) -> scalar}`; defaults to
+            PSNR (dB, on [-1, 1] images) and L1.
+        every_n_epochs: How often to evaluate.
+        best_path: Optional `.keras` path for the best generator.
+        monitor: Metric name deciding "best".
+        mode: `"max"` or `"min"`.
+        batch_size: Evaluation batch size.
+    """
+
+    def __init__(
+        self,
+        inputs,
+        targets=None,
+        metrics: dict | None = None,
+        every_n_epochs: int = 1,
+        best_path: str | None = None,
+        monitor: str = "psnr",
+        mode: str = "max",
+        batch_size: int = 4,
+    ):
+        super().__init__()
+        if mode not in ("max", "min"):
+            raise ValueError(f"mode must be 'max' or 'min', got {mode!r}.")
+        self.inputs = np.asarray(inputs, np.float32)
+        self.targets = None if targets is None else np.asarray(targets, np.float32)
+        self.metrics = metrics or {"psnr": psnr, "l1": l1}
+        if monitor not in self.metrics:
+            raise ValueError(
+                f"monitor {monitor!r} is not one of {sorted(self.metrics)}."
+            )
+        self.every_n_epochs = int(every_n_epochs)
+        self.best_path = best_path
+        self.monitor = monitor
+        self.mode = mode
+        self.batch_size = int(batch_size)
+        self.best = -math.inf if mode == "max" else math.inf
+        self.history: list[dict] = []
+
+    def _targets(self) -> np.ndarray:
+        if self.targets is not None:
+            return self.targets
+        teacher = getattr(self.model, "teacher", None)
+        if teacher is None:
+            raise ValueError("Evaluate needs targets, or a model with a teacher.")
+        self.targets = np.asarray(teacher.predict(self.inputs, self.batch_size, 0))
+        return self.targets
+
+    def evaluate(self) -> dict[str, float]:
+        """Metrics of the current generator on the held-out set."""
+        network = compressed_network(self.model)
+        outputs = np.concatenate(
+            [
+                np.asarray(
+                    network(self.inputs[i : i + self.batch_size], training=False)
+                )
+                for i in range(0, len(self.inputs), self.batch_size)
+            ]
+        )
+        targets = self._targets()
+        return {name: float(fn(targets, outputs)) for name, fn in self.metrics.items()}
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every_n_epochs:
+            return
+        results = self.evaluate()
+        self.history.append({"epoch": epoch + 1, **results})
+        if logs is not None:
+            logs.update({f"val_{name}": value for name, value in results.items()})
+        value = results[self.monitor]
+        better = value > self.best if self.mode == "max" else value < self.best
+        if better:
+            self.best = value
+            if self.best_path:
+                compressed_network(self.model).save(self.best_path)
+
+
+def psnr(target, output) -> float:
+    """Mean PSNR in dB of images in [-1, 1] (peak-to-peak range 2)."""
+    error = np.mean((np.asarray(target) - np.asarray(output)) ** 2, axis=(1, 2, 3))
+    return float(np.mean(10.0 * np.log10(4.0 / np.maximum(error, 1e-12))))
+
+
+def l1(target, output) -> float:
+    """Mean absolute difference."""
+    return float(np.mean(np.abs(np.asarray(target) - np.asarray(output))))
+
+
+class BudgetReached(keras.callbacks.Callback):
+    """Stops training, or freezes the gates, once the MACs budget holds.
+
+    Args:
+        target_macs: The budget: MACs of the slimmed network at
+            `input_shape`.
+        input_shape: `(H, W, C)` at which MACs are counted.
+        action: `"stop"` ends `fit`; `"freeze"` makes the gates
+            non-trainable and keeps training the weights (DMAD).
+        check_every_n_batches: How often to count (slimming costs ~1 s).
+    """
+
+    def __init__(
+        self,
+        target_macs: int,
+        input_shape: Sequence[int],
+        action: str = "stop",
+        check_every_n_batches: int = 50,
+    ):
+        super().__init__()
+        if action not in ("stop", "freeze"):
+            raise ValueError(f"action must be 'stop' or 'freeze', got {action!r}.")
+        if target_macs <= 0:
+            raise ValueError(f"target_macs must be > 0, got {target_macs}.")
+        self.target_macs = int(target_macs)
+        self.input_shape = tuple(input_shape)
+        self.action = action
+        self.check_every_n_batches = int(check_every_n_batches)
+        self.reached_at_step: int | None = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.reached_at_step is not None or batch % self.check_every_n_batches:
+            return
+        network = compressed_network(self.model)
+        if current_macs(network, self.input_shape) > self.target_macs:
+            return
+        self.reached_at_step = int(training_step(self.model).numpy())
+        if self.action == "stop":
+            self.model.stop_training = True
+            return
+        for gate in gates_of(network):
+            gate.trainable = False
+        self.model.make_train_function(force=True)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training loss became NaN or infinite."""
+
+
+class StopOnNaN(keras.callbacks.Callback):
+    """Raises `NonFiniteLossError` naming the loss and step when one is NaN/inf.
+
+    Raising (rather than setting `stop_training`) keeps
+    `keras.callbacks.BackupAndRestore`'s last checkpoint on disk, so a fixed
+    run resumes from the last good epoch. Put it before `BackupAndRestore` in
+    the callback list so a bad batch is never saved.
+    """
+
+    def on_train_batch_end(self, batch, logs=None):
+        for name, value in (logs or {}).items():
+            value = float(value)
+            if not math.isfinite(value):
+                step = int(training_step(self.model).numpy())
+                raise NonFiniteLossError(
+                    f"Loss {name!r} is {value} at step {step} (batch {batch}); "
+                    "training stopped. The last checkpoint is kept: lower the "
+                    "learning rate or check the data, then run again to resume."
+                )
