@@ -327,3 +327,21 @@ def test_l1_importance_shared_by_residual_group():
         np.testing.assert_allclose(importance[gate], stream, rtol=1e-6)
     up1 = np.abs(model.get_layer("up1_conv").kernel.numpy()).sum((0, 1, 3))
     np.testing.assert_allclose(importance["up1_gate"], up1, rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", ["binary", "scale"])
+def test_add_gates_copies_weights_and_prunes(mode):
+    teacher = tgc.models.resnet_generator(ngf=8, n_blocks=2, affine=True)
+    _randomize_norms(teacher)
+    gated = tgc.surgery.add_gates(teacher, mode)
+    gates = _gates(gated)
+    norms = [
+        layer
+        for layer in teacher.layers
+        if isinstance(layer, keras_layers.InstanceNormalization)
+    ]
+    assert sorted(g.name for g in gates) == sorted(f"{n.name}_gate" for n in norms)
+    x = _images((1, 32, 32, 3))
+    _assert_equivalent(teacher, gated, x)
+    _randomize_gates(gated, keep=0.5, shift=False)
+    _assert_equivalent(gated, slim(gated), x)

@@ -963,3 +963,69 @@ def l1_importance(model: keras.Model) -> dict[str, np.ndarray]:
         gate.name: np.array([totals[classes.find(g)] for g in groups[gate.output]])
         for gate in gates
     }
+
+
+_NORM_LAYERS = (keras_layers.InstanceNormalization, keras.layers.BatchNormalization)
+
+
+def add_gates(model: keras.Model, mode: str = "binary") -> keras.Model:
+    """A copy of `model` with a `ChannelGate` after every normalization layer.
+
+    The copy has the same layer names and weights (gates are named
+    `<norm name>_gate`) and, with all gates open, computes the same function.
+    It is how any trained generator (a zoo model, an imported PyTorch
+    checkpoint or your own functional model) becomes a prunable student.
+    In `"scale"` mode (GAN Slimming) each affine norm is made non-affine and
+    its gamma/beta move into the gate.
+
+    Args:
+        model: A functional or Sequential Keras model.
+        mode: A `ChannelGate` mode: `"binary"`, `"dmad"`, `"scale"` or
+            `"gumbel"`.
+
+    Returns:
+        The gated copy; `model` is left untouched.
+
+    Example:
+
+    >>> gated = add_gates(tgc.models.pretrained("vintage"), "binary")
+    >>> tgc.slim(gated).count_params()  # all gates open: same size
+    11388675
+    """
+    if mode not in keras_layers.gates.MODES:
+        raise ValueError(
+            f"mode must be one of {keras_layers.gates.MODES}, got {mode!r}."
+        )
+
+    def clone(layer):
+        config = layer.get_config()
+        if mode == "scale" and isinstance(layer, _NORM_LAYERS):
+            config.update(center=False, scale=False)
+        return layer.__class__.from_config(config)
+
+    def call(layer, *args, **kwargs):
+        outputs = layer(*args, **kwargs)
+        if isinstance(layer, _NORM_LAYERS):
+            gate = keras_layers.ChannelGate(mode=mode, name=f"{layer.name}_gate")
+            outputs = gate(outputs)
+        return outputs
+
+    gated = keras.models.clone_model(model, clone_function=clone, call_function=call)
+    for layer in model.layers:
+        target = gated.get_layer(layer.name)
+        if mode == "scale" and isinstance(layer, _NORM_LAYERS):
+            _move_affine_to_gate(layer, target, gated.get_layer(f"{layer.name}_gate"))
+        else:
+            target.set_weights(layer.get_weights())
+    return gated
+
+
+def _move_affine_to_gate(norm, new_norm, gate) -> None:
+    """Copies a norm into its non-affine clone plus the scale gate after it."""
+    channels = gate.channels
+    gamma = norm.gamma.numpy() if norm.scale else np.ones(channels, np.float32)
+    beta = norm.beta.numpy() if norm.center else np.zeros(channels, np.float32)
+    if isinstance(norm, keras.layers.BatchNormalization):
+        new_norm.set_weights([norm.moving_mean.numpy(), norm.moving_variance.numpy()])
+    gate.gamma.assign(gamma)
+    gate.beta.assign(beta)
