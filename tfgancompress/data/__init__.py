@@ -26,6 +26,16 @@ held_out = tgc.data.vintage_pairs("eval", crop_size=256)
 ```
 """
 
+from tfgancompress.data.builtin import (
+    DEFAULT_HOLDOUT,
+    OPENCV_DOC_DIR,
+    SOURCES,
+    Photo,
+    builtin_photos,
+    load_photo,
+    photos,
+    split_by_source,
+)
 from tfgancompress.data.folders import (
     IMAGE_EXTENSIONS,
     BadImageError,
@@ -40,16 +50,6 @@ from tfgancompress.data.pairs import (
     edges2photos,
     pseudo_pairs,
     vintage_pairs,
-)
-from tfgancompress.data.photos import (
-    DEFAULT_HOLDOUT,
-    OPENCV_DOC_DIR,
-    SOURCES,
-    Photo,
-    builtin_photos,
-    load_photo,
-    photos,
-    split_by_source,
 )
 
 __all__ = [

@@ -11,7 +11,7 @@ Each photo is resized once so its short side is `size` (both sides multiples
 of 4), the slow model runs once on that full photo, and both images are
 saved as PNG under `cache_dir/<task key>/<size>/<source>-<name>-<hash>.*.png`
 (the hash is of the photo file's bytes). Later calls only read the PNGs.
-Training crops (`photos.crops_dataset`) cut the same square from input and
+Training crops (`builtin.crops_dataset`) cut the same square from input and
 target. Measured on 2 shared CPU cores (TF 2.21): the vintage teacher takes
 about 4 s per photo at `size=256`, 8 s at 384 and 15-20 s at 512; HED about
 3 s at 384. The default 384 builds the 40-photo vintage cache in ~5 minutes.
@@ -29,7 +29,7 @@ import tensorflow as tf
 from absl import logging
 from PIL import Image
 
-from tfgancompress.data import edges, photos
+from tfgancompress.data import builtin, edges
 
 DEFAULT_SIZE = 384
 _CACHE_ENV = "TFGANCOMPRESS_CACHE"
@@ -57,7 +57,7 @@ def _read_rgb(path: Path) -> np.ndarray:
 
 
 def cached_pairs(
-    chosen: Sequence[photos.Photo],
+    chosen: Sequence[builtin.Photo],
     *,
     key: str,
     size: int,
@@ -93,7 +93,7 @@ def cached_pairs(
         function = make_function()
         bar = keras.utils.Progbar(len(missing), unit_name="photo")
         for done, i in enumerate(missing, 1):
-            photo = photos.load_photo(chosen[i], size)
+            photo = builtin.load_photo(chosen[i], size)
             derived = function(photo)
             _save_png(photo, paths[i][0])
             _save_png(derived, paths[i][1])
@@ -139,7 +139,7 @@ def _pairs_dataset(
 ) -> tf.data.Dataset:
     if swap:
         pairs = [np.concatenate([p[..., 3:], p[..., :3]], axis=-1) for p in pairs]
-    return photos.crops_dataset(
+    return builtin.crops_dataset(
         pairs,
         crop_size=crop_size,
         crops_per_photo=crops_per_photo,
@@ -154,9 +154,9 @@ def _pairs_dataset(
 def pseudo_pairs(
     teacher: keras.Model,
     key: str,
-    split: str | Sequence[photos.Photo] = "train",
+    split: str | Sequence[builtin.Photo] = "train",
     *,
-    holdout: Sequence[str] = photos.DEFAULT_HOLDOUT,
+    holdout: Sequence[str] = builtin.DEFAULT_HOLDOUT,
     size: int = DEFAULT_SIZE,
     crop_size: int = 256,
     crops_per_photo: int = 8,
@@ -166,7 +166,7 @@ def pseudo_pairs(
     repeat: bool = False,
     drop_remainder: bool | None = None,
     cache_dir: str | os.PathLike | None = None,
-    opencv_dir: str | os.PathLike = photos.OPENCV_DOC_DIR,
+    opencv_dir: str | os.PathLike = builtin.OPENCV_DOC_DIR,
 ) -> tf.data.Dataset:
     """(photo, teacher output) pseudo-pairs of the built-in photos, cached.
 
@@ -207,7 +207,7 @@ def pseudo_pairs(
     if not key or os.sep in key:
         raise ValueError(f"key must be a non-empty file name, got {key!r}.")
     training = split != "eval" if training is None else training
-    chosen = photos.select(split, holdout, opencv_dir)
+    chosen = builtin.select(split, holdout, opencv_dir)
     pairs, _ = cached_pairs(
         chosen,
         key=key,
@@ -235,9 +235,9 @@ def _vintage_function() -> Callable[[np.ndarray], np.ndarray]:
 
 
 def vintage_pairs(
-    split: str | Sequence[photos.Photo] = "train",
+    split: str | Sequence[builtin.Photo] = "train",
     *,
-    holdout: Sequence[str] = photos.DEFAULT_HOLDOUT,
+    holdout: Sequence[str] = builtin.DEFAULT_HOLDOUT,
     size: int = DEFAULT_SIZE,
     crop_size: int = 256,
     crops_per_photo: int = 8,
@@ -247,7 +247,7 @@ def vintage_pairs(
     repeat: bool = False,
     drop_remainder: bool | None = None,
     cache_dir: str | os.PathLike | None = None,
-    opencv_dir: str | os.PathLike = photos.OPENCV_DOC_DIR,
+    opencv_dir: str | os.PathLike = builtin.OPENCV_DOC_DIR,
 ) -> tf.data.Dataset:
     """The "vintage" task: (photo, pretrained vintage teacher's output) pairs.
 
@@ -287,7 +287,7 @@ def vintage_pairs(
     >>> held_out = vintage_pairs("eval", crop_size=256)
     """
     training = split != "eval" if training is None else training
-    chosen = photos.select(split, holdout, opencv_dir)
+    chosen = builtin.select(split, holdout, opencv_dir)
     pairs, _ = cached_pairs(
         chosen,
         key="vintage",
@@ -319,9 +319,9 @@ def _edges_function(threshold: float) -> Callable[[np.ndarray], np.ndarray]:
 
 
 def edges2photos(
-    split: str | Sequence[photos.Photo] = "train",
+    split: str | Sequence[builtin.Photo] = "train",
     *,
-    holdout: Sequence[str] = photos.DEFAULT_HOLDOUT,
+    holdout: Sequence[str] = builtin.DEFAULT_HOLDOUT,
     size: int = DEFAULT_SIZE,
     threshold: float = 0.5,
     crop_size: int = 256,
@@ -332,7 +332,7 @@ def edges2photos(
     repeat: bool = False,
     drop_remainder: bool | None = None,
     cache_dir: str | os.PathLike | None = None,
-    opencv_dir: str | os.PathLike = photos.OPENCV_DOC_DIR,
+    opencv_dir: str | os.PathLike = builtin.OPENCV_DOC_DIR,
 ) -> tf.data.Dataset:
     """pix2pix-style (edge drawing, photo) pairs made with HED, cached.
 
@@ -378,7 +378,7 @@ def edges2photos(
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}.")
     training = split != "eval" if training is None else training
-    chosen = photos.select(split, holdout, opencv_dir)
+    chosen = builtin.select(split, holdout, opencv_dir)
     pairs, _ = cached_pairs(
         chosen,
         key=f"edges-hed-t{threshold:g}",
