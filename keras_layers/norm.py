@@ -14,6 +14,15 @@ class InstanceNormalization(keras.layers.Layer):
     biased variance, `epsilon` inside the square root, optional affine
     parameters (`affine=True` in PyTorch is `center=True, scale=True` here).
 
+    The statistics are taken in two passes (mean, then the mean squared
+    deviation: stable when the mean is large against the spread). The
+    normalization and `gamma` are folded into one per-channel factor,
+    `(x - mean) * (gamma * rsqrt(var + eps)) + beta`, so an exported graph
+    makes four full-size passes (squared difference, subtract, multiply,
+    add) instead of five. (Folding the mean into the shift as well,
+    `x * scale + (beta - mean * scale)`, saves one more pass but loses
+    precision on near-constant channels, where `x * scale` is large.)
+
     Args:
         center: If `True`, add a learned per-channel offset `beta`.
         scale: If `True`, multiply by a learned per-channel factor `gamma`.
@@ -68,9 +77,13 @@ class InstanceNormalization(keras.layers.Layer):
         x = ops.cast(inputs, "float32")
         mean = ops.mean(x, axis=(1, 2), keepdims=True)
         variance = ops.mean(ops.square(x - mean), axis=(1, 2), keepdims=True)
-        outputs = (x - mean) * ops.rsqrt(variance + self.epsilon)
+        # The normalization and the affine scale fold into one per-channel
+        # factor of shape (batch, 1, 1, channels): one subtract, one
+        # multiply and one add per pixel.
+        scale = ops.rsqrt(variance + self.epsilon)
         if self.scale:
-            outputs = outputs * ops.cast(self.gamma, "float32")
+            scale = scale * ops.cast(self.gamma, "float32")
+        outputs = (x - mean) * scale
         if self.center:
             outputs = outputs + ops.cast(self.beta, "float32")
         return ops.cast(outputs, self.compute_dtype)
@@ -95,6 +108,41 @@ def _normalize_padding(padding) -> tuple[tuple[int, int], tuple[int, int]]:
     if isinstance(cols, int):
         cols = (cols, cols)
     return (tuple(int(p) for p in rows), tuple(int(p) for p in cols))
+
+
+def _edge(x, axis: int, start: int, stop: int | None):
+    index = [slice(None)] * 4
+    index[axis] = slice(start, stop)
+    return x[tuple(index)]
+
+
+def _reflect(x, axis: int, before: int, after: int):
+    """Reflection padding of one axis as one-row slices and concatenations.
+
+    Row `i` of the top margin is row `before - i` of `x`; row `i` of the
+    bottom margin is row `-2 - i`. Slices and concatenations are copies, so
+    the result is exactly `ops.pad(..., mode="reflect")`; unlike LiteRT's
+    MIRROR_PAD, XNNPACK runs them, so the exported graph stays in one
+    delegate partition. The margins are joined first so that `x` itself is
+    copied once.
+    """
+    top = [_edge(x, axis, i, i + 1) for i in range(before, 0, -1)]
+    bottom = [_edge(x, axis, -2 - i, -1 - i) for i in range(after)]
+    margins = [_concatenate(rows, axis) if rows else None for rows in (top, bottom)]
+    parts = [part for part in (margins[0], x, margins[1]) if part is not None]
+    return _concatenate(parts, axis)
+
+
+def _concatenate(parts: list, axis: int, group: int = 3):
+    """Concatenates `group` tensors at a time (XNNPACK takes few inputs)."""
+    while len(parts) > 1:
+        parts = [
+            parts[i]
+            if len(parts[i : i + group]) == 1
+            else ops.concatenate(parts[i : i + group], axis=axis)
+            for i in range(0, len(parts), group)
+        ]
+    return parts[0]
 
 
 @keras.saving.register_keras_serializable(package="tfgancompress")
@@ -130,9 +178,7 @@ class ReflectionPadding2D(keras.layers.Layer):
 
     def call(self, inputs):
         (top, bottom), (left, right) = self.padding
-        return ops.pad(
-            inputs, [[0, 0], [top, bottom], [left, right], [0, 0]], mode="reflect"
-        )
+        return _reflect(_reflect(inputs, 1, top, bottom), 2, left, right)
 
     def compute_output_shape(self, input_shape):
         (top, bottom), (left, right) = self.padding
