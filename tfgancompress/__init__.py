@@ -8,7 +8,7 @@ print(tgc.profile(teacher, (256, 256, 3)))
 ```
 """
 
-from tfgancompress import data, export, models, schedules
+from tfgancompress import data, export, metrics, models, schedules
 from tfgancompress.profile import LayerProfile, ModelProfile, profile
 from tfgancompress.surgery import live_channels, slim
 
@@ -18,6 +18,7 @@ __all__ = [
     "data",
     "export",
     "live_channels",
+    "metrics",
     "models",
     "profile",
     "schedules",
