@@ -1,1 +1,13 @@
 """Training for tfgancompress: trainers, losses, callbacks and scripts."""
+
+from training import losses
+from training.image_pool import ImagePool
+from training.trainer import AdversarialTrainer, CycleGANTrainer, Step
+
+__all__ = [
+    "AdversarialTrainer",
+    "CycleGANTrainer",
+    "ImagePool",
+    "Step",
+    "losses",
+]
