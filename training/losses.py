@@ -602,9 +602,8 @@ def hed_weights_path() -> str:
 
 def _vgg_layer_name(name: str) -> str:
     relu = re.fullmatch(r"relu(\d)_(\d)", name)
-    if relu:
-        name = f"block{relu.group(1)}_conv{relu.group(2)}"
-    match = re.fullmatch(r"block(\d)_conv(\d)", name)
+    keras_name = f"block{relu.group(1)}_conv{relu.group(2)}" if relu else name
+    match = re.fullmatch(r"block(\d)_conv(\d)", keras_name)
     if not match or not (
         1 <= int(match.group(1)) <= 5
         and 1 <= int(match.group(2)) <= _VGG16_BLOCKS[int(match.group(1)) - 1]
@@ -613,7 +612,7 @@ def _vgg_layer_name(name: str) -> str:
             f"Unknown VGG16 layer {name!r}: expected 'block<b>_conv<c>' or "
             "'relu<b>_<c>' with b in 1..5 and c in 1..2 (b <= 2) or 1..3."
         )
-    return name
+    return keras_name
 
 
 def _caffe_preprocessing() -> keras.layers.Conv2D:
