@@ -249,6 +249,8 @@ def test_argument_errors(tmp_path):
     _ab_folder(tmp_path / "ab", count=2)
     with pytest.raises(ValueError, match="crop_size=300 is larger than load_size"):
         data.paired_dataset(tmp_path / "ab", crop_size=300)
+    with pytest.raises(ValueError, match="got 3 paths"):
+        data.paired_dataset([tmp_path, tmp_path, tmp_path])
     with pytest.raises(ValueError, match="direction"):
         data.paired_dataset(tmp_path / "ab", direction="AB")
     with pytest.raises(ValueError, match="Only 2 examples per epoch for batch_size=4"):
@@ -363,6 +365,35 @@ def test_vintage_pairs_cached_and_equal_to_the_teacher(tmp_path, monkeypatch):
     x, y = next(iter(train))
     assert x.shape == y.shape == (4, 32, 32, 3)
     assert loads == ["vintage"]
+
+
+class _Negate:
+    """A stand-in teacher (output = -input) that counts its calls."""
+
+    def __init__(self, crop: bool = False):
+        self.calls = 0
+        self.crop = crop
+
+    def __call__(self, x, training=False):
+        self.calls += 1
+        return -x[:, :-4] if self.crop else -x
+
+
+def test_pseudo_pairs_any_teacher(tmp_path):
+    chosen = _small_photos()
+    teacher = _Negate()
+    kwargs = dict(size=32, crop_size=16, batch_size=2, seed=0, cache_dir=tmp_path)
+    for _ in range(2):
+        x, y = next(iter(data.pseudo_pairs(teacher, "negate", chosen, **kwargs)))
+        assert x.shape == y.shape == (2, 16, 16, 3)
+        np.testing.assert_allclose(y.numpy(), -x.numpy(), atol=1.0 / 127.5 + 1e-6)
+    assert teacher.calls == 2  # once per photo, then read from the cache
+    with pytest.raises(
+        ValueError, match=r"maps a \(32, 48, 3\) photo to \(28, 48, 3\)"
+    ):
+        data.pseudo_pairs(_Negate(crop=True), "cropper", chosen, **kwargs)
+    with pytest.raises(ValueError, match="key must be"):
+        data.pseudo_pairs(teacher, "a/b", chosen, **kwargs)
 
 
 def test_edge_sketch_thins_a_ridge_to_one_line():

@@ -263,7 +263,9 @@ def _size_check(
     return check
 
 
-def _check_args(load_size, crop_size, direction, batch_size) -> None:
+def _check_args(
+    load_size: int | None, crop_size: int | None, direction: str, batch_size: int
+) -> None:
     """Validates the shared arguments of the folder datasets."""
     for name, value in (("load_size", load_size), ("crop_size", crop_size)):
         if value is not None and value < 1:
@@ -277,7 +279,11 @@ def _check_args(load_size, crop_size, direction, batch_size) -> None:
 
 
 def _check_uniform(
-    infos: Sequence[ImageInfo], batch_size: int, crop_size, load_size, keep_aspect
+    infos: Sequence[ImageInfo],
+    batch_size: int,
+    crop_size: int | None,
+    load_size: int | None,
+    keep_aspect: bool,
 ) -> None:
     """Without a crop, a batch needs images of one size."""
     if batch_size == 1 or crop_size is not None:
@@ -442,6 +448,11 @@ def paired_dataset(
         files = tf.data.Dataset.from_tensor_slices([str(i.path) for i in infos])
         load = _load_ab
     else:
+        if len(path_or_paths) != 2:
+            raise ValueError(
+                "path_or_paths must be one AB folder or a pair (folder_a, "
+                f"folder_b), got {len(path_or_paths)} paths."
+            )
         dir_a, dir_b = (Path(p) for p in path_or_paths)
         check = _size_check(crop_size, load_size, halves=False)
         paths_a, paths_b, infos = _aligned(dir_a, dir_b, strict, check)

@@ -125,30 +125,27 @@ def _teacher_function(teacher: Callable) -> Callable[[np.ndarray], np.ndarray]:
     return run
 
 
-def _pairs_dataset(
-    pairs: Sequence[np.ndarray],
+def _task(
+    key: str,
+    make_function: Callable[[], Callable[[np.ndarray], np.ndarray]],
     swap: bool,
-    *,
-    crop_size: int,
-    crops_per_photo: int,
-    batch_size: int,
-    training: bool,
-    seed: int | None,
-    repeat: bool,
-    drop_remainder: bool | None,
+    split: str | Sequence[builtin.Photo],
+    holdout: Sequence[str],
+    size: int,
+    cache_dir: str | os.PathLike | None,
+    opencv_dir: str | os.PathLike,
+    training: bool | None,
+    **crop_args,
 ) -> tf.data.Dataset:
+    """Selects photos, loads/computes their cached pairs, crops them."""
+    training = split != "eval" if training is None else training
+    chosen = builtin.select(split, holdout, opencv_dir)
+    pairs, _ = cached_pairs(
+        chosen, key=key, size=size, cache_dir=cache_dir, make_function=make_function
+    )
     if swap:
         pairs = [np.concatenate([p[..., 3:], p[..., :3]], axis=-1) for p in pairs]
-    return builtin.crops_dataset(
-        pairs,
-        crop_size=crop_size,
-        crops_per_photo=crops_per_photo,
-        batch_size=batch_size,
-        training=training,
-        seed=seed,
-        repeat=repeat,
-        drop_remainder=drop_remainder,
-    )
+    return builtin.crops_dataset(pairs, training=training, **crop_args)
 
 
 def pseudo_pairs(
@@ -206,22 +203,19 @@ def pseudo_pairs(
     """
     if not key or os.sep in key:
         raise ValueError(f"key must be a non-empty file name, got {key!r}.")
-    training = split != "eval" if training is None else training
-    chosen = builtin.select(split, holdout, opencv_dir)
-    pairs, _ = cached_pairs(
-        chosen,
-        key=key,
-        size=size,
-        cache_dir=cache_dir,
-        make_function=lambda: _teacher_function(teacher),
-    )
-    return _pairs_dataset(
-        pairs,
+    return _task(
+        key,
+        lambda: _teacher_function(teacher),
         False,
+        split,
+        holdout,
+        size,
+        cache_dir,
+        opencv_dir,
+        training,
         crop_size=crop_size,
         crops_per_photo=crops_per_photo,
         batch_size=batch_size,
-        training=training,
         seed=seed,
         repeat=repeat,
         drop_remainder=drop_remainder,
@@ -286,22 +280,19 @@ def vintage_pairs(
     >>> train = vintage_pairs("train", crop_size=128, batch_size=4, seed=0)
     >>> held_out = vintage_pairs("eval", crop_size=256)
     """
-    training = split != "eval" if training is None else training
-    chosen = builtin.select(split, holdout, opencv_dir)
-    pairs, _ = cached_pairs(
-        chosen,
-        key="vintage",
-        size=size,
-        cache_dir=cache_dir,
-        make_function=_vintage_function,
-    )
-    return _pairs_dataset(
-        pairs,
+    return _task(
+        "vintage",
+        _vintage_function,
         False,
+        split,
+        holdout,
+        size,
+        cache_dir,
+        opencv_dir,
+        training,
         crop_size=crop_size,
         crops_per_photo=crops_per_photo,
         batch_size=batch_size,
-        training=training,
         seed=seed,
         repeat=repeat,
         drop_remainder=drop_remainder,
@@ -377,22 +368,19 @@ def edges2photos(
     """
     if not 0.0 < threshold < 1.0:
         raise ValueError(f"threshold must be in (0, 1), got {threshold}.")
-    training = split != "eval" if training is None else training
-    chosen = builtin.select(split, holdout, opencv_dir)
-    pairs, _ = cached_pairs(
-        chosen,
-        key=f"edges-hed-t{threshold:g}",
-        size=size,
-        cache_dir=cache_dir,
-        make_function=lambda: _edges_function(threshold),
-    )
-    return _pairs_dataset(
-        pairs,
+    return _task(
+        f"edges-hed-t{threshold:g}",
+        lambda: _edges_function(threshold),
         True,
+        split,
+        holdout,
+        size,
+        cache_dir,
+        opencv_dir,
+        training,
         crop_size=crop_size,
         crops_per_photo=crops_per_photo,
         batch_size=batch_size,
-        training=training,
         seed=seed,
         repeat=repeat,
         drop_remainder=drop_remainder,
