@@ -17,9 +17,10 @@ class InstanceNormalization(keras.layers.Layer):
     The statistics are taken in two passes (mean, then the mean squared
     deviation: stable when the mean is large against the spread). The
     normalization and `gamma` are folded into one per-channel factor,
-    `(x - mean) * (gamma * rsqrt(var + eps)) + beta`, so an exported graph
-    makes four full-size passes (squared difference, subtract, multiply,
-    add) instead of five. (Folding the mean into the shift as well,
+    `(x - mean) * (gamma * rsqrt(var + eps)) + beta`, and `x - mean` is
+    computed once, so an exported graph makes four full-size passes
+    (subtract, square, multiply, add) instead of five, all of which XNNPACK
+    runs in float32 and in int8. (Folding the mean into the shift as well,
     `x * scale + (beta - mean * scale)`, saves one more pass but loses
     precision on near-constant channels, where `x * scale` is large.)
 
@@ -76,14 +77,17 @@ class InstanceNormalization(keras.layers.Layer):
     def call(self, inputs):
         x = ops.cast(inputs, "float32")
         mean = ops.mean(x, axis=(1, 2), keepdims=True)
-        variance = ops.mean(ops.square(x - mean), axis=(1, 2), keepdims=True)
+        # `centered * centered`, not `square(x - mean)`: the converter turns
+        # the latter into SQUARED_DIFFERENCE, which XNNPACK has no int8
+        # kernel for; the centered values are reused below.
+        centered = x - mean
+        variance = ops.mean(centered * centered, axis=(1, 2), keepdims=True)
         # The normalization and the affine scale fold into one per-channel
-        # factor of shape (batch, 1, 1, channels): one subtract, one
-        # multiply and one add per pixel.
+        # factor of shape (batch, 1, 1, channels).
         scale = ops.rsqrt(variance + self.epsilon)
         if self.scale:
             scale = scale * ops.cast(self.gamma, "float32")
-        outputs = (x - mean) * scale
+        outputs = centered * scale
         if self.center:
             outputs = outputs + ops.cast(self.beta, "float32")
         return ops.cast(outputs, self.compute_dtype)
