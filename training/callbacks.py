@@ -229,8 +229,8 @@ class Evaluate(keras.callbacks.Callback):
     Args:
         inputs: Held-out inputs (N, H, W, 3) in [-1, 1].
         targets: Their targets, or `None` to use `model.teacher`.
-        metrics: `{name: fn(target, output) -> scalar}`; defaults to
-            PSNR (dB, on [-1, 1] images) and L1.
+        metrics: `{name: fn(target, output) -> float}`; defaults to the
+            mean `tgc.metrics.psnr` (dB, on [-1, 1] images) and `l1`.
         every_n_epochs: How often to evaluate.
         best_path: Optional `.keras` path for the best generator.
         monitor: Metric name deciding "best".
@@ -254,7 +254,7 @@ class Evaluate(keras.callbacks.Callback):
             raise ValueError(f"mode must be 'max' or 'min', got {mode!r}.")
         self.inputs = np.asarray(inputs, np.float32)
         self.targets = None if targets is None else np.asarray(targets, np.float32)
-        self.metrics = metrics or {"psnr": psnr, "l1": l1}
+        self.metrics = metrics or {"psnr": _mean_psnr, "l1": _mean_l1}
         if monitor not in self.metrics:
             raise ValueError(
                 f"monitor {monitor!r} is not one of {sorted(self.metrics)}."
@@ -305,15 +305,12 @@ class Evaluate(keras.callbacks.Callback):
                 compressed_network(self.model).save(self.best_path)
 
 
-def psnr(target, output) -> float:
-    """Mean PSNR in dB of images in [-1, 1] (peak-to-peak range 2)."""
-    error = np.mean((np.asarray(target) - np.asarray(output)) ** 2, axis=(1, 2, 3))
-    return float(np.mean(10.0 * np.log10(4.0 / np.maximum(error, 1e-12))))
+def _mean_psnr(target, output) -> float:
+    return float(np.mean(tgc.metrics.psnr(target, output)))
 
 
-def l1(target, output) -> float:
-    """Mean absolute difference."""
-    return float(np.mean(np.abs(np.asarray(target) - np.asarray(output))))
+def _mean_l1(target, output) -> float:
+    return float(np.mean(tgc.metrics.l1(target, output)))
 
 
 class BudgetReached(keras.callbacks.Callback):
