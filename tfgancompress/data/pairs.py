@@ -12,9 +12,12 @@ of 4), the slow model runs once on that full photo, and both images are
 saved as PNG under `cache_dir/<task key>/<size>/<source>-<name>-<hash>.*.png`
 (the hash is of the photo file's bytes). Later calls only read the PNGs.
 Training crops (`builtin.crops_dataset`) cut the same square from input and
-target. Measured on 2 shared CPU cores (TF 2.21): the vintage teacher takes
-about 4 s per photo at `size=256`, 8 s at 384 and 15-20 s at 512; HED about
-3 s at 384. The default 384 builds the 40-photo vintage cache in ~5 minutes.
+target. Measured on 2 CPU cores (TF 2.21, one photo, whole-photo forward):
+the vintage teacher takes about 4 s per photo at `size=256`, 8 s at 384 and
+14-20 s at 512; HED about 3 s at 384. Building the 40-photo caches at the
+default 384 took 11 min (vintage) and 4 min (edges) while other jobs shared
+the cores (load average ~9), about 5 and 2.5 min on idle cores; reading them
+back takes ~1 s. Pass `size=256` to halve the first run.
 """
 
 from __future__ import annotations
