@@ -8,7 +8,7 @@ print(tgc.profile(teacher, (256, 256, 3)))
 ```
 """
 
-from tfgancompress import data, export, metrics, models, schedules
+from tfgancompress import data, export, latency, metrics, models, schedules
 from tfgancompress.profile import LayerProfile, ModelProfile, profile
 from tfgancompress.surgery import live_channels, slim
 
@@ -17,6 +17,7 @@ __all__ = [
     "ModelProfile",
     "data",
     "export",
+    "latency",
     "live_channels",
     "metrics",
     "models",

@@ -30,6 +30,16 @@ those ops are calibrated too and the whole graph runs in int8. Export such
 models with `"int8"`: with `None` the fake-quant ops stay in the float file
 as quantize/dequantize pairs.
 
+Speed on the CPU (XNNPACK), measured with `tfgancompress.latency` on the
+vintage ResNet generator and its 1/4-width student at 256x256
+(`benchmarks/results/speed.md`): `None` and `"int8"` run every full-size op
+in XNNPACK (the layers lower to ops it has kernels for, in float32 and in
+int8); `"int8"` with `representative_data` (per-channel int8 convolutions,
+instance-norm statistics calibrated too) is the fast CPU format, ~2.5x
+faster than float32 on the student. `"dynamic"` is not a speed option on
+x86. `"fp16"` halves the file and is the format for the GPU delegate
+(which computes in half precision); on the CPU it dequantizes to float32.
+
 Measured on 64x64, ngf-8 generators (InstanceNorm, reflection padding,
 transposed convs), max/mean abs error against Keras: fp32 ~4e-6; fp16
 ~2e-3/3e-4; dynamic ~6e-2/8e-3; int8 (8 random calibration images)
