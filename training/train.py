@@ -1,0 +1,321 @@
+"""Compress the pretrained vintage CycleGAN teacher: the README's main job.
+
+    python -m training.train --output_dir=outputs/vintage
+
+Method `distill` (the default until a paper's method lands) is the
+distillation baseline: the teacher cut to `--keep_ratio` of its filters by
+L1 norm (or to `--macs_budget`), then trained with pixel + feature
+distillation + a GAN loss on pseudo-pairs (photo, teacher(photo)) of the
+built-in training photos. Method `uniform` trains a uniformly thinner
+generator from scratch with the same losses but no feature distillation.
+
+Training checkpoints to `<output_dir>/backup` every epoch; run the same
+command again after an interruption and it resumes there. Writes
+`student.keras`, `student.tflite` (fp32), `student_int8.tflite`,
+`samples.png` (input | teacher | student | colour map) and
+`report.md`/`report.json` (MACs, params, LiteRT latency teacher vs student,
+PSNR/SSIM/FD vs the teacher on photos held out by source, next to the
+identity and colour-map references).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import keras
+import numpy as np
+from absl import app, flags, logging
+
+import tfgancompress as tgc
+from tfgancompress import latency
+from training import callbacks, evaluation
+from training.methods import baselines
+from training.trainer import AdversarialTrainer
+
+DEFAULTS = {
+    "method": "distill",
+    "keep_ratio": 0.25,
+    "macs_budget": None,
+    "steps": 600,
+    "steps_per_epoch": 50,
+    "batch_size": 4,
+    "crop_size": 128,
+    "learning_rate": 2e-4,
+    "lambda_recon": 100.0,
+    "lambda_distill": 1.0,
+    "ndf": 32,
+    "eval_size": 256,
+    "photo_size": 384,
+    "latency_runs": 10,
+    "seed": 0,
+    "jit_compile": True,
+    "verbose": 1,
+    "output_dir": "outputs/vintage",
+}
+
+FLAGS = flags.FLAGS
+flags.DEFINE_enum(
+    "method", DEFAULTS["method"], ["distill", "uniform"], "Student recipe."
+)
+flags.DEFINE_float(
+    "keep_ratio",
+    DEFAULTS["keep_ratio"],
+    "Fraction of filters kept per layer.",
+    lower_bound=0.01,
+)
+flags.DEFINE_float(
+    "macs_budget", None, "Target student G MACs at 256x256 (overrides keep_ratio)."
+)
+flags.DEFINE_integer("steps", DEFAULTS["steps"], "Training steps.", lower_bound=1)
+flags.DEFINE_integer(
+    "steps_per_epoch",
+    DEFAULTS["steps_per_epoch"],
+    "Steps between checkpoints and held-out evaluations.",
+    lower_bound=1,
+)
+flags.DEFINE_integer(
+    "batch_size", DEFAULTS["batch_size"], "Pairs per step.", lower_bound=1
+)
+flags.DEFINE_integer(
+    "crop_size", DEFAULTS["crop_size"], "Training crop side.", lower_bound=32
+)
+flags.DEFINE_float(
+    "learning_rate", DEFAULTS["learning_rate"], "Adam learning rate (G and D)."
+)
+flags.DEFINE_float(
+    "lambda_recon", DEFAULTS["lambda_recon"], "Weight of the L1 to the teacher."
+)
+flags.DEFINE_float(
+    "lambda_distill", DEFAULTS["lambda_distill"], "Weight of feature distillation."
+)
+flags.DEFINE_integer("ndf", DEFAULTS["ndf"], "Discriminator width.", lower_bound=1)
+flags.DEFINE_integer(
+    "eval_size", DEFAULTS["eval_size"], "Side of the held-out evaluation crops."
+)
+flags.DEFINE_integer(
+    "photo_size",
+    DEFAULTS["photo_size"],
+    "Short side of the cached photos and teacher outputs (a multiple of 4).",
+)
+flags.DEFINE_integer(
+    "latency_runs", DEFAULTS["latency_runs"], "Interleaved LiteRT timing rounds."
+)
+flags.DEFINE_integer("seed", DEFAULTS["seed"], "Random seed.")
+flags.DEFINE_bool(
+    "jit_compile", DEFAULTS["jit_compile"], "Compile the train step with XLA."
+)
+flags.DEFINE_string("output_dir", DEFAULTS["output_dir"], "Where to write results.")
+
+
+def build_student(teacher, method: str, keep_ratio: float, macs_budget=None):
+    """The untrained student of a recipe, and the keep ratio it used."""
+    if macs_budget is not None:
+        keep_ratio = baselines.keep_ratio_for_budget(teacher, int(macs_budget * 1e9))
+    if method == "distill":
+        return baselines.l1_pruned_student(teacher, keep_ratio), keep_ratio
+    return baselines.uniform_student(keep_ratio, affine=True), keep_ratio
+
+
+def train_student(student, teacher, config: dict, held_out=None):
+    """Trains `student` on vintage pseudo-pairs; returns the trainer.
+
+    With `held_out = (inputs, teacher_outputs)`, PSNR/L1 to the teacher on
+    them is logged every epoch (`val_psnr`, `val_l1`).
+    """
+    keras.utils.set_random_seed(config["seed"])
+    distill = config["method"] == "distill"
+    trainer = AdversarialTrainer(
+        student,
+        tgc.models.patchgan_discriminator(ndf=config["ndf"], conditional=True),
+        teacher=teacher if distill else None,
+        mode="paired",
+        taps="auto" if distill else None,
+    )
+    trainer.compile(
+        g_optimizer=keras.optimizers.Adam(config["learning_rate"], beta_1=0.5),
+        d_optimizer=keras.optimizers.Adam(config["learning_rate"], beta_1=0.5),
+        gan_loss="lsgan",
+        lambda_recon=config["lambda_recon"],
+        lambda_distill=config["lambda_distill"],
+        jit_compile=config["jit_compile"],
+    )
+    train = tgc.data.vintage_pairs(
+        "train",
+        size=config["photo_size"],
+        crop_size=config["crop_size"],
+        batch_size=config["batch_size"],
+        seed=config["seed"],
+        repeat=True,
+    )
+    output_dir = config["output_dir"]
+    epochs = max(1, config["steps"] // config["steps_per_epoch"])
+    trainer.fit(
+        train,
+        epochs=epochs,
+        steps_per_epoch=config["steps_per_epoch"],
+        callbacks=[
+            callbacks.StopOnNaN(),
+            keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")),
+            *([callbacks.Evaluate(*held_out)] if held_out else []),
+        ],
+        verbose=config["verbose"],
+    )
+    return trainer
+
+
+def _report_markdown(report: dict) -> str:
+    lines = [
+        f"# Vintage teacher compressed with `{report['method']}`",
+        "",
+        f"{report['steps']} steps, batch {report['batch_size']}, crops "
+        f"{report['crop_size']}; {report['train_seconds']:.0f} s training, "
+        f"{report['wall_seconds']:.0f} s in all. Quality vs the teacher on "
+        f"{report['eval_images']} photos held out by source "
+        f"({report['eval_size']}x{report['eval_size']}).",
+        "",
+        "| model | G MACs | M params | LiteRT ms | PSNR dB | SSIM | FD |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name in ("teacher", "student", "student_int8", "identity", "colour_map"):
+        row = report["rows"][name]
+        cells = [
+            f"{row['macs'] / 1e9:.2f}" if "macs" in row else "",
+            f"{row['params'] / 1e6:.2f}" if "params" in row else "",
+            f"{row['latency_ms']:.1f}" if "latency_ms" in row else "",
+            f"{row['psnr']:.2f}" if "psnr" in row else "",
+            f"{row['ssim']:.3f}" if "ssim" in row else "",
+            f"{row['fd']:.2f}" if "fd" in row else "",
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        f"MACs ratio {report['macs_ratio']:.1f}x, measured LiteRT speed-up "
+        f"{report['speedup']:.2f}x (fp32, {report['threads']} threads, "
+        f"{report['eval_size']}x{report['eval_size']}).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def run(**overrides) -> dict:
+    """The whole job; returns the report (also written to `output_dir`).
+
+    Args:
+        **overrides: Values replacing `DEFAULTS` (the flags' defaults).
+
+    Raises:
+        ValueError: On an unknown setting.
+    """
+    unknown = sorted(set(overrides) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"Unknown settings {unknown}; known: {sorted(DEFAULTS)}.")
+    config = {**DEFAULTS, **overrides}
+    start = time.perf_counter()
+    output_dir = config["output_dir"]
+    os.makedirs(output_dir, exist_ok=True)
+    size = config["eval_size"]
+    shape = (size, size, 3)
+    print("[1/5] teacher, held-out photos and student", flush=True)
+    teacher = tgc.models.pretrained("vintage")
+    held_out = evaluation.as_arrays(
+        tgc.data.vintage_pairs(
+            "eval", size=config["photo_size"], crop_size=size, batch_size=1
+        )
+    )
+    student, keep_ratio = build_student(
+        teacher, config["method"], config["keep_ratio"], config.get("macs_budget")
+    )
+
+    print(f"[2/5] training {config['steps']} steps", flush=True)
+    train_start = time.perf_counter()
+    trainer = train_student(student, teacher, config, held_out)
+    train_seconds = time.perf_counter() - train_start
+    student = trainer.generator
+    student.save(os.path.join(output_dir, "student.keras"))
+
+    print("[3/5] exporting fp32 and int8 LiteRT files", flush=True)
+    reference_pairs = evaluation.as_arrays(
+        tgc.data.vintage_pairs(
+            "train", size=config["photo_size"], crop_size=size, batch_size=4, seed=1
+        ).take(4)
+    )
+    paths = {
+        "student": tgc.export.to_litert(
+            student, os.path.join(output_dir, "student.tflite"), input_shape=shape
+        ),
+        "student_int8": tgc.export.to_litert(
+            student,
+            os.path.join(output_dir, "student_int8.tflite"),
+            quantization="int8",
+            representative_data=reference_pairs[0],
+            input_shape=shape,
+        ),
+    }
+
+    print("[4/5] measuring quality against the teacher", flush=True)
+    inputs, targets = held_out
+    colour_map = evaluation.colour_map_reference(reference_pairs, seed=config["seed"])
+    outputs = {
+        "teacher": targets,
+        "student": np.asarray(student.predict(inputs, batch_size=2, verbose=0)),
+        "student_int8": np.concatenate(
+            [tgc.export.run_litert(paths["student_int8"], x[None]) for x in inputs]
+        ),
+        "identity": inputs,
+        "colour_map": colour_map(inputs),
+    }
+    comparison = evaluation.TeacherComparison(targets)
+    rows = {name: comparison.score(out) for name, out in outputs.items()}
+
+    print("[5/5] timing teacher vs student in LiteRT", flush=True)
+    timing = latency.compare_latency(
+        {"teacher": teacher, **paths},
+        input_shape=shape,
+        runs=config["latency_runs"],
+    )
+    for name in ("teacher", "student"):
+        cost = tgc.profile(teacher if name == "teacher" else student, shape)
+        rows[name].update(macs=cost.macs, params=cost.params)
+    rows["student_int8"].update(macs=rows["student"]["macs"])
+    for name, result in timing.results.items():
+        rows[name]["latency_ms"] = result.median_ms
+    callbacks.save_image_grid(
+        os.path.join(output_dir, "samples.png"),
+        [inputs, targets, outputs["student"], outputs["colour_map"]],
+    )
+    report = {
+        **{k: config[k] for k in ("method", "steps", "batch_size", "crop_size")},
+        "keep_ratio": keep_ratio,
+        "eval_size": size,
+        "eval_images": len(inputs),
+        "threads": 2,
+        "train_seconds": train_seconds,
+        "wall_seconds": time.perf_counter() - start,
+        "rows": rows,
+        "macs_ratio": rows["teacher"]["macs"] / rows["student"]["macs"],
+        "speedup": timing.speedup["student"],
+    }
+    with open(os.path.join(output_dir, "report.json"), "w", encoding="utf-8") as file:
+        json.dump(report, file, indent=2)
+    markdown = _report_markdown(report)
+    with open(os.path.join(output_dir, "report.md"), "w", encoding="utf-8") as file:
+        file.write(markdown)
+    print(markdown)
+    return report
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    if FLAGS.keep_ratio > 1.0:
+        raise app.UsageError(f"--keep_ratio must be <= 1, got {FLAGS.keep_ratio}.")
+    if FLAGS.steps_per_epoch > FLAGS.steps:
+        raise app.UsageError("--steps_per_epoch must not exceed --steps.")
+    logging.set_verbosity(logging.WARNING)
+    run(**{key: FLAGS[key].value for key in DEFAULTS if key in FLAGS})
+
+
+if __name__ == "__main__":
+    app.run(main)
