@@ -41,5 +41,12 @@ setup(
     packages=find_packages(include=["tfgancompress*", "keras_layers*", "training*"]),
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
+    entry_points={
+        "console_scripts": [
+            "tfgancompress-demo=tfgancompress.demo:cli",
+            "tfgancompress-train=training.train:cli",
+            "tfgancompress-bench=training.bench:cli",
+        ]
+    },
     license="Apache-2.0",
 )

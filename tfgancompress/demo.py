@@ -31,13 +31,21 @@ import tfgancompress as tgc
 from tfgancompress import export, schedules
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("output_dir", "outputs/demo", "Where to write the results.")
-flags.DEFINE_float(
-    "keep_ratio", 0.25, "Fraction of each layer's filters to keep.", lower_bound=0.01
-)
-flags.DEFINE_integer("size", 256, "Square input size for profiling and export.")
-flags.DEFINE_integer("runs", 20, "Timed LiteRT runs per model.", lower_bound=1)
-flags.DEFINE_integer("threads", 2, "LiteRT CPU threads.", lower_bound=1)
+
+
+def define_flags() -> None:
+    """Defines the command-line flags (only when run as a script)."""
+    flags.DEFINE_string("output_dir", "outputs/demo", "Where to write the results.")
+    flags.DEFINE_float(
+        "keep_ratio",
+        0.25,
+        "Fraction of each layer's filters to keep.",
+        lower_bound=0.01,
+    )
+    flags.DEFINE_integer("size", 256, "Square input size for profiling and export.")
+    flags.DEFINE_integer("runs", 20, "Timed LiteRT runs per model.", lower_bound=1)
+    flags.DEFINE_integer("threads", 2, "LiteRT CPU threads.", lower_bound=1)
+
 
 SAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
 
@@ -202,5 +210,11 @@ def main(argv):
     run(FLAGS.output_dir, FLAGS.keep_ratio, FLAGS.size, FLAGS.runs, FLAGS.threads)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """Console-script entry point."""
+    define_flags()
     app.run(main)
+
+
+if __name__ == "__main__":
+    cli()

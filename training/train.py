@@ -24,145 +24,90 @@ import json
 import os
 import time
 
-import keras
 import numpy as np
 from absl import app, flags, logging
 
 import tfgancompress as tgc
 from tfgancompress import latency
-from training import callbacks, evaluation
-from training.methods import baselines
-from training.trainer import AdversarialTrainer
-
-DEFAULTS = {
-    "method": "distill",
-    "keep_ratio": 0.25,
-    "macs_budget": None,
-    "steps": 600,
-    "steps_per_epoch": 50,
-    "batch_size": 4,
-    "crop_size": 128,
-    "learning_rate": 2e-4,
-    "lambda_recon": 100.0,
-    "lambda_distill": 1.0,
-    "ndf": 32,
-    "eval_size": 256,
-    "photo_size": 384,
-    "latency_runs": 10,
-    "seed": 0,
-    "jit_compile": True,
-    "verbose": 1,
-    "output_dir": "outputs/vintage",
-}
+from training import callbacks, evaluation, vintage
 
 FLAGS = flags.FLAGS
-flags.DEFINE_enum(
-    "method", DEFAULTS["method"], ["distill", "uniform"], "Student recipe."
-)
-flags.DEFINE_float(
-    "keep_ratio",
-    DEFAULTS["keep_ratio"],
-    "Fraction of filters kept per layer.",
-    lower_bound=0.01,
-)
-flags.DEFINE_float(
-    "macs_budget", None, "Target student G MACs at 256x256 (overrides keep_ratio)."
-)
-flags.DEFINE_integer("steps", DEFAULTS["steps"], "Training steps.", lower_bound=1)
-flags.DEFINE_integer(
-    "steps_per_epoch",
-    DEFAULTS["steps_per_epoch"],
-    "Steps between checkpoints and held-out evaluations.",
-    lower_bound=1,
-)
-flags.DEFINE_integer(
-    "batch_size", DEFAULTS["batch_size"], "Pairs per step.", lower_bound=1
-)
-flags.DEFINE_integer(
-    "crop_size", DEFAULTS["crop_size"], "Training crop side.", lower_bound=32
-)
-flags.DEFINE_float(
-    "learning_rate", DEFAULTS["learning_rate"], "Adam learning rate (G and D)."
-)
-flags.DEFINE_float(
-    "lambda_recon", DEFAULTS["lambda_recon"], "Weight of the L1 to the teacher."
-)
-flags.DEFINE_float(
-    "lambda_distill", DEFAULTS["lambda_distill"], "Weight of feature distillation."
-)
-flags.DEFINE_integer("ndf", DEFAULTS["ndf"], "Discriminator width.", lower_bound=1)
-flags.DEFINE_integer(
-    "eval_size", DEFAULTS["eval_size"], "Side of the held-out evaluation crops."
-)
-flags.DEFINE_integer(
-    "photo_size",
-    DEFAULTS["photo_size"],
-    "Short side of the cached photos and teacher outputs (a multiple of 4).",
-)
-flags.DEFINE_integer(
-    "latency_runs", DEFAULTS["latency_runs"], "Interleaved LiteRT timing rounds."
-)
-flags.DEFINE_integer("seed", DEFAULTS["seed"], "Random seed.")
-flags.DEFINE_bool(
-    "jit_compile", DEFAULTS["jit_compile"], "Compile the train step with XLA."
-)
-flags.DEFINE_string("output_dir", DEFAULTS["output_dir"], "Where to write results.")
 
 
-def build_student(teacher, method: str, keep_ratio: float, macs_budget=None):
-    """The untrained student of a recipe, and the keep ratio it used."""
-    if macs_budget is not None:
-        keep_ratio = baselines.keep_ratio_for_budget(teacher, int(macs_budget * 1e9))
-    if method == "distill":
-        return baselines.l1_pruned_student(teacher, keep_ratio), keep_ratio
-    return baselines.uniform_student(keep_ratio, affine=True), keep_ratio
-
-
-def train_student(student, teacher, config: dict, held_out=None):
-    """Trains `student` on vintage pseudo-pairs; returns the trainer.
-
-    With `held_out = (inputs, teacher_outputs)`, PSNR/L1 to the teacher on
-    them is logged every epoch (`val_psnr`, `val_l1`).
-    """
-    keras.utils.set_random_seed(config["seed"])
-    distill = config["method"] == "distill"
-    trainer = AdversarialTrainer(
-        student,
-        tgc.models.patchgan_discriminator(ndf=config["ndf"], conditional=True),
-        teacher=teacher if distill else None,
-        mode="paired",
-        taps="auto" if distill else None,
+def define_flags() -> None:
+    """Defines the command-line flags (only when run as a script)."""
+    flags.DEFINE_enum(
+        "method", vintage.DEFAULTS["method"], ["distill", "uniform"], "Student recipe."
     )
-    trainer.compile(
-        g_optimizer=keras.optimizers.Adam(config["learning_rate"], beta_1=0.5),
-        d_optimizer=keras.optimizers.Adam(config["learning_rate"], beta_1=0.5),
-        gan_loss="lsgan",
-        lambda_recon=config["lambda_recon"],
-        lambda_distill=config["lambda_distill"],
-        jit_compile=config["jit_compile"],
+    flags.DEFINE_float(
+        "keep_ratio",
+        vintage.DEFAULTS["keep_ratio"],
+        "Fraction of filters kept per layer.",
+        lower_bound=0.01,
     )
-    train = tgc.data.vintage_pairs(
-        "train",
-        size=config["photo_size"],
-        crop_size=config["crop_size"],
-        batch_size=config["batch_size"],
-        seed=config["seed"],
-        repeat=True,
+    flags.DEFINE_float(
+        "macs_budget", None, "Target student G MACs at 256x256 (overrides keep_ratio)."
     )
-    output_dir = config["output_dir"]
-    epochs = max(1, config["steps"] // config["steps_per_epoch"])
-    trainer.fit(
-        train,
-        epochs=epochs,
-        steps_per_epoch=config["steps_per_epoch"],
-        callbacks=[
-            callbacks.StopOnNaN(),
-            keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")),
-            *([callbacks.Evaluate(*held_out)] if held_out else []),
-        ],
-        verbose=config["verbose"],
+    flags.DEFINE_integer(
+        "steps", vintage.DEFAULTS["steps"], "Training steps.", lower_bound=1
     )
-    return trainer
+    flags.DEFINE_integer(
+        "steps_per_epoch",
+        vintage.DEFAULTS["steps_per_epoch"],
+        "Steps between checkpoints and held-out evaluations.",
+        lower_bound=1,
+    )
+    flags.DEFINE_integer(
+        "batch_size", vintage.DEFAULTS["batch_size"], "Pairs per step.", lower_bound=1
+    )
+    flags.DEFINE_integer(
+        "crop_size",
+        vintage.DEFAULTS["crop_size"],
+        "Training crop side.",
+        lower_bound=32,
+    )
+    flags.DEFINE_float(
+        "learning_rate",
+        vintage.DEFAULTS["learning_rate"],
+        "Adam learning rate (G and D).",
+    )
+    flags.DEFINE_float(
+        "lambda_recon",
+        vintage.DEFAULTS["lambda_recon"],
+        "Weight of the L1 to the teacher.",
+    )
+    flags.DEFINE_float(
+        "lambda_distill",
+        vintage.DEFAULTS["lambda_distill"],
+        "Weight of feature distillation.",
+    )
+    flags.DEFINE_integer(
+        "ndf", vintage.DEFAULTS["ndf"], "Discriminator width.", lower_bound=1
+    )
+    flags.DEFINE_integer(
+        "eval_size",
+        vintage.DEFAULTS["eval_size"],
+        "Side of the held-out evaluation crops.",
+    )
+    flags.DEFINE_integer(
+        "photo_size",
+        vintage.DEFAULTS["photo_size"],
+        "Short side of the cached photos and teacher outputs (a multiple of 4).",
+    )
+    flags.DEFINE_integer(
+        "latency_runs",
+        vintage.DEFAULTS["latency_runs"],
+        "Interleaved LiteRT timing rounds.",
+    )
+    flags.DEFINE_integer("seed", vintage.DEFAULTS["seed"], "Random seed.")
+    flags.DEFINE_bool(
+        "jit_compile",
+        vintage.DEFAULTS["jit_compile"],
+        "Compile the train step with XLA.",
+    )
+    flags.DEFINE_string(
+        "output_dir", vintage.DEFAULTS["output_dir"], "Where to write results."
+    )
 
 
 def _report_markdown(report: dict) -> str:
@@ -203,15 +148,17 @@ def run(**overrides) -> dict:
     """The whole job; returns the report (also written to `output_dir`).
 
     Args:
-        **overrides: Values replacing `DEFAULTS` (the flags' defaults).
+        **overrides: Values replacing `vintage.DEFAULTS` (the flags' defaults).
 
     Raises:
         ValueError: On an unknown setting.
     """
-    unknown = sorted(set(overrides) - set(DEFAULTS))
+    unknown = sorted(set(overrides) - set(vintage.DEFAULTS))
     if unknown:
-        raise ValueError(f"Unknown settings {unknown}; known: {sorted(DEFAULTS)}.")
-    config = {**DEFAULTS, **overrides}
+        raise ValueError(
+            f"Unknown settings {unknown}; known: {sorted(vintage.DEFAULTS)}."
+        )
+    config = {**vintage.DEFAULTS, **overrides}
     start = time.perf_counter()
     output_dir = config["output_dir"]
     os.makedirs(output_dir, exist_ok=True)
@@ -224,13 +171,13 @@ def run(**overrides) -> dict:
             "eval", size=config["photo_size"], crop_size=size, batch_size=1
         )
     )
-    student, keep_ratio = build_student(
+    student, keep_ratio = vintage.build_student(
         teacher, config["method"], config["keep_ratio"], config.get("macs_budget")
     )
 
     print(f"[2/5] training {config['steps']} steps", flush=True)
     train_start = time.perf_counter()
-    trainer = train_student(student, teacher, config, held_out)
+    trainer = vintage.train_student(student, teacher, config, held_out)
     train_seconds = time.perf_counter() - train_start
     student = trainer.generator
     student.save(os.path.join(output_dir, "student.keras"))
@@ -314,8 +261,14 @@ def main(argv):
     if FLAGS.steps_per_epoch > FLAGS.steps:
         raise app.UsageError("--steps_per_epoch must not exceed --steps.")
     logging.set_verbosity(logging.WARNING)
-    run(**{key: FLAGS[key].value for key in DEFAULTS if key in FLAGS})
+    run(**{key: FLAGS[key].value for key in vintage.DEFAULTS if key in FLAGS})
+
+
+def cli() -> None:
+    """Console-script entry point."""
+    define_flags()
+    app.run(main)
 
 
 if __name__ == "__main__":
-    app.run(main)
+    cli()

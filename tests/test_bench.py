@@ -1,0 +1,38 @@
+"""The method benchmark writes one table with quality and speed per row."""
+
+import json
+
+import pytest
+
+from training import bench
+
+
+def test_bench_rows_and_files(tmp_path):
+    results = bench.run(
+        ["teacher", "identity", "colour_map", "uniform"],
+        str(tmp_path),
+        steps=1,
+        steps_per_epoch=1,
+        batch_size=2,
+        crop_size=32,
+        photo_size=64,
+        eval_size=64,
+        ndf=8,
+        latency_runs=2,
+        jit_compile=False,
+        verbose=0,
+    )
+    rows = results["rows"]
+    assert list(rows) == ["teacher", "identity", "colour_map", "uniform"]
+    assert rows["teacher"]["speedup"] == 1.0
+    assert rows["uniform"]["speedup"] > 1.0
+    assert rows["uniform"]["latency_ms_int8"] > 0
+    assert 12 < rows["uniform"]["macs_ratio"] < 18
+    assert rows["colour_map"]["psnr"] >= rows["identity"]["psnr"] - 0.5
+    saved = json.loads((tmp_path / "vintage.json").read_text())
+    assert saved["rows"]["uniform"]["psnr"] == pytest.approx(rows["uniform"]["psnr"])
+    table = (tmp_path / "vintage.md").read_text()
+    assert "| uniform |" in table and "python -m training.bench" in table
+    assert (tmp_path / "vintage.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="Unknown methods"):
+        bench.run(["gan_slimming"], str(tmp_path))
