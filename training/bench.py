@@ -111,10 +111,14 @@ def run(methods, output_dir: str, **settings) -> dict:
             )
             cost = tgc.profile(student, shape)
             outputs[method] = np.asarray(student.predict(inputs, 2, verbose=0))
+            int8_outputs = np.concatenate(
+                [tgc.export.run_litert(int8, image[None]) for image in inputs]
+            )
             rows[method] = {
                 "macs": cost.macs,
                 "params": cost.params,
                 "train_seconds": seconds,
+                "psnr_int8": comparison.score(int8_outputs)["psnr"],
             }
             timed[method] = fp32
             timed[f"{method}_int8"] = int8
@@ -163,8 +167,8 @@ def _markdown(results: dict) -> str:
         f"{results['threads']} threads.",
         "",
         "| method | G MACs | MACs ratio | M params | PSNR dB | SSIM | FD | KID "
-        "| fp32 ms | speed-up | int8 ms | int8 speed-up |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| fp32 ms | speed-up | int8 ms | int8 speed-up | int8 PSNR dB |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
 
     def cell(row, key, fmt):
@@ -183,6 +187,7 @@ def _markdown(results: dict) -> str:
             cell(row, "speedup", ".2f"),
             cell(row, "latency_ms_int8", ".1f"),
             cell(row, "speedup_int8", ".2f"),
+            cell(row, "psnr_int8", ".2f"),
         ]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
