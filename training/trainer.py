@@ -80,14 +80,17 @@ def _step_seed(iterations, salt: int) -> tf.Tensor:
 
 
 def _unpack(data, what: str):
-    """`(x, y_or_None)` from a batch given as `x`, `(x,)` or `(x, y)`."""
+    """`(x, y_or_None)` from a batch given as `x`, `(x,)`, `(x, y)` or
+    Keras' `(x, y, None)` (sample weights are not supported)."""
     if isinstance(data, (list, tuple)):
-        if len(data) not in (1, 2):
+        if len(data) == 3 and data[2] is not None:
+            raise ValueError(f"{what} does not support sample weights.")
+        if len(data) not in (1, 2, 3):
             raise ValueError(
                 f"{what} expects batches of `x` or `(x, y)`, got a tuple of "
                 f"{len(data)} elements."
             )
-        x, y = data[0], (data[1] if len(data) == 2 else None)
+        x, y = data[0], (data[1] if len(data) > 1 else None)
     else:
         x, y = data, None
     for name, tensor in (("x", x), ("y", y)):
