@@ -46,6 +46,7 @@ setup(
             "tfgancompress-demo=tfgancompress.demo:cli",
             "tfgancompress-train=training.train:cli",
             "tfgancompress-bench=training.bench:cli",
+            "tfgancompress-export=training.export:cli",
         ]
     },
     license="Apache-2.0",
