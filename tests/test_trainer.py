@@ -489,9 +489,11 @@ def test_mirrored_strategy_matches_single_device_global_batch():
     for mode in ("paired", "unpaired"):
         case = report[mode]
         assert case["steps"] == 2
-        assert case["max_update"] > 1e-4  # the weights did move
-        assert case["max_weight_diff"] < 1e-5, (mode, case)
-        np.testing.assert_allclose(*case["g_loss"], rtol=1e-5)
-        np.testing.assert_allclose(*case["d_loss"], rtol=1e-5)
+        assert case["max_update"] > 1e-2  # the weights did move
+        # Unscaled per-replica losses would double every update; summation
+        # order (and a ReLU flipping on it) explains differences ~1e-7.
+        assert case["max_weight_diff"] < 1e-3 * case["max_update"], (mode, case)
+        np.testing.assert_allclose(*case["g_loss"], rtol=1e-4)
+        np.testing.assert_allclose(*case["d_loss"], rtol=1e-4)
     assert report["pooled"]["count"] == 3
     assert np.isfinite(report["pooled"]["g_loss"])
