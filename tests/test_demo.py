@@ -20,4 +20,4 @@ def test_demo_writes_all_outputs(tmp_path):
     assert report["slim_max_abs_diff"] <= 1e-4
     assert report["litert_max_abs_diff"] <= 1e-3
     grid = np.asarray(Image.open(tmp_path / "samples.png"))
-    assert grid.shape == (64 * len(demo.SAMPLE_PHOTOS), 64 * 3, 3)
+    assert grid.shape == (64 * demo.SAMPLE_PHOTOS, 64 * 3, 3)

@@ -17,18 +17,14 @@ Writes to `--output_dir`: `student.keras`, `teacher.tflite`,
 
 from __future__ import annotations
 
-import json
 import os
-import statistics
-import time
 
-import keras
 import numpy as np
 from absl import app, flags, logging
 
 import keras_layers
 import tfgancompress as tgc
-from tfgancompress import export, schedules
+from tfgancompress import export, latency, reports, schedules
 
 FLAGS = flags.FLAGS
 
@@ -47,59 +43,13 @@ def define_flags() -> None:
     flags.DEFINE_integer("threads", 2, "LiteRT CPU threads.", lower_bound=1)
 
 
-SAMPLE_PHOTOS = ("astronaut", "coffee", "chelsea", "rocket")
+SAMPLE_PHOTOS = 4
 
 
 def _photos(size: int) -> np.ndarray:
-    """A few scikit-image sample photos, center-cropped, in [-1, 1]."""
-    import skimage.data
-    import skimage.transform
-
-    images = []
-    for name in SAMPLE_PHOTOS:
-        image = getattr(skimage.data, name)()[..., :3].astype(np.float32) / 255.0
-        side = min(image.shape[:2])
-        top = (image.shape[0] - side) // 2
-        left = (image.shape[1] - side) // 2
-        image = image[top : top + side, left : left + side]
-        images.append(skimage.transform.resize(image, (size, size), anti_aliasing=True))
-    return np.stack(images).astype(np.float32) * 2.0 - 1.0
-
-
-def _prune(gated: keras.Model, keep_ratio: float) -> None:
-    importance = tgc.surgery.l1_importance(gated)
-    for layer in gated.layers:
-        if isinstance(layer, keras_layers.ChannelGate):
-            schedules.apply_sparsity(layer, 1.0 - keep_ratio, importance[layer.name])
-
-
-def _latencies_ms(paths: list[str], image: np.ndarray, runs: int, threads: int):
-    """Median wall time per model, runs interleaved so load noise is shared."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    interpreters = []
-    for path in paths:
-        interpreter = Interpreter(model_path=path, num_threads=threads)
-        interpreter.allocate_tensors()
-        index = interpreter.get_input_details()[0]["index"]
-        interpreter.set_tensor(index, image)
-        interpreter.invoke()
-        interpreters.append(interpreter)
-    times = [[] for _ in paths]
-    for _ in range(runs):
-        for interpreter, record in zip(interpreters, times, strict=True):
-            start = time.perf_counter()
-            interpreter.invoke()
-            record.append((time.perf_counter() - start) * 1e3)
-    return [statistics.median(record) for record in times]
-
-
-def _save_grid(path: str, rows: list[np.ndarray]) -> None:
-    from PIL import Image
-
-    grid = np.concatenate([np.concatenate(list(row), axis=1) for row in rows], axis=0)
-    pixels = np.clip((grid + 1.0) * 127.5, 0, 255).astype(np.uint8)
-    Image.fromarray(pixels).save(path)
+    """The first held-out built-in photos (center crops), in [-1, 1]."""
+    dataset = tgc.data.photos("eval", crop_size=size, batch_size=SAMPLE_PHOTOS)
+    return np.asarray(next(iter(dataset)))
 
 
 def _report_markdown(report: dict) -> str:
@@ -138,10 +88,13 @@ def run(output_dir: str, keep_ratio: float, size: int, runs: int, threads: int):
     shape = (size, size, 3)
     print("[1/5] loading the pretrained vintage teacher", flush=True)
     teacher = tgc.models.pretrained("vintage")
-    gated = tgc.models.pretrained("vintage", gated="binary")
 
     print(f"[2/5] pruning to {keep_ratio:.0%} of the filters and slimming", flush=True)
-    _prune(gated, keep_ratio)
+    gated = tgc.surgery.add_gates(teacher, "binary")
+    importance = tgc.surgery.l1_importance(gated)
+    for layer in gated.layers:
+        if isinstance(layer, keras_layers.ChannelGate):
+            schedules.apply_sparsity(layer, 1.0 - keep_ratio, importance[layer.name])
     student = tgc.slim(gated)
     photos = _photos(size)
     gated_out = np.asarray(gated(photos, training=False))
@@ -164,16 +117,10 @@ def run(output_dir: str, keep_ratio: float, size: int, runs: int, threads: int):
     litert_out = export.run_litert(paths["student"], photos[:1], num_threads=threads)
 
     print(f"[5/5] timing both files, {runs} interleaved runs each", flush=True)
-    latency = _latencies_ms(
-        [paths["teacher"], paths["student"]], photos[:1], runs, threads
-    )
+    timing = latency.compare_latency(paths, runs=runs, num_threads=threads)
     teacher_out = np.asarray(teacher(photos, training=False))
-    _save_grid(
-        os.path.join(output_dir, "samples.png"),
-        [
-            np.stack([p, t, s])
-            for p, t, s in zip(photos, teacher_out, student_out, strict=True)
-        ],
+    reports.save_image_grid(
+        os.path.join(output_dir, "samples.png"), [photos, teacher_out, student_out]
     )
     report = {
         "keep_ratio": keep_ratio,
@@ -183,21 +130,16 @@ def run(output_dir: str, keep_ratio: float, size: int, runs: int, threads: int):
         "slim_max_abs_diff": float(np.abs(gated_out - student_out).max()),
         "litert_max_abs_diff": float(np.abs(litert_out - student_out[:1]).max()),
     }
-    for index, name in enumerate(("teacher", "student")):
+    for name in ("teacher", "student"):
         report[name] = {
             "macs": profiles[name].macs,
             "params": profiles[name].params,
-            "latency_ms": latency[index],
+            "latency_ms": timing.results[name].median_ms,
             "tflite_mb": os.path.getsize(paths[name]) / 2**20,
         }
     report["macs_ratio"] = report["teacher"]["macs"] / report["student"]["macs"]
-    report["speedup"] = latency[0] / latency[1]
-    with open(os.path.join(output_dir, "report.json"), "w", encoding="utf-8") as file:
-        json.dump(report, file, indent=2)
-    markdown = _report_markdown(report)
-    with open(os.path.join(output_dir, "report.md"), "w", encoding="utf-8") as file:
-        file.write(markdown)
-    print(markdown)
+    report["speedup"] = timing.speedup["student"]
+    reports.write_report(output_dir, "report", report, _report_markdown(report))
     return report
 
 

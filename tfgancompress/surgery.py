@@ -1029,3 +1029,34 @@ def _move_affine_to_gate(norm, new_norm, gate) -> None:
         new_norm.set_weights([norm.moving_mean.numpy(), norm.moving_variance.numpy()])
     gate.gamma.assign(gamma)
     gate.beta.assign(beta)
+
+
+def l1_prune(model: keras.Model, keep_ratio: float) -> keras.Model:
+    """`model` cut to `keep_ratio` of each layer's filters by filter L1 norm.
+
+    Gates go after every norm (`add_gates`), each keeps its top filters by
+    `l1_importance` (residual channels ranked together), and `slim` removes
+    the rest: the plain student GAN Compression starts from.
+
+    Args:
+        model: A trained functional generator.
+        keep_ratio: Fraction of filters kept per gated layer, in (0, 1].
+
+    Returns:
+        The slimmed model, initialised from `model`'s weights.
+
+    Raises:
+        ValueError: If `keep_ratio` is outside (0, 1].
+    """
+    from tfgancompress import schedules
+
+    if not 0.0 < keep_ratio <= 1.0:
+        raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}.")
+    gated = add_gates(model, "binary")
+    importance = l1_importance(gated)
+    for layer in gated.layers:
+        if isinstance(layer, keras_layers.ChannelGate):
+            schedules.apply_sparsity(layer, 1.0 - keep_ratio, importance[layer.name])
+    pruned = slim(gated)
+    pruned.name = f"{model.name}_l1_pruned"
+    return pruned

@@ -18,7 +18,6 @@ Writes `vintage.json`, `vintage.md` (with the command that made it) and
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -27,7 +26,7 @@ import numpy as np
 from absl import app, flags, logging
 
 import tfgancompress as tgc
-from tfgancompress import latency
+from tfgancompress import latency, reports
 from training import evaluation, vintage
 
 REFERENCES = ("identity", "colour_map")
@@ -218,13 +217,8 @@ def _plot(results: dict, path: str) -> None:
 
 
 def _write(results: dict, output_dir: str) -> None:
-    with open(os.path.join(output_dir, "vintage.json"), "w", encoding="utf-8") as f:
-        json.dump(results, f, indent=2, allow_nan=True)
-    markdown = _markdown(results)
-    with open(os.path.join(output_dir, "vintage.md"), "w", encoding="utf-8") as f:
-        f.write(markdown)
+    reports.write_report(output_dir, "vintage", results, _markdown(results))
     _plot(results, os.path.join(output_dir, "vintage.png"))
-    print(markdown)
 
 
 def main(argv):

@@ -27,7 +27,7 @@ import tensorflow as tf
 
 import keras_layers
 import tfgancompress as tgc
-from tfgancompress import schedules
+from tfgancompress import reports, schedules
 
 
 def compressed_network(model: keras.Model) -> keras.Model:
@@ -147,49 +147,13 @@ class CompressionSummaries(keras.callbacks.Callback):
                 tf.summary.scalar(f"channels/{layer.name}", layer.kept)
         self._writer.flush()
         path = os.path.join(self.log_dir, f"channels_epoch{epoch + 1}.png")
-        plot_channels(
+        reports.plot_channels(
             channels, path, title=f"epoch {epoch + 1}: {macs / 1e9:.2f} G MACs"
         )
 
     def on_train_end(self, logs=None):
         if self._writer is not None:
             self._writer.close()
-
-
-def plot_channels(channels, path: str, title: str = "") -> None:
-    """Bar chart of kept vs total channels per layer, written as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = [c.name for c in channels]
-    figure, axis = plt.subplots(figsize=(max(6.0, 0.35 * len(names)), 4.0))
-    positions = np.arange(len(names))
-    axis.bar(positions, [c.total for c in channels], color="#dddddd", label="total")
-    axis.bar(positions, [c.kept for c in channels], color="#1f77b4", label="kept")
-    axis.set_xticks(positions, names, rotation=90, fontsize=7)
-    axis.set_ylabel("channels")
-    axis.set_title(title)
-    axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
-
-
-def save_image_grid(path: str, columns: Sequence[np.ndarray]) -> None:
-    """Saves rows of images side by side: one row per sample, one column each.
-
-    Args:
-        path: PNG path.
-        columns: Arrays of shape (N, H, W, 3) in [-1, 1], same N, H, W.
-    """
-    from PIL import Image
-
-    rows = [np.concatenate(images, axis=1) for images in zip(*columns, strict=True)]
-    grid = np.concatenate(rows, axis=0)
-    pixels = np.clip((grid + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-    Image.fromarray(pixels).save(path)
 
 
 class ImageSnapshots(keras.callbacks.Callback):
@@ -217,7 +181,9 @@ class ImageSnapshots(keras.callbacks.Callback):
             columns.append(np.asarray(teacher(self.images, training=False)))
         student = compressed_network(self.model)
         columns.append(np.asarray(student(self.images, training=False)))
-        save_image_grid(os.path.join(self.output_dir, f"epoch{epoch + 1}.png"), columns)
+        reports.save_image_grid(
+            os.path.join(self.output_dir, f"epoch{epoch + 1}.png"), columns
+        )
 
 
 class Evaluate(keras.callbacks.Callback):

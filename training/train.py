@@ -20,7 +20,6 @@ identity and colour-map references).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
@@ -28,8 +27,8 @@ import numpy as np
 from absl import app, flags, logging
 
 import tfgancompress as tgc
-from tfgancompress import latency
-from training import callbacks, evaluation, vintage
+from tfgancompress import latency, reports
+from training import evaluation, vintage
 
 FLAGS = flags.FLAGS
 
@@ -228,7 +227,7 @@ def run(**overrides) -> dict:
     rows["student_int8"].update(macs=rows["student"]["macs"])
     for name, result in timing.results.items():
         rows[name]["latency_ms"] = result.median_ms
-    callbacks.save_image_grid(
+    reports.save_image_grid(
         os.path.join(output_dir, "samples.png"),
         [inputs, targets, outputs["student"], outputs["colour_map"]],
     )
@@ -244,12 +243,7 @@ def run(**overrides) -> dict:
         "macs_ratio": rows["teacher"]["macs"] / rows["student"]["macs"],
         "speedup": timing.speedup["student"],
     }
-    with open(os.path.join(output_dir, "report.json"), "w", encoding="utf-8") as file:
-        json.dump(report, file, indent=2)
-    markdown = _report_markdown(report)
-    with open(os.path.join(output_dir, "report.md"), "w", encoding="utf-8") as file:
-        file.write(markdown)
-    print(markdown)
+    reports.write_report(output_dir, "report", report, _report_markdown(report))
     return report
 
 

@@ -15,17 +15,7 @@ from __future__ import annotations
 
 import keras
 
-import keras_layers
 import tfgancompress as tgc
-
-
-def _pruned(gated: keras.Model, keep_ratio: float, importance: dict) -> keras.Model:
-    for layer in gated.layers:
-        if isinstance(layer, keras_layers.ChannelGate):
-            tgc.schedules.apply_sparsity(
-                layer, 1.0 - keep_ratio, importance[layer.name]
-            )
-    return tgc.slim(gated)
 
 
 def keep_ratio_for_budget(
@@ -51,11 +41,9 @@ def keep_ratio_for_budget(
     """
     if macs_budget <= 0:
         raise ValueError(f"macs_budget must be > 0, got {macs_budget}.")
-    gated = tgc.surgery.add_gates(teacher, "binary")
-    importance = tgc.surgery.l1_importance(gated)
 
     def macs(ratio: float) -> int:
-        return tgc.profile(_pruned(gated, ratio, importance), input_shape).macs
+        return tgc.profile(tgc.surgery.l1_prune(teacher, ratio), input_shape).macs
 
     if macs(1.0) <= macs_budget:
         return 1.0
@@ -73,7 +61,7 @@ def keep_ratio_for_budget(
 
 
 def l1_pruned_student(teacher: keras.Model, keep_ratio: float) -> keras.Model:
-    """The teacher cut to `keep_ratio` of each layer's filters by L1 norm.
+    """The distillation baseline's student: `tgc.surgery.l1_prune(teacher, r)`.
 
     Args:
         teacher: A trained functional generator (e.g. `pretrained("vintage")`).
@@ -81,16 +69,8 @@ def l1_pruned_student(teacher: keras.Model, keep_ratio: float) -> keras.Model:
 
     Returns:
         A plain, slimmed Keras model initialised from the teacher's weights.
-
-    Raises:
-        ValueError: If `keep_ratio` is outside (0, 1].
     """
-    if not 0.0 < keep_ratio <= 1.0:
-        raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}.")
-    gated = tgc.surgery.add_gates(teacher, "binary")
-    student = _pruned(gated, keep_ratio, tgc.surgery.l1_importance(gated))
-    student.name = f"{teacher.name}_l1_pruned"
-    return student
+    return tgc.surgery.l1_prune(teacher, keep_ratio)
 
 
 def uniform_student(

@@ -1,0 +1,70 @@
+"""What people would rather see than read: image grids, channel charts, reports."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def save_image_grid(path: str, columns: Sequence[np.ndarray]) -> None:
+    """Saves images side by side as a PNG: one row per sample, one column each.
+
+    Args:
+        path: PNG path.
+        columns: Arrays of shape (N, H, W, 3) in [-1, 1], all the same shape
+            (e.g. input, teacher output, student output).
+    """
+    from PIL import Image
+
+    rows = [np.concatenate(images, axis=1) for images in zip(*columns, strict=True)]
+    grid = np.concatenate(rows, axis=0)
+    pixels = np.clip((grid + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def plot_channels(channels, path: str, title: str = "") -> None:
+    """Bar chart of kept vs total channels per layer, written as a PNG.
+
+    Args:
+        channels: `tgc.live_channels(model)` (objects with `name`, `kept`,
+            `total`).
+        path: PNG path.
+        title: Chart title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [c.name for c in channels]
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.35 * len(names)), 4.0))
+    positions = np.arange(len(names))
+    axis.bar(positions, [c.total for c in channels], color="#dddddd", label="total")
+    axis.bar(positions, [c.kept for c in channels], color="#1f77b4", label="kept")
+    axis.set_xticks(positions, names, rotation=90, fontsize=7)
+    axis.set_ylabel("channels")
+    axis.set_title(title)
+    axis.legend()
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
+def write_report(output_dir: str, stem: str, report: dict, markdown: str) -> None:
+    """Writes `<stem>.json` and `<stem>.md` to `output_dir` and prints the table.
+
+    Args:
+        output_dir: Existing folder.
+        stem: File name without extension.
+        report: JSON-serializable results.
+        markdown: The human-readable version.
+    """
+    path = os.path.join(output_dir, stem)
+    with open(f"{path}.json", "w", encoding="utf-8") as file:
+        json.dump(report, file, indent=2)
+    with open(f"{path}.md", "w", encoding="utf-8") as file:
+        file.write(markdown)
+    print(markdown)
