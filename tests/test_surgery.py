@@ -345,3 +345,19 @@ def test_add_gates_copies_weights_and_prunes(mode):
     _assert_equivalent(teacher, gated, x)
     _randomize_gates(gated, keep=0.5, shift=False)
     _assert_equivalent(gated, slim(gated), x)
+
+
+def test_l1_prune_keeps_top_filters():
+    teacher = tgc.models.resnet_generator(ngf=8, n_blocks=2, affine=True)
+    pruned = tgc.surgery.l1_prune(teacher, 0.5)
+    _assert_plain(pruned)
+    assert pruned.get_layer("stem_conv").filters == 4
+    assert pruned.get_layer("block1_conv1").filters == 16
+    stem = np.abs(teacher.get_layer("stem_conv").kernel.numpy()).sum((0, 1, 2))
+    kept = np.sort(np.argsort(stem)[-4:])
+    np.testing.assert_allclose(
+        pruned.get_layer("stem_conv").kernel.numpy(),
+        teacher.get_layer("stem_conv").kernel.numpy()[..., kept],
+    )
+    with pytest.raises(ValueError, match="keep_ratio"):
+        tgc.surgery.l1_prune(teacher, 0.0)
