@@ -207,7 +207,15 @@ def _plot(results: dict, path: str) -> None:
             axis.annotate(name, (row["macs"] / 1e9, row["psnr"]), fontsize=8)
         else:
             axis.axhline(row["psnr"], linestyle="--", color="gray", linewidth=1)
-            axis.annotate(name, (0.0, row["psnr"]), fontsize=8, color="gray")
+            axis.text(
+                0.01,
+                row["psnr"],
+                name,
+                transform=axis.get_yaxis_transform(),
+                fontsize=8,
+                color="gray",
+                verticalalignment="bottom",
+            )
     axis.set_xlabel("G MACs at 256x256")
     axis.set_ylabel("PSNR vs teacher (dB)")
     axis.set_title("vintage: quality vs cost (teacher: 56.8 G)")
