@@ -127,7 +127,7 @@ def test_aligned_folders_matched_by_name(tmp_path, caplog):
         image = np.full((12, 14, 3), 255 - values[name], np.uint8)
         _save(image, tmp_path / "B" / f"{name}.bmp")
     _save(np.zeros((12, 14, 3), np.uint8), tmp_path / "A" / "lonely.png")
-    caplog.set_level(pylog.WARNING)
+    caplog.set_level(pylog.WARNING, logger="absl")
     ds = data.paired_dataset(
         (tmp_path / "A", tmp_path / "B"), load_size=None, crop_size=8, training=False
     )
@@ -184,7 +184,7 @@ def test_truncated_and_non_image_files_are_counted_skips(tmp_path, caplog):
         (folder / name).write_bytes(raw[: len(raw) // 2])
     (folder / "notes.png").write_text("this is text, not a PNG")
     (folder / "readme.txt").write_text("ignored: no image extension")
-    caplog.set_level(pylog.INFO)
+    caplog.set_level(pylog.INFO, logger="absl")
     scan = data.scan_images(folder)
     assert [i.path.name for i in scan.images] == ["good.png", "gray.jpg"]
     assert sorted(p.name for p in scan.skipped) == ["cut.jpg", "cut.png", "notes.png"]
@@ -214,7 +214,7 @@ def test_grayscale_and_rgba_converted_to_rgb(tmp_path, caplog):
     rgba = np.concatenate([_noise(12, 12), np.full((12, 12, 1), 7, np.uint8)], -1)
     _save(rgba, folder / "1rgba.png")
     _save(_noise(12, 12), folder / "2palette.png", mode="P")
-    caplog.set_level(pylog.INFO)
+    caplog.set_level(pylog.INFO, logger="absl")
     scan = data.scan_images(folder)
     assert scan.converted == {"grayscale": 1, "alpha": 1, "palette": 1}
     assert "1 alpha, 1 grayscale, 1 palette" in caplog.text
@@ -230,7 +230,7 @@ def test_grayscale_and_rgba_converted_to_rgb(tmp_path, caplog):
 def test_odd_width_ab_image(tmp_path, caplog):
     _ab_folder(tmp_path / "ab", count=2)
     _save(_noise(20, 41), tmp_path / "ab" / "odd.png")
-    caplog.set_level(pylog.WARNING)
+    caplog.set_level(pylog.WARNING, logger="absl")
     ds = data.paired_dataset(tmp_path / "ab", load_size=16, crop_size=16)
     assert len(list(ds)) == 2
     assert "odd.png: odd width 41" in caplog.text

@@ -307,3 +307,16 @@ def test_fake_quant_kernel_ranges_reach_the_int8_file(tmp_path):
     assert conv.input_dtypes == ("int8", "int8", "int32")
     expected = model.predict(data[:1], verbose=0)
     np.testing.assert_allclose(export.run_litert(path, data[:1]), expected, atol=1e-5)
+
+
+def test_export_leaves_absl_log_level_alone(tmp_path):
+    import logging
+
+    logger = logging.getLogger("absl")
+    logger.setLevel(logging.INFO)
+    export.to_litert(
+        resnet_generator(ngf=4, n_blocks=1),
+        tmp_path / "g.tflite",
+        input_shape=(32, 32, 3),
+    )
+    assert logger.level == logging.INFO

@@ -58,6 +58,8 @@ y = tgc.export.run_litert(path, images)
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import re
 import tempfile
@@ -252,6 +254,17 @@ def _converter_error(error: Exception) -> ValueError:
     return ValueError(f"LiteRT conversion failed: {text}")
 
 
+@contextlib.contextmanager
+def _keep_absl_log_level():
+    """Restores absl's log level, which the LiteRT converter lowers globally."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def to_litert(
     model: keras.Model,
     path: str | os.PathLike,
@@ -309,7 +322,7 @@ def to_litert(
         )
     path = _check_writable(path)
     shape = _fixed_input_shape(model, input_shape)
-    with tempfile.TemporaryDirectory() as directory:
+    with tempfile.TemporaryDirectory() as directory, _keep_absl_log_level():
         _saved_model_for(model, shape, directory)
         converter = tf.lite.TFLiteConverter.from_saved_model(directory)
         _configure(
