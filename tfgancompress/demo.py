@@ -22,9 +22,8 @@ import os
 import numpy as np
 from absl import app, flags, logging
 
-import keras_layers
 import tfgancompress as tgc
-from tfgancompress import export, latency, reports, schedules
+from tfgancompress import export, latency, reports
 
 FLAGS = flags.FLAGS
 
@@ -91,10 +90,7 @@ def run(output_dir: str, keep_ratio: float, size: int, runs: int, threads: int):
 
     print(f"[2/5] pruning to {keep_ratio:.0%} of the filters and slimming", flush=True)
     gated = tgc.surgery.add_gates(teacher, "binary")
-    importance = tgc.surgery.l1_importance(gated)
-    for layer in gated.layers:
-        if isinstance(layer, keras_layers.ChannelGate):
-            schedules.apply_sparsity(layer, 1.0 - keep_ratio, importance[layer.name])
+    tgc.surgery.prune_gates_by_l1(gated, keep_ratio)
     student = tgc.slim(gated)
     photos = _photos(size)
     gated_out = np.asarray(gated(photos, training=False))

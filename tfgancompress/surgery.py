@@ -1031,6 +1031,26 @@ def _move_affine_to_gate(norm, new_norm, gate) -> None:
     gate.beta.assign(beta)
 
 
+def prune_gates_by_l1(gated: keras.Model, keep_ratio: float) -> None:
+    """Sets every gate of `gated` to keep its top filters by `l1_importance`.
+
+    Args:
+        gated: A gated model (e.g. from `add_gates`).
+        keep_ratio: Fraction of filters kept per gate, in (0, 1].
+
+    Raises:
+        ValueError: If `keep_ratio` is outside (0, 1].
+    """
+    from tfgancompress import schedules
+
+    if not 0.0 < keep_ratio <= 1.0:
+        raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}.")
+    importance = l1_importance(gated)
+    for layer in gated.layers:
+        if isinstance(layer, keras_layers.ChannelGate):
+            schedules.apply_sparsity(layer, 1.0 - keep_ratio, importance[layer.name])
+
+
 def l1_prune(model: keras.Model, keep_ratio: float) -> keras.Model:
     """`model` cut to `keep_ratio` of each layer's filters by filter L1 norm.
 
@@ -1048,15 +1068,10 @@ def l1_prune(model: keras.Model, keep_ratio: float) -> keras.Model:
     Raises:
         ValueError: If `keep_ratio` is outside (0, 1].
     """
-    from tfgancompress import schedules
-
     if not 0.0 < keep_ratio <= 1.0:
         raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}.")
     gated = add_gates(model, "binary")
-    importance = l1_importance(gated)
-    for layer in gated.layers:
-        if isinstance(layer, keras_layers.ChannelGate):
-            schedules.apply_sparsity(layer, 1.0 - keep_ratio, importance[layer.name])
+    prune_gates_by_l1(gated, keep_ratio)
     pruned = slim(gated)
     pruned.name = f"{model.name}_l1_pruned"
     return pruned
