@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import keras
+import numpy as np
 from keras import ops
 
 
@@ -28,6 +31,10 @@ class InstanceNormalization(keras.layers.Layer):
         center: If `True`, add a learned per-channel offset `beta`.
         scale: If `True`, multiply by a learned per-channel factor `gamma`.
         epsilon: Small float added to the variance. PyTorch uses `1e-5`.
+            Also accepted: one value per channel. `tfgancompress.export`
+            uses that for int8 export, where it rescales the channels of the
+            convolution in front by `a` and the epsilons by `a**2`: the same
+            function, with the channels sharing one int8 range evenly.
         **kwargs: Base layer keyword arguments (`name`, `dtype`, ...).
 
     Example:
@@ -42,12 +49,21 @@ class InstanceNormalization(keras.layers.Layer):
         self,
         center: bool = False,
         scale: bool = False,
-        epsilon: float = 1e-5,
+        epsilon: float | Sequence[float] = 1e-5,
         **kwargs,
     ):
         super().__init__(**kwargs)
         self.center = center
         self.scale = scale
+        if isinstance(epsilon, Sequence | np.ndarray):
+            epsilon = [float(e) for e in np.asarray(epsilon).reshape(-1)]
+            smallest = min(epsilon, default=0.0)
+        else:
+            epsilon = smallest = float(epsilon)
+        if not smallest > 0.0:
+            raise ValueError(
+                f"{self.__class__.__name__} epsilon must be positive, got {epsilon}."
+            )
         self.epsilon = epsilon
         self.supports_masking = True
 
@@ -62,6 +78,11 @@ class InstanceNormalization(keras.layers.Layer):
             raise ValueError(
                 f"{self.__class__.__name__} needs a known channel count, "
                 f"got shape {input_shape}."
+            )
+        if isinstance(self.epsilon, list) and len(self.epsilon) != channels:
+            raise ValueError(
+                f"{self.__class__.__name__} got {len(self.epsilon)} per-channel "
+                f"epsilons for {channels} channels (input shape {input_shape})."
             )
         self.gamma = None
         self.beta = None
@@ -84,7 +105,7 @@ class InstanceNormalization(keras.layers.Layer):
         variance = ops.mean(centered * centered, axis=(1, 2), keepdims=True)
         # The normalization and the affine scale fold into one per-channel
         # factor of shape (batch, 1, 1, channels).
-        scale = ops.rsqrt(variance + self.epsilon)
+        scale = ops.rsqrt(variance + ops.convert_to_tensor(self.epsilon, "float32"))
         if self.scale:
             scale = scale * ops.cast(self.gamma, "float32")
         outputs = centered * scale
