@@ -89,7 +89,7 @@ def test_int8_recipe_agrees_with_float32(generator, calibration, held_out, tmp_p
         generator, calibration, held_out, tmp_path / "all.tflite", float_norms=False
     )
     print(f"int8 vs float32 PSNR: recipe {recipe:.1f} dB, all-int8 {all_int8:.1f} dB")
-    assert recipe >= 33.0
+    assert recipe >= 30.0
     assert all_int8 <= recipe - 8.0
     graph = export.litert_graph(tmp_path / "g.tflite")
     kernels = [op for op in graph if op.name in ("CONV_2D", "TRANSPOSE_CONV")]
