@@ -329,7 +329,7 @@ def test_zoom_crop_evaluation_is_the_central_square():
     np.testing.assert_allclose(crop.numpy(), image[:, 16:80].numpy(), atol=1e-5)
 
 
-def test_vintage_pairs_cached_and_equal_to_the_teacher(tmp_path, monkeypatch):
+def test_vintage_pairs_are_the_teacher_on_exactly_each_view(tmp_path, monkeypatch):
     loads, teachers = [], []
     real_pretrained = models.pretrained
 
@@ -340,10 +340,10 @@ def test_vintage_pairs_cached_and_equal_to_the_teacher(tmp_path, monkeypatch):
 
     monkeypatch.setattr(models, "pretrained", counting_pretrained)
     chosen = _small_photos()
-    kwargs = dict(size=64, crop_size=64, training=False, cache_dir=tmp_path)
+    kwargs = dict(size=64, crop_size=32, training=False, cache_dir=tmp_path)
     first = list(data.vintage_pairs(chosen, **kwargs))
     assert loads == ["vintage"]
-    assert len(list((tmp_path / "vintage" / "64").glob("*.png"))) == 4
+    assert len(list((tmp_path / "vintage" / "64" / "crop32").glob("*.png"))) == 4
     second = list(data.vintage_pairs(chosen, **kwargs))
     assert loads == ["vintage"]  # the teacher is not even loaded again
     for (x1, y1), (x2, y2) in zip(first, second, strict=True):
@@ -353,18 +353,36 @@ def test_vintage_pairs_cached_and_equal_to_the_teacher(tmp_path, monkeypatch):
     teacher = teachers[0]
     for photo, (x, y) in zip(chosen, first, strict=True):
         image = data.load_photo(photo, 64)
-        assert image.shape[0] == 64  # both test photos are landscape
         left = (image.shape[1] - 64) // 2
-        np.testing.assert_array_equal(_as_uint8(x[0]), image[:, left : left + 64])
-        full = teacher(tf.constant(image[None], tf.float32) / 127.5 - 1.0)
-        expected = full[0, :, left : left + 64].numpy()
-        np.testing.assert_allclose(y[0].numpy(), expected, atol=0.5 / 127.5 + 1e-5)
+        central = pipeline.resize(
+            tf.constant(image[:, left : left + 64], tf.float32) / 127.5 - 1.0,
+            (32, 32),
+        )
+        np.testing.assert_allclose(x[0].numpy(), central, atol=0.5 / 127.5 + 1e-5)
+        on_view = teacher(x, training=False)[0].numpy()
+        np.testing.assert_allclose(y[0].numpy(), on_view, atol=0.5 / 127.5 + 1e-5)
+        # Not the crop of the whole-photo output: instance norms see the photo.
+        whole = teacher(tf.constant(image[None], tf.float32) / 127.5 - 1.0)
+        whole = pipeline.resize(whole[0, :, left : left + 64], (32, 32))
+        assert float(tf.reduce_max(tf.abs(whole - y[0]))) > 0.05
+
     train = data.vintage_pairs(
-        chosen, size=64, crop_size=32, batch_size=4, seed=0, cache_dir=tmp_path
+        chosen,
+        size=64,
+        crop_size=32,
+        crops_per_photo=3,
+        batch_size=2,
+        seed=0,
+        cache_dir=tmp_path,
     )
-    x, y = next(iter(train))
-    assert x.shape == y.shape == (4, 32, 32, 3)
-    assert loads == ["vintage"]
+    epoch = list(train)
+    assert len(epoch) == 3 and all(x.shape == (2, 32, 32, 3) for x, _ in epoch)
+    views = np.concatenate([x.numpy() for x, _ in epoch])
+    assert len({v.tobytes() for v in views}) == 6  # every view once per epoch
+    again = np.concatenate([x.numpy() for x, _ in train])
+    assert sorted(v.tobytes() for v in again) == sorted(v.tobytes() for v in views)
+    assert len(list((tmp_path / "vintage" / "64" / "crop32").glob("*.png"))) == 16
+    assert loads == ["vintage", "vintage"]  # loaded once more for the new views
 
 
 class _Negate:
@@ -382,18 +400,39 @@ class _Negate:
 def test_pseudo_pairs_any_teacher(tmp_path):
     chosen = _small_photos()
     teacher = _Negate()
-    kwargs = dict(size=32, crop_size=16, batch_size=2, seed=0, cache_dir=tmp_path)
+    kwargs = dict(
+        size=32,
+        crop_size=16,
+        crops_per_photo=2,
+        batch_size=2,
+        seed=0,
+        cache_dir=tmp_path,
+    )
     for _ in range(2):
         x, y = next(iter(data.pseudo_pairs(teacher, "negate", chosen, **kwargs)))
         assert x.shape == y.shape == (2, 16, 16, 3)
         np.testing.assert_allclose(y.numpy(), -x.numpy(), atol=1.0 / 127.5 + 1e-6)
-    assert teacher.calls == 2  # once per photo, then read from the cache
+    assert teacher.calls == 1  # traced once for all 4 views, then cached
     with pytest.raises(
-        ValueError, match=r"maps a \(32, 48, 3\) photo to \(28, 48, 3\)"
+        ValueError,
+        match=r"maps a \(16, 16, 3\) image to \(1, 12, 16, 3\)|"
+        r"maps a \(16, 16, 3\) image to \(12, 16, 3\)",
     ):
         data.pseudo_pairs(_Negate(crop=True), "cropper", chosen, **kwargs)
     with pytest.raises(ValueError, match="key must be"):
         data.pseudo_pairs(teacher, "a/b", chosen, **kwargs)
+    with pytest.raises(ValueError, match="crop_size=64 exceeds size=32"):
+        data.pseudo_pairs(teacher, "negate", chosen, size=32, crop_size=64)
+    with pytest.raises(ValueError, match="crops_per_photo must be >= 1, got 0"):
+        data.pseudo_pairs(
+            teacher,
+            "negate",
+            chosen,
+            size=32,
+            crop_size=16,
+            crops_per_photo=0,
+            cache_dir=tmp_path,
+        )
 
 
 def test_edge_sketch_thins_a_ridge_to_one_line():

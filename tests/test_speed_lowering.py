@@ -122,11 +122,20 @@ def test_fp32_export_runs_in_one_xnnpack_partition(generator, tmp_path):
 
 
 def test_int8_export_keeps_full_size_ops_in_xnnpack(generator, tmp_path):
+    default = export.to_litert(
+        generator,
+        tmp_path / "g8_float_norms.tflite",
+        quantization="int8",
+        representative_data=_images(4, seed=2),
+    )
+    _, timings = latency.op_profile(default, runs=1, warmup=0)
+    assert all(t.delegated for t in timings), [t for t in timings if not t.delegated]
     path = export.to_litert(
         generator,
         tmp_path / "g8.tflite",
         quantization="int8",
         representative_data=_images(4, seed=2),
+        float_norms=False,
     )
     assert "SQUARED_DIFFERENCE" not in export.litert_ops(path)
     _, timings = latency.op_profile(path, runs=1, warmup=0)

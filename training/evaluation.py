@@ -41,15 +41,10 @@ def colour_map_reference(
         A function mapping images to the colour-mapped images, clipped to
         [-1, 1].
     """
-    rng = np.random.default_rng(seed)
-    x = pairs[0].reshape(-1, 3).astype(np.float64)
-    y = pairs[1].reshape(-1, 3).astype(np.float64)
-    chosen = rng.choice(len(x), size=min(samples, len(x)), replace=False)
-    design = np.concatenate([x[chosen], np.ones((len(chosen), 1))], axis=1)
-    solution, *_ = np.linalg.lstsq(design, y[chosen], rcond=None)
+    matrix, bias = tgc.models.fit_colour_map(*pairs, samples=samples, seed=seed)
 
     def apply(images: np.ndarray) -> np.ndarray:
-        flat = images.reshape(-1, 3) @ solution[:3] + solution[3]
+        flat = images.reshape(-1, 3) @ matrix + bias
         return np.clip(flat, -1.0, 1.0).reshape(images.shape).astype(np.float32)
 
     return apply

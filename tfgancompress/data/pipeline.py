@@ -166,6 +166,43 @@ def zoom_crop(
     return crop
 
 
+def colour_jitter(image: tf.Tensor, seed: tf.Tensor, strength: float) -> tf.Tensor:
+    """Random brightness, contrast, saturation and hue of a float image.
+
+    With a teacher run on the jittered image, the pair stays exact and the
+    student sees colours beyond those of a few photos.
+
+    Args:
+        image: `(H, W, 3)` float image in [-1, 1].
+        seed: `int64 (2,)` stateless seed.
+        strength: 0 (no change) to 1: brightness shifts up to +-0.25 (of the
+            [-1, 1] range), contrast and saturation factors in [1 - s/2,
+            1 + s/2] and [1 - s, 1 + s], hue shifts up to +-0.1 turn, all
+            scaled by `strength`.
+
+    Returns:
+        The jittered image, clipped to [-1, 1].
+
+    Raises:
+        ValueError: If `strength` is outside [0, 1].
+    """
+    if not 0.0 <= strength <= 1.0:
+        raise ValueError(f"colour jitter strength must be in [0, 1], got {strength}.")
+    if strength == 0.0:
+        return image
+    seeds = tf.unstack(tf.random.experimental.stateless_split(seed, 4))
+    unit = (image + 1.0) / 2.0
+    unit = tf.image.stateless_random_hue(unit, 0.1 * strength, seeds[0])
+    unit = tf.image.stateless_random_saturation(
+        unit, 1.0 - strength, 1.0 + strength, seeds[1]
+    )
+    unit = tf.image.stateless_random_contrast(
+        unit, 1.0 - strength / 2, 1.0 + strength / 2, seeds[2]
+    )
+    unit = tf.image.stateless_random_brightness(unit, 0.125 * strength, seeds[3])
+    return tf.clip_by_value(unit * 2.0 - 1.0, -1.0, 1.0)
+
+
 def with_seeds(dataset: tf.data.Dataset, seed: int | None) -> tf.data.Dataset:
     """Zips each element with its own `int64 (2,)` stateless seed.
 

@@ -16,6 +16,7 @@ from tfgancompress.models.pytorch import (
     pretrained,
 )
 from tfgancompress.models.resnet import mobile_resnet_generator, resnet_generator
+from tfgancompress.models.skip import fit_colour_map, with_colour_skip
 from tfgancompress.models.taps import tap_names, with_taps
 from tfgancompress.models.unet import unet_generator
 
@@ -23,6 +24,7 @@ __all__ = [
     "CheckpointError",
     "TorchConv2DTranspose",
     "UnsafeCheckpointError",
+    "fit_colour_map",
     "infer_architecture",
     "load_pytorch_generator",
     "load_pytorch_state_dict",
@@ -32,5 +34,6 @@ __all__ = [
     "resnet_generator",
     "tap_names",
     "unet_generator",
+    "with_colour_skip",
     "with_taps",
 ]

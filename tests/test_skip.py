@@ -1,0 +1,58 @@
+"""The global colour skip: fit, initial function, export parity, errors."""
+
+import numpy as np
+import pytest
+
+import tfgancompress as tgc
+from tfgancompress import export, models
+
+
+def _images(n, seed, size=32):
+    return (
+        np.random.default_rng(seed)
+        .uniform(-1, 1, (n, size, size, 3))
+        .astype(np.float32)
+    )
+
+
+def test_fit_colour_map_recovers_a_known_map():
+    x = _images(4, seed=0) * 0.5
+    matrix = np.array([[0.9, 0.1, 0.0], [0.05, 0.8, 0.1], [0.0, 0.2, 0.7]])
+    bias = np.array([0.1, -0.05, 0.02])
+    fitted_matrix, fitted_bias = models.fit_colour_map(x, x @ matrix + bias)
+    np.testing.assert_allclose(fitted_matrix, matrix, atol=1e-5)
+    np.testing.assert_allclose(fitted_bias, bias, atol=1e-5)
+    with pytest.raises(ValueError, match=r"\(4, 32, 32, 3\) and \(4, 32, 32, 1\)"):
+        models.fit_colour_map(x, x[..., :1])
+
+
+def test_skip_starts_as_the_colour_map_then_adds_the_generator(tmp_path):
+    core = models.resnet_generator(ngf=8, n_blocks=2)
+    matrix = np.diag([0.5, 0.7, 0.9]).astype(np.float32)
+    bias = np.array([0.2, 0.0, -0.1], np.float32)
+    student = models.with_colour_skip(core, (matrix, bias))
+    x = _images(2, seed=1)
+    np.testing.assert_allclose(
+        student.predict(x, verbose=0), np.clip(x @ matrix + bias, -1, 1), atol=1e-6
+    )
+    out_conv = core.get_layer("out_conv")
+    out_conv.set_weights([w + 0.05 for w in out_conv.get_weights()])
+    expected = np.clip(x @ matrix + bias + core.predict(x, verbose=0), -1, 1)
+    np.testing.assert_allclose(student.predict(x, verbose=0), expected, atol=1e-5)
+    assert (
+        tgc.profile(student, (32, 32, 3)).macs
+        == tgc.profile(core, (32, 32, 3)).macs + 32 * 32 * 9
+    )
+    path = export.to_litert(student, tmp_path / "s.tflite", input_shape=(32, 32, 3))
+    np.testing.assert_allclose(
+        export.run_litert(path, x[:1]), student.predict(x[:1], verbose=0), atol=1e-4
+    )
+
+
+def test_skip_errors_name_the_problem():
+    core = models.resnet_generator(ngf=8, n_blocks=1)
+    with pytest.raises(ValueError, match="'final' is not a layer"):
+        models.with_colour_skip(core, zero_layer="final")
+    gray = models.resnet_generator(ngf=8, n_blocks=1, output_channels=1)
+    with pytest.raises(ValueError, match="3 channels in and out"):
+        models.with_colour_skip(gray)

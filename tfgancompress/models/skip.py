@@ -1,0 +1,116 @@
+"""A global colour skip around a generator: `y = clip(colour_map(x) + g(x))`.
+
+Many image-to-image teachers (photo styles, enhancement) keep most of the
+input: on the vintage task the identity is already 23 dB PSNR from the
+teacher. A thin student trained from a pruned teacher must first relearn to
+copy its input through its down- and up-sampling path, which the few
+thousand steps affordable on a CPU do not buy. With the skip the student
+starts as the best global colour map (a 1x1 convolution, fitted by least
+squares) and its generator, whose last convolution starts at zero, learns
+only what the teacher adds: the local, image-dependent part.
+
+The result is a plain functional model: the skip is one 1x1 `Conv2D`
+(3 -> 3), an `Add` and a `hard_tanh` clip, so `tgc.profile`, `tgc.slim` and
+the LiteRT/ONNX exporters see ordinary layers (RELU_N1_TO_1 in LiteRT).
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+
+def fit_colour_map(
+    inputs: np.ndarray, targets: np.ndarray, samples: int = 20000, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Least-squares colour map `targets ~ inputs @ matrix + bias`.
+
+    Args:
+        inputs: `(..., 3)` images.
+        targets: Images of the same shape.
+        samples: Pixels drawn at random (without replacement) for the fit.
+        seed: Seed of the draw.
+
+    Returns:
+        `(matrix (3, 3), bias (3,))`, float32.
+
+    Raises:
+        ValueError: If the shapes differ or the last axis is not 3.
+    """
+    inputs, targets = np.asarray(inputs), np.asarray(targets)
+    if inputs.shape != targets.shape or inputs.shape[-1] != 3:
+        raise ValueError(
+            "A colour map needs inputs and targets of one shape (..., 3), got "
+            f"{inputs.shape} and {targets.shape}."
+        )
+    x = inputs.reshape(-1, 3).astype(np.float64)
+    y = targets.reshape(-1, 3).astype(np.float64)
+    chosen = np.random.default_rng(seed).choice(
+        len(x), size=min(samples, len(x)), replace=False
+    )
+    design = np.concatenate([x[chosen], np.ones((len(chosen), 1))], axis=1)
+    solution, *_ = np.linalg.lstsq(design, y[chosen], rcond=None)
+    return solution[:3].astype(np.float32), solution[3].astype(np.float32)
+
+
+def with_colour_skip(
+    generator: keras.Model,
+    colour_map: tuple[np.ndarray, np.ndarray] | None = None,
+    zero_layer: str | None = "out_conv",
+    name: str | None = None,
+) -> keras.Model:
+    """Wraps a 3-channel generator as `hard_tanh(colour_map(x) + generator(x))`.
+
+    Args:
+        generator: A functional image-to-image model, 3 channels in and out.
+            Its layers are shared with the result (not copied).
+        colour_map: `(matrix (3, 3), bias (3,))` of the skip (e.g. from
+            `fit_colour_map`); default the identity.
+        zero_layer: Name of the generator's layer whose weights are zeroed so
+            the generator's contribution starts at zero (`"out_conv"` in the
+            zoo's generators, before their tanh); `None` keeps them.
+        name: The model's name (default `<generator>_colour_skip`).
+
+    Returns:
+        A flat functional model with one more 1x1 `Conv2D` named
+        `"colour_skip"`.
+
+    Raises:
+        ValueError: If the generator is not 3 channels in and out, or
+            `zero_layer` is not one of its layers.
+
+    Example:
+
+    >>> core = tgc.surgery.l1_prune(tgc.models.pretrained("vintage"), 0.25)
+    >>> student = with_colour_skip(core, fit_colour_map(photos, teacher_outputs))
+    """
+    if generator.input_shape[-1] != 3 or generator.output_shape[-1] != 3:
+        raise ValueError(
+            "with_colour_skip needs a generator with 3 channels in and out, got "
+            f"{generator.input_shape} -> {generator.output_shape}."
+        )
+    if zero_layer is not None:
+        names = [layer.name for layer in generator.layers]
+        if zero_layer not in names:
+            raise ValueError(
+                f"zero_layer {zero_layer!r} is not a layer of {generator.name!r}; "
+                f"its last layers are {names[-4:]}."
+            )
+        layer = generator.get_layer(zero_layer)
+        layer.set_weights([np.zeros_like(w) for w in layer.get_weights()])
+    matrix, bias = (
+        (np.eye(3, dtype=np.float32), np.zeros(3, np.float32))
+        if colour_map is None
+        else colour_map
+    )
+    skip = keras.layers.Conv2D(3, 1, name="colour_skip")
+    x = generator.input
+    summed = keras.layers.Add(name="colour_skip_add")([skip(x), generator.output])
+    y = keras.layers.Activation("hard_tanh", name="colour_skip_clip")(summed)
+    skip.set_weights(
+        [
+            np.asarray(matrix, np.float32).reshape(1, 1, 3, 3),
+            np.asarray(bias, np.float32).reshape(3),
+        ]
+    )
+    return keras.Model(x, y, name=name or f"{generator.name}_colour_skip")
