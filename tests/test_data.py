@@ -480,3 +480,17 @@ def test_cache_dir_default(monkeypatch, tmp_path):
     assert builtin.fit_size(451, 300, 64) == (96, 64)
     with pytest.raises(ValueError, match="multiple of 4"):
         builtin.fit_size(451, 300, 66)
+
+
+def test_colour_jitter_is_seeded_bounded_and_off_at_zero():
+    image = tf.random.uniform((16, 16, 3), -1.0, 1.0, seed=3)
+    seed = tf.constant([4, 5], tf.int64)
+    same = pipeline.colour_jitter(image, seed, 0.5)
+    np.testing.assert_array_equal(same, pipeline.colour_jitter(image, seed, 0.5))
+    other = pipeline.colour_jitter(image, tf.constant([4, 6], tf.int64), 0.5)
+    assert float(tf.reduce_max(tf.abs(same - other))) > 0.01
+    assert float(tf.reduce_min(same)) >= -1.0 and float(tf.reduce_max(same)) <= 1.0
+    assert float(tf.reduce_mean(tf.abs(same - image))) > 0.01
+    np.testing.assert_array_equal(pipeline.colour_jitter(image, seed, 0.0), image)
+    with pytest.raises(ValueError, match="strength must be in \\[0, 1\\], got 1.5"):
+        pipeline.colour_jitter(image, seed, 1.5)

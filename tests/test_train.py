@@ -37,6 +37,7 @@ def test_main_job_writes_everything(tmp_path):
         batch_size=2,
         crop_size=32,
         photo_size=64,
+        crops_per_photo=1,
         eval_size=64,
         ndf=8,
         latency_runs=2,

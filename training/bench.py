@@ -45,6 +45,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("steps", 300, "Training steps of every trained row.")
     flags.DEFINE_float("keep_ratio", 0.25, "Width of the students.", lower_bound=0.01)
     flags.DEFINE_integer("seed", 0, "Seed of every trained row.")
+    flags.DEFINE_bool("colour_skip", True, "Wrap the students in a global colour skip.")
     flags.DEFINE_integer("eval_size", 256, "Side of the held-out evaluation images.")
     flags.DEFINE_integer("latency_runs", 10, "Interleaved LiteRT timing rounds.")
     flags.DEFINE_string("output_dir", "benchmarks/results", "Where to write results.")
@@ -54,7 +55,9 @@ def _train_row(method: str, teacher, held_out, config: dict):
     """Trains one student; returns (student, fp32 path, int8 path, seconds)."""
     run_dir = os.path.join(config["output_dir"], "runs", method)
     os.makedirs(run_dir, exist_ok=True)
-    student, _ = vintage.build_student(teacher, method, config["keep_ratio"])
+    student, _ = vintage.build_student(
+        teacher, method, config["keep_ratio"], colour_map=config["colour_map"]
+    )
     start = time.perf_counter()
     trainer = vintage.train_student(
         student, teacher, {**config, "method": method, "output_dir": run_dir}, held_out
@@ -85,14 +88,13 @@ def run(methods, output_dir: str, **settings) -> dict:
     shape = (size, size, 3)
     os.makedirs(output_dir, exist_ok=True)
     teacher = tgc.models.pretrained("vintage")
-    photos = {"size": config["photo_size"], "crop_size": size}
-    inputs, targets = evaluation.as_arrays(
-        tgc.data.vintage_pairs("eval", batch_size=1, **photos)
-    )
-    training_pairs = evaluation.as_arrays(
-        tgc.data.vintage_pairs("train", batch_size=4, seed=1, **photos).take(4)
-    )
+    (inputs, targets), training_pairs = vintage.task_data(config)
     config["calibration"] = training_pairs[0]
+    config["colour_map"] = (
+        tgc.models.fit_colour_map(*training_pairs, seed=config["seed"])
+        if config["colour_skip"]
+        else None
+    )
     comparison = evaluation.TeacherComparison(targets)
     teacher_cost = tgc.profile(teacher, shape)
     rows: dict[str, dict] = {}
@@ -245,6 +247,7 @@ def main(argv):
         steps=FLAGS.steps,
         keep_ratio=FLAGS.keep_ratio,
         seed=FLAGS.seed,
+        colour_skip=FLAGS.colour_skip,
         eval_size=FLAGS.eval_size,
         latency_runs=FLAGS.latency_runs,
         steps_per_epoch=min(vintage.DEFAULTS["steps_per_epoch"], FLAGS.steps),

@@ -5,9 +5,13 @@
 Method `distill` (the default until a paper's method lands) is the
 distillation baseline: the teacher cut to `--keep_ratio` of its filters by
 L1 norm (or to `--macs_budget`), then trained with pixel + feature
-distillation + a GAN loss on pseudo-pairs (photo, teacher(photo)) of the
-built-in training photos. Method `uniform` trains a uniformly thinner
-generator from scratch with the same losses but no feature distillation.
+distillation + a GAN loss on exact pseudo-pairs (a view of a built-in
+training photo, the teacher's output on that view; `--crops_per_photo`
+colour-jittered views per photo). Method `uniform` trains a uniformly
+thinner generator from scratch with the same losses but no feature
+distillation. With `--colour_skip` (default) the student is wrapped as
+`y = colour_map(x) + student(x)`, starting at the least-squares colour map
+of the training photos (`tgc.models.with_colour_skip`).
 
 Training checkpoints to `<output_dir>/backup` every epoch; run the same
 command again after an interruption and it resumes there. Writes
@@ -47,6 +51,11 @@ def define_flags() -> None:
     flags.DEFINE_float(
         "macs_budget", None, "Target student G MACs at 256x256 (overrides keep_ratio)."
     )
+    flags.DEFINE_bool(
+        "colour_skip",
+        vintage.DEFAULTS["colour_skip"],
+        "Wrap the student in a global colour skip (y = colour map + student).",
+    )
     flags.DEFINE_integer(
         "steps", vintage.DEFAULTS["steps"], "Training steps.", lower_bound=1
     )
@@ -64,6 +73,19 @@ def define_flags() -> None:
         vintage.DEFAULTS["crop_size"],
         "Training crop side.",
         lower_bound=32,
+    )
+    flags.DEFINE_integer(
+        "crops_per_photo",
+        vintage.DEFAULTS["crops_per_photo"],
+        "Cached training views per photo (the teacher runs once on each).",
+        lower_bound=1,
+    )
+    flags.DEFINE_float(
+        "colour_jitter",
+        vintage.DEFAULTS["colour_jitter"],
+        "Colour jitter strength of the training views.",
+        lower_bound=0.0,
+        upper_bound=1.0,
     )
     flags.DEFINE_float(
         "learning_rate",
@@ -91,7 +113,7 @@ def define_flags() -> None:
     flags.DEFINE_integer(
         "photo_size",
         vintage.DEFAULTS["photo_size"],
-        "Short side of the cached photos and teacher outputs (a multiple of 4).",
+        "Short side the photos are loaded at before views are cut (multiple of 4).",
     )
     flags.DEFINE_integer(
         "latency_runs",
@@ -163,15 +185,16 @@ def run(**overrides) -> dict:
     os.makedirs(output_dir, exist_ok=True)
     size = config["eval_size"]
     shape = (size, size, 3)
-    print("[1/5] teacher, held-out photos and student", flush=True)
+    print("[1/5] teacher, held-out views and student", flush=True)
     teacher = tgc.models.pretrained("vintage")
-    held_out = evaluation.as_arrays(
-        tgc.data.vintage_pairs(
-            "eval", size=config["photo_size"], crop_size=size, batch_size=1
-        )
-    )
+    held_out, reference_pairs = vintage.task_data(config)
+    colour_map = tgc.models.fit_colour_map(*reference_pairs, seed=config["seed"])
     student, keep_ratio = vintage.build_student(
-        teacher, config["method"], config["keep_ratio"], config.get("macs_budget")
+        teacher,
+        config["method"],
+        config["keep_ratio"],
+        config.get("macs_budget"),
+        colour_map if config["colour_skip"] else None,
     )
 
     print(f"[2/5] training {config['steps']} steps", flush=True)
@@ -182,11 +205,6 @@ def run(**overrides) -> dict:
     student.save(os.path.join(output_dir, "student.keras"))
 
     print("[3/5] exporting fp32 and int8 LiteRT files", flush=True)
-    reference_pairs = evaluation.as_arrays(
-        tgc.data.vintage_pairs(
-            "train", size=config["photo_size"], crop_size=size, batch_size=4, seed=1
-        ).take(4)
-    )
     paths = {
         "student": tgc.export.to_litert(
             student, os.path.join(output_dir, "student.tflite"), input_shape=shape
@@ -202,7 +220,9 @@ def run(**overrides) -> dict:
 
     print("[4/5] measuring quality against the teacher", flush=True)
     inputs, targets = held_out
-    colour_map = evaluation.colour_map_reference(reference_pairs, seed=config["seed"])
+    colour_map_reference = evaluation.colour_map_reference(
+        reference_pairs, seed=config["seed"]
+    )
     outputs = {
         "teacher": targets,
         "student": np.asarray(student.predict(inputs, batch_size=2, verbose=0)),
@@ -210,7 +230,7 @@ def run(**overrides) -> dict:
             [tgc.export.run_litert(paths["student_int8"], x[None]) for x in inputs]
         ),
         "identity": inputs,
-        "colour_map": colour_map(inputs),
+        "colour_map": colour_map_reference(inputs),
     }
     comparison = evaluation.TeacherComparison(targets)
     rows = {name: comparison.score(out) for name, out in outputs.items()}

@@ -1,10 +1,13 @@
 """The vintage task: default settings, student recipes and the training loop.
 
 Shared by the main job (`training.train`) and the method benchmark
-(`training.bench`): a student is built by a recipe (`build_student`), then
-trained by `train_student` on pseudo-pairs (photo, pretrained vintage
-teacher's output) of the built-in training photos, checkpointing every
-epoch so an interrupted run resumes.
+(`training.bench`): `task_data` gives the held-out evaluation views and the
+training photos' central views (for the colour map and int8 calibration); a
+student is built by a recipe (`build_student`), then trained by
+`train_student` on exact pseudo-pairs (a view of a built-in training photo,
+the pretrained vintage teacher's output on that view; see
+`tgc.data.vintage_pairs`), checkpointing every epoch so an interrupted run
+resumes.
 """
 
 from __future__ import annotations
@@ -12,9 +15,10 @@ from __future__ import annotations
 import os
 
 import keras
+import numpy as np
 
 import tfgancompress as tgc
-from training import callbacks
+from training import callbacks, evaluation
 from training.methods import baselines
 from training.trainer import AdversarialTrainer
 
@@ -22,16 +26,19 @@ DEFAULTS = {
     "method": "distill",
     "keep_ratio": 0.25,
     "macs_budget": None,
+    "colour_skip": True,
     "steps": 600,
     "steps_per_epoch": 50,
-    "batch_size": 4,
+    "batch_size": 8,
     "crop_size": 128,
+    "crops_per_photo": 12,
+    "colour_jitter": 0.5,
     "learning_rate": 2e-4,
     "lambda_recon": 100.0,
     "lambda_distill": 1.0,
     "ndf": 32,
     "eval_size": 256,
-    "photo_size": 384,
+    "photo_size": 256,
     "latency_runs": 10,
     "seed": 0,
     "jit_compile": True,
@@ -40,13 +47,53 @@ DEFAULTS = {
 }
 
 
-def build_student(teacher, method: str, keep_ratio: float, macs_budget=None):
-    """The untrained student of a recipe, and the keep ratio it used."""
+def task_data(config: dict) -> tuple[tuple, tuple]:
+    """The evaluation and reference views of the vintage task.
+
+    Args:
+        config: Settings (`photo_size`, `eval_size`).
+
+    Returns:
+        `(held_out, reference)`: each `(inputs, teacher_outputs)` arrays of
+        the central `eval_size` views; `held_out` of the photos held out by
+        source, `reference` of the training photos (to fit the colour map
+        and calibrate int8).
+    """
+    views = {"size": config["photo_size"], "crop_size": config["eval_size"]}
+    held_out = evaluation.as_arrays(tgc.data.vintage_pairs("eval", **views))
+    reference = evaluation.as_arrays(
+        tgc.data.vintage_pairs("train", training=False, batch_size=8, **views)
+    )
+    return held_out, reference
+
+
+def build_student(
+    teacher,
+    method: str,
+    keep_ratio: float,
+    macs_budget=None,
+    colour_map: tuple[np.ndarray, np.ndarray] | None = None,
+):
+    """The untrained student of a recipe, and the keep ratio it used.
+
+    Args:
+        teacher: The vintage teacher.
+        method: `"distill"` (L1-pruned teacher) or `"uniform"` (from scratch).
+        keep_ratio: Fraction of the filters kept.
+        macs_budget: G MACs at 256x256; overrides `keep_ratio`.
+        colour_map: `(matrix, bias)`: wrap the student in a global colour
+            skip starting at this map (`tgc.models.with_colour_skip`);
+            `None`: the plain generator.
+    """
     if macs_budget is not None:
         keep_ratio = baselines.keep_ratio_for_budget(teacher, int(macs_budget * 1e9))
     if method == "distill":
-        return baselines.l1_pruned_student(teacher, keep_ratio), keep_ratio
-    return baselines.uniform_student(keep_ratio, affine=True), keep_ratio
+        student = baselines.l1_pruned_student(teacher, keep_ratio)
+    else:
+        student = baselines.uniform_student(keep_ratio, affine=True)
+    if colour_map is not None:
+        student = tgc.models.with_colour_skip(student, colour_map)
+    return student, keep_ratio
 
 
 def train_student(student, teacher, config: dict, held_out=None):
@@ -76,6 +123,8 @@ def train_student(student, teacher, config: dict, held_out=None):
         "train",
         size=config["photo_size"],
         crop_size=config["crop_size"],
+        crops_per_photo=config["crops_per_photo"],
+        colour_jitter=config["colour_jitter"],
         batch_size=config["batch_size"],
         seed=config["seed"],
         repeat=True,
