@@ -1,5 +1,6 @@
 # tfgancompress developer commands.
 #
+#   make train   set up, then the main job: compress the pretrained vintage teacher
 #   make demo    set up, then profile -> slim -> export the bundled pretrained teacher
 #   make test    set up, then lint and run the test suite
 #   make lint    ruff check + ruff format --check (no set-up)
@@ -22,7 +23,7 @@ VINTAGIFY := vintagify==0.1.2
 
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300
 
-.PHONY: install system-deps lint test demo bazel bazel-setup
+.PHONY: install system-deps lint test train demo bazel bazel-setup
 
 install: system-deps
 	$(PIP) install -e ".[test,data]"
@@ -52,6 +53,9 @@ test: install
 	@$(PYTHON) -m pytest -q; status=$$?; \
 	if [ $$status -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; \
 	exit $$status
+
+train: install
+	$(PYTHON) -m training.train --output_dir=outputs/vintage
 
 demo: install
 	$(PYTHON) -m tfgancompress.demo
