@@ -27,7 +27,7 @@ DEFAULTS = {
     "keep_ratio": 0.25,
     "macs_budget": None,
     "colour_skip": True,
-    "steps": 300,
+    "steps": 200,
     "steps_per_epoch": 50,
     "batch_size": 8,
     "crop_size": 128,
