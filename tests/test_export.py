@@ -317,14 +317,19 @@ def test_fake_quant_kernel_ranges_reach_the_int8_file(tmp_path):
     inputs = keras.Input((16, 16, 3))
     x = FakeQuant(signed=True, max_value=1.0)(inputs)
     x = QuantizedKernelConv(8)(x)
-    model = keras.Model(inputs, FakeQuant(ranges="moving")(x))
+    output_quant = FakeQuant(ranges="moving")
+    model = keras.Model(inputs, output_quant(x))
     data = _images(2, seed=9)[:, :16, :16]
     model(data, training=True)
     path = export.to_litert(model, tmp_path / "k.tflite", "int8")
     (conv,) = [op for op in export.litert_graph(path) if op.name == "CONV_2D"]
     assert conv.input_dtypes == ("int8", "int8", "int32")
     expected = model.predict(data[:1], verbose=0)
-    np.testing.assert_allclose(export.run_litert(path, data[:1]), expected, atol=1e-5)
+    error = np.abs(export.run_litert(path, data[:1]) - expected)
+    # Equal but for rare rounding ties, off by one output step at most.
+    step = float(np.max(output_quant.max_range) - np.min(output_quant.min_range)) / 255
+    assert np.mean(error > 1e-5) < 0.01, np.mean(error > 1e-5)
+    assert float(error.max()) <= step * 1.01, (float(error.max()), step)
 
 
 def test_export_leaves_absl_log_level_alone(tmp_path):
