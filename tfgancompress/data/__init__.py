@@ -12,8 +12,9 @@ Debian's opencv-doc photos when installed; hold evaluation photos out by
 source with `split_by_source`):
 
 * `photos(split)`: random zoom crops of the colour photos.
-* `vintage_pairs(split)`: (photo, pretrained vintage teacher's output),
-  computed once and cached on disk; `pseudo_pairs` for any teacher.
+* `vintage_pairs(split)`: (view of a photo, the pretrained vintage
+  teacher's output on exactly that view), computed once and cached on disk;
+  `pseudo_pairs` for any teacher.
 * `edges2photos(split)`: (HED edge drawing, photo), cached.
 
 All images are `float32` NHWC in [-1, 1].
