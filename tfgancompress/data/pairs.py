@@ -68,6 +68,54 @@ def _read_rgb(path: Path) -> np.ndarray:
         return np.asarray(image.convert("RGB"))
 
 
+def _fill_cache(
+    key: str,
+    folder: Path,
+    paths: Sequence[tuple[Path, Path]],
+    make_input: Callable[[int], np.ndarray],
+    make_function: Callable[[], Callable[[np.ndarray], np.ndarray]],
+    what: str,
+) -> int:
+    """Computes and saves the `(input, derived)` PNG pairs missing from a cache.
+
+    Args:
+        key: Names the derivation (messages, file names).
+        folder: The cache folder.
+        paths: `(input path, derived path)` of every item.
+        make_input: Item index -> its `uint8` input image.
+        make_function: Called once, only if something is missing; returns
+            the input -> derived image function.
+        what: What an item is, for the messages (`"photo"`, `"view"`).
+
+    Returns:
+        How many items were computed.
+    """
+    missing = [i for i, (a, b) in enumerate(paths) if not (a.is_file() and b.is_file())]
+    if missing:
+        folder.mkdir(parents=True, exist_ok=True)
+        print(
+            f"{key}: computing {len(missing)} of {len(paths)} {what}s, cached in "
+            f"{folder}",
+            flush=True,
+        )
+        function = make_function()
+        bar = keras.utils.Progbar(len(missing), unit_name=what)
+        for done, i in enumerate(missing, 1):
+            image = make_input(i)
+            _save_png(image, paths[i][0])
+            _save_png(function(image), paths[i][1])
+            bar.update(done)
+    logging.info(
+        "%s: %d %ss computed, %d reused from %s",
+        key,
+        len(missing),
+        what,
+        len(paths) - len(missing),
+        folder,
+    )
+    return len(missing)
+
+
 def cached_pairs(
     chosen: Sequence[builtin.Photo],
     *,
@@ -94,31 +142,16 @@ def cached_pairs(
     folder = Path(cache_dir or default_cache_dir()) / key / str(size)
     stems = [folder / f"{p.source}-{p.name}-{p.digest()}" for p in chosen]
     paths = [(Path(f"{s}.photo.png"), Path(f"{s}.{key}.png")) for s in stems]
-    missing = [i for i, (a, b) in enumerate(paths) if not (a.is_file() and b.is_file())]
-    if missing:
-        folder.mkdir(parents=True, exist_ok=True)
-        print(
-            f"{key}: computing {len(missing)} of {len(chosen)} photos at short "
-            f"side {size}, cached in {folder}",
-            flush=True,
-        )
-        function = make_function()
-        bar = keras.utils.Progbar(len(missing), unit_name="photo")
-        for done, i in enumerate(missing, 1):
-            photo = builtin.load_photo(chosen[i], size)
-            derived = function(photo)
-            _save_png(photo, paths[i][0])
-            _save_png(derived, paths[i][1])
-            bar.update(done)
-    logging.info(
-        "%s: %d photos computed, %d reused from %s",
+    computed = _fill_cache(
         key,
-        len(missing),
-        len(chosen) - len(missing),
         folder,
+        paths,
+        lambda i: builtin.load_photo(chosen[i], size),
+        make_function,
+        "photo",
     )
     pairs = [np.concatenate([_read_rgb(a), _read_rgb(b)], axis=-1) for a, b in paths]
-    return pairs, len(missing)
+    return pairs, computed
 
 
 def _teacher_function(teacher: Callable) -> Callable[[np.ndarray], np.ndarray]:
@@ -138,9 +171,9 @@ def _teacher_function(teacher: Callable) -> Callable[[np.ndarray], np.ndarray]:
     return run
 
 
-def _view_seed(photo: builtin.Photo, index: int) -> tf.Tensor:
-    """The stateless seed of a photo's `index`-th view (follows its content)."""
-    return tf.constant([int(photo.digest()[:8], 16), index], tf.int64)
+def _view_seed(digest: str, index: int) -> tf.Tensor:
+    """The stateless seed of the `index`-th view of the photo with `digest`."""
+    return tf.constant([int(digest[:8], 16), index], tf.int64)
 
 
 def cached_views(
@@ -200,46 +233,29 @@ def cached_views(
         f"crop{crop_size}-jitter{colour_jitter:g}" if jittered else f"crop{crop_size}"
     )
     names = range(views_per_photo) if training else ["central"]
+    digests = [photo.digest() for photo in chosen]
     views = [
-        (photo, name, folder / f"{photo.source}-{photo.name}-{photo.digest()}-{name}")
-        for photo in chosen
+        (index, name, folder / f"{photo.source}-{photo.name}-{digest}-{name}")
+        for index, (photo, digest) in enumerate(zip(chosen, digests, strict=True))
         for name in names
     ]
     paths = [(Path(f"{s}.photo.png"), Path(f"{s}.{key}.png")) for *_, s in views]
-    missing = [i for i, (a, b) in enumerate(paths) if not (a.is_file() and b.is_file())]
-    if missing:
-        folder.mkdir(parents=True, exist_ok=True)
-        print(
-            f"{key}: computing {len(missing)} of {len(views)} views "
-            f"({crop_size}x{crop_size}) of {len(chosen)} photos, cached in {folder}",
-            flush=True,
-        )
-        function = make_function()
-        bar = keras.utils.Progbar(len(missing), unit_name="view")
-        photos: dict[Path, tf.Tensor] = {}
-        for done, i in enumerate(missing, 1):
-            photo, name, _ = views[i]
-            if photo.path not in photos:
-                photos[photo.path] = pipeline.to_float(
-                    tf.constant(builtin.load_photo(photo, size))
-                )
-            seed = _view_seed(photo, 0 if name == "central" else name)
-            view = pipeline.zoom_crop(photos[photo.path], seed, crop_size, training)
-            if jittered:
-                jitter_seed = tf.random.experimental.stateless_fold_in(seed, 1)
-                view = pipeline.colour_jitter(view, jitter_seed, colour_jitter)
-            view = np.round((view.numpy() + 1.0) * 127.5)
-            view = np.clip(view, 0, 255).astype(np.uint8)
-            _save_png(view, paths[i][0])
-            _save_png(function(view), paths[i][1])
-            bar.update(done)
-    logging.info(
-        "%s: %d views computed, %d reused from %s",
-        key,
-        len(missing),
-        len(views) - len(missing),
-        folder,
-    )
+    photos: dict[int, tf.Tensor] = {}
+
+    def make_view(i: int) -> np.ndarray:
+        index, name, _ = views[i]
+        if index not in photos:
+            photo = builtin.load_photo(chosen[index], size)
+            photos[index] = pipeline.to_float(tf.constant(photo))
+        seed = _view_seed(digests[index], 0 if name == "central" else name)
+        view = pipeline.zoom_crop(photos[index], seed, crop_size, training)
+        if jittered:
+            jitter_seed = tf.random.experimental.stateless_fold_in(seed, 1)
+            view = pipeline.colour_jitter(view, jitter_seed, colour_jitter)
+        view = np.round((view.numpy() + 1.0) * 127.5)
+        return np.clip(view, 0, 255).astype(np.uint8)
+
+    _fill_cache(key, folder, paths, make_view, make_function, "view")
     inputs = np.stack([_read_rgb(a) for a, _ in paths])
     outputs = np.stack([_read_rgb(b) for _, b in paths])
     return inputs, outputs
