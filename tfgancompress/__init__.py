@@ -8,7 +8,15 @@ print(tgc.profile(teacher, (256, 256, 3)))
 ```
 """
 
-from tfgancompress import data, export, latency, metrics, models, schedules
+from tfgancompress import (
+    data,
+    export,
+    latency,
+    metrics,
+    models,
+    reconstruction,
+    schedules,
+)
 from tfgancompress.profile import LayerProfile, ModelProfile, profile
 from tfgancompress.surgery import live_channels, slim
 
@@ -22,6 +30,7 @@ __all__ = [
     "metrics",
     "models",
     "profile",
+    "reconstruction",
     "schedules",
     "slim",
 ]

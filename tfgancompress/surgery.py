@@ -910,6 +910,36 @@ def live_channels(model: keras.Model) -> list[LayerChannels]:
     ]
 
 
+def kept_channels(model: keras.Model) -> dict[str, np.ndarray]:
+    """Per convolution: the indices of the output channels `slim` keeps.
+
+    Channel `j` of a layer of `slim(model)` is channel `kept[name][j]` of the
+    same layer of `model`: the map a student needs to be matched to its
+    teacher channel by channel (`tgc.reconstruction.reconstruct`).
+
+    Args:
+        model: A model as accepted by `slim` (e.g. a gated teacher after
+            `prune_gates_by_l1`).
+
+    Returns:
+        `{layer name: sorted int indices}` for every convolution and dense
+        layer.
+
+    Example:
+
+    >>> gated = tgc.surgery.add_gates(teacher, "binary")
+    >>> tgc.surgery.prune_gates_by_l1(gated, 0.25)
+    >>> kept = tgc.surgery.kept_channels(gated)
+    >>> student = tgc.slim(gated)
+    """
+    graph, live = _analyse(model)
+    return {
+        op.name: np.flatnonzero(live.alive(op.output))
+        for op in graph.ops
+        if op.kind in _CONV_KINDS
+    }
+
+
 def _anchor_conv(graph: _Graph, gate: _Op) -> _Op | None:
     """The convolution whose output channels a gate decides, if any."""
     producers = graph.producers()
