@@ -46,6 +46,12 @@ def define_flags() -> None:
     flags.DEFINE_float("keep_ratio", 0.25, "Width of the students.", lower_bound=0.01)
     flags.DEFINE_integer("seed", 0, "Seed of every trained row.")
     flags.DEFINE_bool("colour_skip", True, "Wrap the students in a global colour skip.")
+    flags.DEFINE_integer(
+        "reconstruction_views",
+        vintage.DEFAULTS["reconstruction_views"],
+        "Views for the distill student's least-squares refit (0: off).",
+        lower_bound=0,
+    )
     flags.DEFINE_integer("eval_size", 256, "Side of the held-out evaluation images.")
     flags.DEFINE_integer("latency_runs", 10, "Interleaved LiteRT timing rounds.")
     flags.DEFINE_string("output_dir", "benchmarks/results", "Where to write results.")
@@ -56,7 +62,11 @@ def _train_row(method: str, teacher, held_out, config: dict):
     run_dir = os.path.join(config["output_dir"], "runs", method)
     os.makedirs(run_dir, exist_ok=True)
     student, _ = vintage.build_student(
-        teacher, method, config["keep_ratio"], colour_map=config["colour_map"]
+        teacher,
+        method,
+        config["keep_ratio"],
+        colour_map=config["colour_map"],
+        calibration=vintage.calibration_views({**config, "method": method}),
     )
     start = time.perf_counter()
     trainer = vintage.train_student(
@@ -248,6 +258,7 @@ def main(argv):
         keep_ratio=FLAGS.keep_ratio,
         seed=FLAGS.seed,
         colour_skip=FLAGS.colour_skip,
+        reconstruction_views=FLAGS.reconstruction_views,
         eval_size=FLAGS.eval_size,
         latency_runs=FLAGS.latency_runs,
         steps_per_epoch=min(vintage.DEFAULTS["steps_per_epoch"], FLAGS.steps),

@@ -4,8 +4,10 @@
 
 Method `distill` (the default until a paper's method lands) is the
 distillation baseline: the teacher cut to `--keep_ratio` of its filters by
-L1 norm (or to `--macs_budget`), then trained with pixel + feature
-distillation + a GAN loss on exact pseudo-pairs (a view of a built-in
+L1 norm (or to `--macs_budget`), its convolutions refitted to the teacher
+by least squares on `--reconstruction_views` training views
+(`tgc.reconstruction`), then trained with pixel + feature distillation + a
+GAN loss on exact pseudo-pairs (a view of a built-in
 training photo, the teacher's output on that view; `--crops_per_photo`
 colour-jittered views per photo). Method `uniform` trains a uniformly
 thinner generator from scratch with the same losses but no feature
@@ -55,6 +57,13 @@ def define_flags() -> None:
         "colour_skip",
         vintage.DEFAULTS["colour_skip"],
         "Wrap the student in a global colour skip (y = colour map + student).",
+    )
+    flags.DEFINE_integer(
+        "reconstruction_views",
+        vintage.DEFAULTS["reconstruction_views"],
+        "Training views on which the distill student's pruned convolutions are "
+        "refitted to the teacher by least squares before training (0: off).",
+        lower_bound=0,
     )
     flags.DEFINE_integer(
         "steps", vintage.DEFAULTS["steps"], "Training steps.", lower_bound=1
@@ -141,6 +150,14 @@ def _report_markdown(report: dict) -> str:
         f"{report['eval_images']} photos held out by source "
         f"({report['eval_size']}x{report['eval_size']}).",
         "",
+        f"Student before training: {report['initial_psnr']:.2f} dB PSNR "
+        + (
+            f"(refitted by least squares on {report['reconstruction_views']} "
+            "training views)."
+            if report["reconstruction_views"]
+            else "(no least-squares refit)."
+        ),
+        "",
         "| model | G MACs | M params | LiteRT ms | PSNR dB | SSIM | FD |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
@@ -189,14 +206,27 @@ def run(**overrides) -> dict:
     teacher = tgc.models.pretrained("vintage")
     held_out, reference_pairs = vintage.task_data(config)
     colour_map = tgc.models.fit_colour_map(*reference_pairs, seed=config["seed"])
+    calibration = vintage.calibration_views(config)
+    if calibration is not None:
+        print(
+            f"      refitting the pruned student to the teacher on "
+            f"{len(calibration)} views (least squares, layer by layer)",
+            flush=True,
+        )
     student, keep_ratio = vintage.build_student(
         teacher,
         config["method"],
         config["keep_ratio"],
         config.get("macs_budget"),
         colour_map if config["colour_skip"] else None,
+        calibration,
     )
 
+    inputs, targets = held_out
+    initial_psnr = float(
+        np.mean(tgc.metrics.psnr(targets, student.predict(inputs, 2, verbose=0)))
+    )
+    print(f"      untrained student: {initial_psnr:.2f} dB PSNR on held-out")
     print(f"[2/5] training {config['steps']} steps", flush=True)
     train_start = time.perf_counter()
     trainer = vintage.train_student(student, teacher, config, held_out)
@@ -219,7 +249,6 @@ def run(**overrides) -> dict:
     }
 
     print("[4/5] measuring quality against the teacher", flush=True)
-    inputs, targets = held_out
     colour_map_reference = evaluation.colour_map_reference(
         reference_pairs, seed=config["seed"]
     )
@@ -254,6 +283,8 @@ def run(**overrides) -> dict:
     report = {
         **{k: config[k] for k in ("method", "steps", "batch_size", "crop_size")},
         "keep_ratio": keep_ratio,
+        "reconstruction_views": 0 if calibration is None else len(calibration),
+        "initial_psnr": initial_psnr,
         "eval_size": size,
         "eval_images": len(inputs),
         "threads": 2,

@@ -27,7 +27,8 @@ DEFAULTS = {
     "keep_ratio": 0.25,
     "macs_budget": None,
     "colour_skip": True,
-    "steps": 200,
+    "reconstruction_views": 64,
+    "steps": 150,
     "steps_per_epoch": 50,
     "batch_size": 8,
     "crop_size": 128,
@@ -67,12 +68,48 @@ def task_data(config: dict) -> tuple[tuple, tuple]:
     return held_out, reference
 
 
+def training_views(config: dict, count: int) -> np.ndarray:
+    """`count` of the training views (`crop_size`), chosen by `seed`.
+
+    The views the student trains on, e.g. to calibrate the least-squares
+    reconstruction of a pruned student; all of them if there are fewer.
+    """
+    inputs, _ = evaluation.as_arrays(
+        tgc.data.vintage_pairs(
+            "train",
+            size=config["photo_size"],
+            crop_size=config["crop_size"],
+            crops_per_photo=config["crops_per_photo"],
+            colour_jitter=config["colour_jitter"],
+            training=True,
+            batch_size=64,
+            seed=config["seed"],
+            drop_remainder=False,
+        )
+    )
+    chosen = np.random.default_rng(config["seed"]).permutation(len(inputs))[:count]
+    return inputs[np.sort(chosen)]
+
+
+def calibration_views(config: dict) -> np.ndarray | None:
+    """The views a `"distill"` student is reconstructed on, or `None`.
+
+    `None` when the method does not prune the teacher or
+    `reconstruction_views` is 0 (reconstruction off).
+    """
+    count = config["reconstruction_views"]
+    if config["method"] != "distill" or count <= 0:
+        return None
+    return training_views(config, count)
+
+
 def build_student(
     teacher,
     method: str,
     keep_ratio: float,
     macs_budget=None,
     colour_map: tuple[np.ndarray, np.ndarray] | None = None,
+    calibration: np.ndarray | None = None,
 ):
     """The untrained student of a recipe, and the keep ratio it used.
 
@@ -84,15 +121,20 @@ def build_student(
         colour_map: `(matrix, bias)`: wrap the student in a global colour
             skip starting at this map (`tgc.models.with_colour_skip`);
             `None`: the plain generator.
+        calibration: Views on which a `"distill"` student's convolutions
+            are refitted to the teacher by least squares
+            (`tgc.reconstruction`); `None`: the teacher's weights, sliced.
     """
     if macs_budget is not None:
         keep_ratio = baselines.keep_ratio_for_budget(teacher, int(macs_budget * 1e9))
     if method == "distill":
-        student = baselines.l1_pruned_student(teacher, keep_ratio)
+        student = baselines.l1_pruned_student(
+            teacher, keep_ratio, colour_map, calibration
+        )
     else:
         student = baselines.uniform_student(keep_ratio, affine=True)
-    if colour_map is not None:
-        student = tgc.models.with_colour_skip(student, colour_map)
+        if colour_map is not None:
+            student = tgc.models.with_colour_skip(student, colour_map)
     return student, keep_ratio
 
 

@@ -3,7 +3,9 @@
 * `l1_pruned_student`: the distillation baseline's student — the teacher
   with each layer cut to its top filters by L1 norm (residual channels
   ranked together), physically slimmed; GAN Compression initialises its
-  students the same way. Train it with `AdversarialTrainer` (pixel +
+  students the same way. Optionally its convolutions are then refitted to
+  the teacher by least squares on calibration images
+  (`tgc.reconstruction`). Train it with `AdversarialTrainer` (pixel +
   feature distillation + GAN loss).
 * `uniform_student`: the teacher's architecture at a uniformly reduced
   width, randomly initialised (trained from scratch).
@@ -14,6 +16,7 @@
 from __future__ import annotations
 
 import keras
+import numpy as np
 
 import tfgancompress as tgc
 
@@ -60,17 +63,43 @@ def keep_ratio_for_budget(
     return low
 
 
-def l1_pruned_student(teacher: keras.Model, keep_ratio: float) -> keras.Model:
-    """The distillation baseline's student: `tgc.surgery.l1_prune(teacher, r)`.
+def l1_pruned_student(
+    teacher: keras.Model,
+    keep_ratio: float,
+    colour_map: tuple[np.ndarray, np.ndarray] | None = None,
+    calibration: np.ndarray | None = None,
+    verbose: bool = True,
+) -> keras.Model:
+    """The distillation baseline's student: the teacher L1-pruned, slimmed.
 
     Args:
         teacher: A trained functional generator (e.g. `pretrained("vintage")`).
         keep_ratio: Fraction of filters kept in every gated layer, in (0, 1].
+        colour_map: `(matrix, bias)`: wrap the student in a global colour
+            skip starting at this map (`tgc.models.with_colour_skip`).
+        calibration: Images on which the pruned convolutions are refitted
+            to the teacher by least squares (`tgc.reconstruction`); `None`
+            keeps the teacher's weights, sliced.
+        verbose: Show the reconstruction's progress.
 
     Returns:
-        A plain, slimmed Keras model initialised from the teacher's weights.
+        A plain, slimmed Keras model initialised from the teacher.
     """
-    return tgc.surgery.l1_prune(teacher, keep_ratio)
+    gated = tgc.surgery.add_gates(teacher, "binary")
+    tgc.surgery.prune_gates_by_l1(gated, keep_ratio)
+    student = tgc.slim(gated)
+    student.name = f"{teacher.name}_l1_pruned"
+    if colour_map is not None:
+        student = tgc.models.with_colour_skip(student, colour_map)
+    if calibration is not None:
+        tgc.reconstruction.reconstruct(
+            student,
+            teacher,
+            calibration,
+            tgc.surgery.kept_channels(gated),
+            verbose=verbose,
+        )
+    return student
 
 
 def uniform_student(
