@@ -348,7 +348,12 @@ def reconstruct(
     per_image = max(1, -(-samples_per_layer // len(images)))
     inner = [layer for layer in layers if layer.name != output_layer]
     targets = _teacher_targets(teacher, inner, images, kept, batch_size, per_image, rng)
-    progress = keras.utils.Progbar(len(layers), verbose=int(verbose), unit_name="layer")
+    progress = keras.utils.Progbar(
+        len(layers),
+        verbose=int(verbose),
+        stateful_metrics=["relative_error"],
+        unit_name="layer",
+    )
     fits = []
     for step, layer in enumerate(layers, start=1):
         if layer.name == output_layer:

@@ -99,7 +99,7 @@ def define_flags() -> None:
     flags.DEFINE_float(
         "learning_rate",
         vintage.DEFAULTS["learning_rate"],
-        "Adam learning rate (G and D).",
+        "Adam learning rate (G and D), cosine-decayed to 0 over --steps.",
     )
     flags.DEFINE_float(
         "lambda_recon",

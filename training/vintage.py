@@ -138,6 +138,18 @@ def build_student(
     return student, keep_ratio
 
 
+def _decaying(config: dict) -> keras.optimizers.schedules.LearningRateSchedule:
+    """`learning_rate`, cosine-decayed to 0 over the run's `steps`.
+
+    A fine-tuned student ends on small steps instead of wherever the last
+    noisy full-size step left it; the schedule follows the optimizer's step
+    count, which `BackupAndRestore` restores on resume.
+    """
+    return keras.optimizers.schedules.CosineDecay(
+        config["learning_rate"], config["steps"]
+    )
+
+
 def train_student(student, teacher, config: dict, held_out=None):
     """Trains `student` on vintage pseudo-pairs; returns the trainer.
 
@@ -154,8 +166,8 @@ def train_student(student, teacher, config: dict, held_out=None):
         taps="auto" if distill else None,
     )
     trainer.compile(
-        g_optimizer=keras.optimizers.Adam(config["learning_rate"], beta_1=0.5),
-        d_optimizer=keras.optimizers.Adam(config["learning_rate"], beta_1=0.5),
+        g_optimizer=keras.optimizers.Adam(_decaying(config), beta_1=0.5),
+        d_optimizer=keras.optimizers.Adam(_decaying(config), beta_1=0.5),
         gan_loss="lsgan",
         lambda_recon=config["lambda_recon"],
         lambda_distill=config["lambda_distill"],
