@@ -1081,6 +1081,29 @@ def prune_gates_by_l1(gated: keras.Model, keep_ratio: float) -> None:
             schedules.apply_sparsity(layer, 1.0 - keep_ratio, importance[layer.name])
 
 
+def l1_gated(model: keras.Model, keep_ratio: float) -> keras.Model:
+    """A binary-gated copy of `model` keeping each layer's top filters by L1.
+
+    `slim` of it is `l1_prune(model, keep_ratio)`; `kept_channels` of it maps
+    that student's channels to `model`'s.
+
+    Args:
+        model: A trained functional generator.
+        keep_ratio: Fraction of filters kept per gated layer, in (0, 1].
+
+    Returns:
+        The gated copy; `model` is left untouched.
+
+    Raises:
+        ValueError: If `keep_ratio` is outside (0, 1].
+    """
+    if not 0.0 < keep_ratio <= 1.0:
+        raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}.")
+    gated = add_gates(model, "binary")
+    prune_gates_by_l1(gated, keep_ratio)
+    return gated
+
+
 def l1_prune(model: keras.Model, keep_ratio: float) -> keras.Model:
     """`model` cut to `keep_ratio` of each layer's filters by filter L1 norm.
 
@@ -1098,10 +1121,6 @@ def l1_prune(model: keras.Model, keep_ratio: float) -> keras.Model:
     Raises:
         ValueError: If `keep_ratio` is outside (0, 1].
     """
-    if not 0.0 < keep_ratio <= 1.0:
-        raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}.")
-    gated = add_gates(model, "binary")
-    prune_gates_by_l1(gated, keep_ratio)
-    pruned = slim(gated)
+    pruned = slim(l1_gated(model, keep_ratio))
     pruned.name = f"{model.name}_l1_pruned"
     return pruned

@@ -85,8 +85,7 @@ def l1_pruned_student(
     Returns:
         A plain, slimmed Keras model initialised from the teacher.
     """
-    gated = tgc.surgery.add_gates(teacher, "binary")
-    tgc.surgery.prune_gates_by_l1(gated, keep_ratio)
+    gated = tgc.surgery.l1_gated(teacher, keep_ratio)
     student = tgc.slim(gated)
     student.name = f"{teacher.name}_l1_pruned"
     if colour_map is not None:
