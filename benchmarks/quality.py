@@ -1,0 +1,373 @@
+"""Student-quality levers on the vintage task, one ablation row each.
+
+    python -m benchmarks.quality [--rows=main_job,pixel_128] [--work_dir=...]
+
+Every row compresses the pretrained vintage CycleGAN teacher to the same
+MACs budget (`--macs_budget`, default 2.84 G: 20x fewer than the teacher's
+56.8 G at 256x256) and scores the student against the teacher on the 9
+photos held out by source (256x256 central views): PSNR, SSIM and FD after
+the least-squares refit ("untrained") and after the row's training, the
+number of held-out photos on which the student beats the identity, and the
+wall time of each phase. A row is a recipe: channel selection and width
+allocation, calibration views of the refit, optional block-wise
+reconstruction, and the fine-tune (the main job's pixel + feature
+distillation + GAN step, or the cheap step: the student alone on cached
+teacher outputs).
+
+Finished rows are saved one by one under `--work_dir/rows/`; a killed run
+resumes at the first unfinished row (refitted students are cached under
+`--work_dir/students/`). Writes `quality.md` and `quality.json` to
+`--output_dir` after every row.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import app, flags, logging
+
+import tfgancompress as tgc
+from training import evaluation, vintage
+from training.methods import baselines
+
+FLAGS = flags.FLAGS
+flags.DEFINE_list("rows", None, "Rows to run (default: all, in table order).")
+flags.DEFINE_string("output_dir", "benchmarks/results", "Where quality.md/json go.")
+flags.DEFINE_string("work_dir", "outputs/quality", "Finished rows and students.")
+flags.DEFINE_float("macs_budget", 2.84, "Student G MACs at 256x256.")
+flags.DEFINE_integer("seed", 0, "Random seed.")
+
+
+@dataclasses.dataclass(frozen=True)
+class Views:
+    """A set of cached training views: (view, teacher output on it).
+
+    Attributes:
+        crop: Side of the views.
+        per_photo: Views per training photo.
+        photo_size: Short side the photos are loaded at.
+        jitter: Colour-jitter strength.
+    """
+
+    crop: int = 128
+    per_photo: int = 12
+    photo_size: int = 256
+    jitter: float = 0.5
+
+
+@dataclasses.dataclass(frozen=True)
+class Recipe:
+    """One ablation row.
+
+    Attributes:
+        note: What the row changes, for the table.
+        selection: `"l1"` (filter L1 norm).
+        calibration: Views the least-squares refit runs on.
+        calibration_count: How many of them.
+        finetune: `"distill"` (the main job's trainer: pixel + feature
+            distillation + GAN, online teacher) or `"pixel"` (the student
+            alone on cached teacher outputs).
+        train_views: View sets the fine-tune draws from, in turn.
+        steps: Fine-tune steps.
+        batch_size: Views per step.
+        learning_rate: Adam's initial rate (cosine-decayed to 0).
+        loss: `"mse"` or `"l1"` (pixel fine-tune).
+        eval_every: Held-out PSNR every this many steps (pixel fine-tune).
+    """
+
+    note: str
+    selection: str = "l1"
+    calibration: Views = Views()
+    calibration_count: int = 64
+    finetune: str = "pixel"
+    train_views: tuple[Views, ...] = (Views(),)
+    steps: int = 600
+    batch_size: int = 8
+    learning_rate: float = 5e-4
+    loss: str = "mse"
+    eval_every: int = 100
+
+    def student_key(self) -> str:
+        """Names the refitted student (rows sharing it reuse it)."""
+        c = self.calibration
+        return (
+            f"{self.selection}-c{c.crop}x{c.per_photo}s{c.photo_size}"
+            f"j{c.jitter:g}-n{self.calibration_count}"
+        )
+
+
+VIEWS_256 = Views(crop=256, per_photo=4, photo_size=384)
+
+ROWS = {
+    "main_job": Recipe(
+        "main job's recipe: distill + GAN, online teacher, 150 steps at 128",
+        finetune="distill",
+        steps=150,
+        learning_rate=2e-4,
+    ),
+    "pixel_128": Recipe("cheap step: student alone, MSE on cached 128-px views"),
+    "pixel_256": Recipe(
+        "cheap step on 256-px views (4 per photo, photos at 384)",
+        train_views=(VIEWS_256,),
+        steps=300,
+    ),
+}
+
+
+def _views(views: Views, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """`uint8` (inputs, teacher outputs) of a view set (cached on disk)."""
+    dataset = tgc.data.vintage_pairs(
+        "train",
+        size=views.photo_size,
+        crop_size=views.crop,
+        crops_per_photo=views.per_photo,
+        colour_jitter=views.jitter,
+        training=True,
+        batch_size=64,
+        seed=seed,
+        drop_remainder=False,
+    )
+    inputs, targets = evaluation.as_arrays(dataset)
+    return inputs, targets
+
+
+class Task:
+    """The teacher, held-out and reference views, colour map and budget."""
+
+    def __init__(self, macs_budget: float, seed: int):
+        self.seed = seed
+        self.teacher = tgc.models.pretrained("vintage")
+        config = {**vintage.DEFAULTS, "seed": seed}
+        self.held_out, self.reference = vintage.task_data(config)
+        self.colour_map = tgc.models.fit_colour_map(*self.reference, seed=seed)
+        self.comparison = evaluation.TeacherComparison(self.held_out[1])
+        inputs, targets = self.held_out
+        self.identity_psnr = tgc.metrics.psnr(targets, inputs)
+        self.macs_budget = int(macs_budget * 1e9)
+        self.keep_ratio = baselines.keep_ratio_for_budget(
+            self.teacher, self.macs_budget
+        )
+        self._views: dict[Views, tuple[np.ndarray, np.ndarray]] = {}
+
+    def views(self, views: Views) -> tuple[np.ndarray, np.ndarray]:
+        if views not in self._views:
+            self._views[views] = _views(views, self.seed)
+        return self._views[views]
+
+    def psnr(self, student) -> np.ndarray:
+        inputs, targets = self.held_out
+        return tgc.metrics.psnr(targets, student.predict(inputs, 2, verbose=0))
+
+
+def _as_float(images: np.ndarray) -> np.ndarray:
+    return images.astype(np.float32) / 127.5 - 1.0
+
+
+def build_student(task: Task, recipe: Recipe, work_dir: str):
+    """The pruned, refitted student of a recipe, and its build seconds."""
+    path = os.path.join(work_dir, "students", f"{recipe.student_key()}.keras")
+    info_path = path + ".json"
+    if os.path.exists(path) and os.path.exists(info_path):
+        with open(info_path) as file:
+            info = json.load(file)
+        return keras.saving.load_model(path), info
+    inputs, _ = task.views(recipe.calibration)
+    chosen = np.random.default_rng(task.seed).permutation(len(inputs))
+    calibration = _as_float(inputs[np.sort(chosen[: recipe.calibration_count])])
+    start = time.perf_counter()
+    gated = tgc.surgery.l1_gated(task.teacher, task.keep_ratio)
+    student = tgc.models.with_colour_skip(tgc.slim(gated), task.colour_map)
+    select_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    fits = tgc.reconstruction.reconstruct(
+        student,
+        task.teacher,
+        calibration,
+        tgc.surgery.kept_channels(gated),
+        verbose=False,
+    )
+    info = {
+        "select_seconds": select_seconds,
+        "refit_seconds": time.perf_counter() - start,
+        "layer_errors": {fit.name: fit.relative_error for fit in fits},
+    }
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    student.save(path)
+    with open(info_path, "w") as file:
+        json.dump(info, file, indent=1)
+    return student, info
+
+
+def pixel_finetune(task: Task, student, recipe: Recipe) -> list[tuple[int, float]]:
+    """The cheap step: Adam on the student alone against cached teacher outputs.
+
+    Batches come from the recipe's view sets in turn (one compiled step per
+    view size). Returns the held-out PSNR curve `[(step, psnr)]`.
+    """
+    sets = [task.views(views) for views in recipe.train_views]
+    optimizer = keras.optimizers.Adam(
+        keras.optimizers.schedules.CosineDecay(recipe.learning_rate, recipe.steps)
+    )
+    variables = student.trainable_variables
+    optimizer.build(variables)
+    distance = tf.square if recipe.loss == "mse" else tf.abs
+
+    @tf.function(jit_compile=True, reduce_retracing=True)
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_mean(distance(student(x, training=True) - y))
+        gradients = tape.gradient(loss, variables)
+        optimizer.apply_gradients(zip(gradients, variables, strict=True))
+        return loss
+
+    rng = np.random.default_rng(task.seed)
+    curve = []
+    for k in range(recipe.steps):
+        inputs, targets = sets[k % len(sets)]
+        chosen = rng.choice(len(inputs), recipe.batch_size, replace=False)
+        step(_as_float(inputs[chosen]), _as_float(targets[chosen]))
+        if (k + 1) % recipe.eval_every == 0 or k + 1 == recipe.steps:
+            curve.append((k + 1, float(np.mean(task.psnr(student)))))
+            logging.info("step %d: held-out PSNR %.2f dB", *curve[-1])
+    return curve
+
+
+def distill_finetune(task: Task, student, recipe: Recipe, work_dir: str):
+    """The main job's fine-tune (`training.vintage.train_student`)."""
+    config = {
+        **vintage.DEFAULTS,
+        "steps": recipe.steps,
+        "learning_rate": recipe.learning_rate,
+        "batch_size": recipe.batch_size,
+        "crop_size": recipe.train_views[0].crop,
+        "crops_per_photo": recipe.train_views[0].per_photo,
+        "photo_size": recipe.train_views[0].photo_size,
+        "colour_jitter": recipe.train_views[0].jitter,
+        "seed": task.seed,
+        "verbose": 0,
+        "output_dir": work_dir,
+    }
+    vintage.train_student(student, task.teacher, config, task.held_out)
+    return [(recipe.steps, float(np.mean(task.psnr(student))))]
+
+
+def run_row(task: Task, name: str, recipe: Recipe, work_dir: str) -> dict:
+    """Builds, refits, fine-tunes and scores one recipe."""
+    student, info = build_student(task, recipe, work_dir)
+    untrained = float(np.mean(task.psnr(student)))
+    start = time.perf_counter()
+    if recipe.finetune == "pixel":
+        curve = pixel_finetune(task, student, recipe)
+    else:
+        backup = os.path.join(work_dir, f"{name}_trainer")
+        curve = distill_finetune(task, student, recipe, backup)
+    finetune_seconds = time.perf_counter() - start
+    inputs, _ = task.held_out
+    outputs = np.asarray(student.predict(inputs, 2, verbose=0))
+    per_photo = tgc.metrics.psnr(task.held_out[1], outputs)
+    scores = task.comparison.score(outputs)
+    return {
+        "name": name,
+        "note": recipe.note,
+        "recipe": dataclasses.asdict(recipe),
+        "macs": tgc.profile(student, (256, 256, 3)).macs,
+        "untrained_psnr": untrained,
+        "psnr": scores["psnr"],
+        "ssim": scores["ssim"],
+        "fd": scores["fd"],
+        "per_photo_psnr": [float(p) for p in per_photo],
+        "above_identity": int(np.sum(per_photo > task.identity_psnr)),
+        "curve": curve,
+        "seconds": {
+            "select": info["select_seconds"],
+            "refit": info["refit_seconds"],
+            "finetune": finetune_seconds,
+        },
+        "layer_errors": info["layer_errors"],
+    }
+
+
+def _markdown(rows: list[dict], task_info: dict) -> str:
+    lines = [
+        "# Student quality at 20x fewer MACs: ablation",
+        "",
+        f"Vintage teacher {task_info['teacher_macs'] / 1e9:.1f} G MACs; every "
+        f"student <= {task_info['macs_budget'] / 1e9:.2f} G at 256x256. Scored "
+        f"against the teacher on {task_info['held_out']} photos held out by "
+        f"source (256x256). Identity {task_info['identity_psnr']:.2f} dB. "
+        "Wall seconds on the shared 2-core machine (noisy: compare within a "
+        "run).",
+        "",
+        "| row | G MACs | untrained dB | PSNR dB | SSIM | FD | > identity | "
+        "refit s | fine-tune s | what |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        seconds = row["seconds"]
+        lines.append(
+            f"| {row['name']} | {row['macs'] / 1e9:.2f} | "
+            f"{row['untrained_psnr']:.2f} | **{row['psnr']:.2f}** | "
+            f"{row['ssim']:.3f} | {row['fd']:.1f} | {row['above_identity']}/"
+            f"{task_info['held_out']} | {seconds['refit']:.0f} | "
+            f"{seconds['finetune']:.0f} | {row['note']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _write(rows: list[dict], task_info: dict, output_dir: str) -> None:
+    os.makedirs(output_dir, exist_ok=True)
+    with open(os.path.join(output_dir, "quality.json"), "w") as file:
+        json.dump({"task": task_info, "rows": rows}, file, indent=1)
+    with open(os.path.join(output_dir, "quality.md"), "w") as file:
+        file.write(_markdown(rows, task_info))
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    names = FLAGS.rows or list(ROWS)
+    unknown = sorted(set(names) - set(ROWS))
+    if unknown:
+        raise app.UsageError(f"Unknown rows {unknown}; known: {list(ROWS)}.")
+    logging.set_verbosity(logging.INFO)
+    task = Task(FLAGS.macs_budget, FLAGS.seed)
+    task_info = {
+        "teacher_macs": tgc.profile(task.teacher, (256, 256, 3)).macs,
+        "macs_budget": task.macs_budget,
+        "keep_ratio": task.keep_ratio,
+        "held_out": len(task.held_out[0]),
+        "identity_psnr": float(np.mean(task.identity_psnr)),
+        "identity_per_photo": [float(p) for p in task.identity_psnr],
+    }
+    rows_dir = os.path.join(FLAGS.work_dir, "rows")
+    os.makedirs(rows_dir, exist_ok=True)
+    for name in names:
+        path = os.path.join(rows_dir, f"{name}.json")
+        if os.path.exists(path):
+            logging.info("row %s: done already (%s)", name, path)
+            continue
+        logging.info("row %s: %s", name, ROWS[name].note)
+        row = run_row(task, name, ROWS[name], FLAGS.work_dir)
+        with open(path + ".partial", "w") as file:
+            json.dump(row, file, indent=1)
+        os.replace(path + ".partial", path)
+        logging.info(
+            "row %s: %.2f dB (untrained %.2f)", name, row["psnr"], row["untrained_psnr"]
+        )
+        done = []
+        for other in ROWS:
+            other_path = os.path.join(rows_dir, f"{other}.json")
+            if os.path.exists(other_path):
+                with open(other_path) as file:
+                    done.append(json.load(file))
+        _write(done, task_info, FLAGS.output_dir)
+
+
+if __name__ == "__main__":
+    app.run(main)
