@@ -121,7 +121,7 @@ ROWS = {
 
 
 def _views(views: Views, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """`uint8` (inputs, teacher outputs) of a view set (cached on disk)."""
+    """(inputs, teacher outputs) of a view set (cached on disk), as `uint8`."""
     dataset = tgc.data.vintage_pairs(
         "train",
         size=views.photo_size,
@@ -134,7 +134,7 @@ def _views(views: Views, seed: int) -> tuple[np.ndarray, np.ndarray]:
         drop_remainder=False,
     )
     inputs, targets = evaluation.as_arrays(dataset)
-    return inputs, targets
+    return _as_uint8(inputs), _as_uint8(targets)
 
 
 class Task:
@@ -163,6 +163,11 @@ class Task:
     def psnr(self, student) -> np.ndarray:
         inputs, targets = self.held_out
         return tgc.metrics.psnr(targets, student.predict(inputs, 2, verbose=0))
+
+
+def _as_uint8(images: np.ndarray) -> np.ndarray:
+    """[-1, 1] floats -> `uint8` (exact for the cached PNG views)."""
+    return np.round((images + 1.0) * 127.5).astype(np.uint8)
 
 
 def _as_float(images: np.ndarray) -> np.ndarray:
@@ -261,6 +266,7 @@ def run_row(task: Task, name: str, recipe: Recipe, work_dir: str) -> dict:
     """Builds, refits, fine-tunes and scores one recipe."""
     student, info = build_student(task, recipe, work_dir)
     untrained = float(np.mean(task.psnr(student)))
+    logging.info("row %s: untrained student %.2f dB", name, untrained)
     start = time.perf_counter()
     if recipe.finetune == "pixel":
         curve = pixel_finetune(task, student, recipe)

@@ -16,13 +16,13 @@ def _images(n, seed, size=32):
     )
 
 
-def _perturb(model, seed):
+def _perturb(model, seed, scale=0.3):
     rng = np.random.default_rng(seed)
     for layer in model.layers:
         if isinstance(layer, keras.layers.Conv2D | keras.layers.Conv2DTranspose):
             layer.set_weights(
                 [
-                    w + rng.normal(0, 0.3, w.shape).astype(np.float32)
+                    w + rng.normal(0, scale, w.shape).astype(np.float32)
                     for w in layer.get_weights()
                 ]
             )
@@ -144,3 +144,44 @@ def test_reconstruction_errors_name_the_problem():
     other = keras.Model(inputs, keras.layers.Conv2D(3, 1, name="other")(inputs))
     with pytest.raises(ValueError, match="No convolution .* has a namesake"):
         reconstruction.reconstruct(student, other, x, output_layer=None)
+
+
+def test_block_steps_bring_a_refitted_student_closer_to_its_teacher():
+    teacher = models.resnet_generator(ngf=8, n_blocks=2)
+    _perturb(teacher, seed=11, scale=0.05)
+    gated = surgery.l1_gated(teacher, 0.5)
+    kept = surgery.kept_channels(gated)
+    student = models.with_colour_skip(tgc.slim(gated))
+    x, held_out = _images(16, seed=12), _images(4, seed=13)
+    wanted = teacher.predict(held_out, verbose=0)
+
+    def held_out_psnr():
+        return np.mean(tgc.metrics.psnr(wanted, student.predict(held_out, verbose=0)))
+
+    reconstruction.reconstruct(student, teacher, x, kept, verbose=False)
+    refitted = held_out_psnr()
+    fits = reconstruction.reconstruct_blocks(
+        student, teacher, x, kept, steps=60, learning_rate=2e-3, verbose=False
+    )
+    assert [f.name for f in fits] == ["down2_relu", "block1_add", "block2_add", None]
+    for fit in fits:
+        assert fit.error_after < fit.error_before, fit
+    assert held_out_psnr() > refitted + 0.05, (held_out_psnr(), refitted)
+
+
+def test_block_boundaries_are_checked():
+    teacher = models.resnet_generator(ngf=8, n_blocks=1)
+    assert reconstruction.residual_boundaries(teacher) == ["down2_relu", "block1_add"]
+    gated = surgery.l1_gated(teacher, 0.5)
+    student = tgc.slim(gated)
+    x = _images(2, seed=14)
+    with pytest.raises(ValueError, match="'up9_relu' must be a layer of both"):
+        reconstruction.reconstruct_blocks(
+            student, teacher, x, surgery.kept_channels(gated), boundaries=["up9_relu"]
+        )
+    with pytest.raises(ValueError, match="narrower in the student"):
+        reconstruction.reconstruct_blocks(student, teacher, x)
+    with pytest.raises(ValueError, match=r"got shape \(2, 32, 32, 1\)"):
+        reconstruction.reconstruct_blocks(student, teacher, x[..., :1])
+    with pytest.raises(ValueError, match="not a zoo ResNet"):
+        reconstruction.residual_boundaries(models.unet_generator(ngf=8, num_downs=5))
