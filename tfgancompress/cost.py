@@ -48,7 +48,8 @@ Example:
 ```python
 g = tgc.models.resnet_generator(ngf=16, n_blocks=6, gated="gumbel")
 estimator = tgc.cost.MacsEstimator(g, (256, 256, 3))
-keeps = {name: tf.sigmoid(logits[name]) for name in estimator.gates}
+logits = {n: tf.Variable(tf.zeros(g.channels)) for n, g in estimator.gates.items()}
+keeps = {n: tf.sigmoid(v) for n, v in logits.items()}  # e.g. an agent's output
 ratio = estimator(keeps) / estimator.full_macs  # differentiable
 tgc.cost.gate_macs(g, (256, 256, 3))  # == tgc.profile(tgc.slim(g), ...).macs
 ```
