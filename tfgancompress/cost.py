@@ -107,8 +107,8 @@ class _NumpyOps:
     """Hard 0/1 evaluation (exact integers) in float64 numpy."""
 
     @staticmethod
-    def constant(value, dtype=np.float64):
-        return np.asarray(value, dtype)
+    def constant(value):
+        return np.asarray(value, np.float64)
 
     @staticmethod
     def take(x, indices):
@@ -153,8 +153,8 @@ class _TensorOps:
     """Differentiable float32 evaluation in TensorFlow (eager, graph, XLA)."""
 
     @staticmethod
-    def constant(value, dtype=tf.float32):
-        return tf.constant(value, dtype)
+    def constant(value):
+        return tf.constant(value, tf.float32)
 
     @staticmethod
     def take(x, indices):
