@@ -226,7 +226,10 @@ def test_batchnorm_dataparallel_dropout_variant(tmp_path):
     assert model.get_layer("block1_conv1").bias is None
     x = rng.uniform(-1, 1, (16, 16, 3)).astype(np.float32)
     expected = resnet_reference(state, x, 2, norm="batch")
-    np.testing.assert_allclose(_keras(model, x), expected, atol=1e-4)
+    # Random batch-norm statistics amplify float32 rounding against the
+    # float64 reference: up to 1.7e-4 on oneDNN/AVX-512 CPUs; a wrong weight
+    # mapping is off by O(1).
+    np.testing.assert_allclose(_keras(model, x), expected, atol=5e-4)
 
 
 def test_scale_gates_take_the_affine_norm_parameters(tmp_path):
