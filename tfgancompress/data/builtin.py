@@ -174,7 +174,7 @@ def _bundle_files(bundle: Path) -> set[str] | None:
 
 def _source_photos(source: str, folder: Path) -> list[Photo]:
     """The catalogued photos of one source found in `folder` (missing: logged)."""
-    photos, bundles = [], {}
+    photos, bundles, missing = [], {}, []
     for name, location in catalogue.PHOTOS[source].items():
         rotation = catalogue.ROTATIONS.get((source, name), 0)
         if ".rcc:" in location:
@@ -191,7 +191,16 @@ def _source_photos(source: str, folder: Path) -> list[Photo]:
         if found:
             photos.append(photo)
         else:
-            logging.warning("Built-in photo %s is missing: left out.", where)
+            missing.append(str(where))
+    if missing:
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        logging.warning(
+            "Photo source %s: %d of its %d catalogued photos are missing, left out: %s",
+            source,
+            len(missing),
+            len(catalogue.PHOTOS[source]),
+            shown,
+        )
     return photos
 
 
@@ -203,8 +212,9 @@ def builtin_photos(
 ) -> list[Photo]:
     """The built-in colour photos of the sources that are there.
 
-    A source that is not there is left out (logged); so is a listed file
-    missing from a source that is (logged with its path).
+    A source that is not there is left out (logged); so are catalogued
+    files missing from a source that is (one warning per source, with their
+    count and the first paths).
 
     Args:
         sources: Sources to include (default: all of `SOURCES`).
