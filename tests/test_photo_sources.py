@@ -337,6 +337,24 @@ def test_crops_of_photos_of_mixed_shapes(tmp_path):
     assert len(crops) == 16 and all(c.shape == (1, 16, 16, 3) for c in crops)
 
 
+def test_photos_are_loaded_on_first_use_and_kept(tmp_path, monkeypatch):
+    photos = []
+    for i in range(24):
+        Image.fromarray(_smooth(16, 20, i)).save(tmp_path / f"{i}.png")
+        photos.append(builtin.Photo("tuxpaint-data", str(i), tmp_path / f"{i}.png"))
+    loads = []
+    real_load = builtin.load_photo
+    monkeypatch.setattr(
+        builtin, "load_photo", lambda p, size: loads.append(p) or real_load(p, size)
+    )
+    ds = data.photos(photos, crop_size=8, load_size=16, crops_per_photo=2, seed=0)
+    next(iter(ds))
+    assert 1 <= len(loads) < len(photos)  # not every photo for one crop
+    for _ in range(2):
+        assert len(list(ds)) == 48
+    assert sorted(p.name for p in loads) == sorted(p.name for p in photos)
+
+
 # ------------------------------------------------------- near-duplicates
 
 

@@ -73,11 +73,12 @@ without opencv-doc).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib.util
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -444,28 +445,51 @@ def crops_dataset(
                 f"{array.shape[1]}x{array.shape[0]}: raise the size it is "
                 "loaded at or lower crop_size."
             )
+    return _crops(
+        lambda i: arrays[i],
+        len(arrays),
+        arrays[0].shape[-1],
+        crop_size=crop_size,
+        crops_per_photo=crops_per_photo,
+        batch_size=batch_size,
+        training=training,
+        seed=seed,
+        repeat=repeat,
+        drop_remainder=drop_remainder,
+    )
+
+
+def _crops(
+    image: Callable[[int], np.ndarray],
+    images: int,
+    channels: int,
+    *,
+    crop_size: int,
+    crops_per_photo: int,
+    batch_size: int,
+    training: bool,
+    seed: int | None,
+    repeat: bool,
+    drop_remainder: bool | None,
+) -> tf.data.Dataset:
+    """`crops_dataset` of `images` images, the `i`-th given by `image(i)`.
+
+    `image` runs in `tf.data` (as a NumPy function) when a crop needs it, so
+    images can be loaded on first use instead of all up front.
+    """
     drop_remainder = training if drop_remainder is None else drop_remainder
-    channels = arrays[0].shape[-1]
-    # One flat buffer (no padding to the largest photo: portrait and
-    # landscape photos together would double or triple the memory).
-    pixels = tf.constant(np.concatenate([a.reshape(-1) for a in arrays]))
-    sizes = [a.size for a in arrays]
-    starts = tf.constant(np.cumsum([0, *sizes[:-1]]), tf.int64)
-    shapes = tf.constant([a.shape[:2] for a in arrays], tf.int32)
-    count = len(arrays) * (crops_per_photo if training else 1)
+    count = images * (crops_per_photo if training else 1)
     indices = tf.data.Dataset.range(count)
     if training:
         indices = indices.shuffle(count, seed=seed, reshuffle_each_iteration=True)
 
     def crop(index, element_seed):
-        i = tf.cast(index % len(arrays), tf.int32)
-        height, width = shapes[i, 0], shapes[i, 1]
-        size = tf.cast(height * width * channels, tf.int64)
-        image = tf.reshape(
-            pixels[starts[i] : starts[i] + size], (height, width, channels)
+        pixels = tf.numpy_function(
+            lambda i: image(int(i)), [index % images], tf.uint8, stateful=False
         )
+        pixels.set_shape([None, None, channels])
         out = pipeline.zoom_crop(
-            pipeline.to_float(image), element_seed, crop_size, training
+            pipeline.to_float(pixels), element_seed, crop_size, training
         )
         if channels == 3:
             return out
@@ -497,7 +521,9 @@ def photos(
     is a square of random side between `crop_size` and `load_size` (a detail
     at full resolution up to the whole scene's height), resized to
     `crop_size` and flipped at random. Evaluation: the central square of the
-    whole short side, resized, one per photo.
+    whole short side, resized, one per photo. A photo is loaded the first
+    time a crop needs it, then kept: a few crops of a large split read only
+    a few photos.
 
     Args:
         split: `"train"`, `"eval"` (the sources in `holdout`), `"all"`, or an
@@ -530,11 +556,19 @@ def photos(
     """
     if crop_size > load_size:
         raise ValueError(f"crop_size={crop_size} exceeds load_size={load_size}.")
+    if crops_per_photo < 1:
+        raise ValueError(f"crops_per_photo must be >= 1, got {crops_per_photo}.")
     training = split != "eval" if training is None else training
     chosen = select(split, holdout, opencv_dir)
-    arrays = [load_photo(photo, load_size) for photo in chosen]
-    return crops_dataset(
-        arrays,
+
+    @functools.cache
+    def image(i: int) -> np.ndarray:
+        return load_photo(chosen[i], load_size)
+
+    return _crops(
+        image,
+        len(chosen),
+        3,
         crop_size=crop_size,
         crops_per_photo=crops_per_photo,
         batch_size=batch_size,
