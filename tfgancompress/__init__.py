@@ -14,8 +14,10 @@ from tfgancompress import (
     latency,
     metrics,
     models,
+    pruning,
     reconstruction,
     schedules,
+    surgery,
 )
 from tfgancompress.profile import LayerProfile, ModelProfile, profile
 from tfgancompress.surgery import live_channels, slim
@@ -30,7 +32,9 @@ __all__ = [
     "metrics",
     "models",
     "profile",
+    "pruning",
     "reconstruction",
     "schedules",
     "slim",
+    "surgery",
 ]
