@@ -15,12 +15,10 @@ def test_api_tour_runs(tmp_path, monkeypatch, capsys):
     blocks = _python_blocks()
     assert len(blocks) >= 2
     monkeypatch.chdir(tmp_path)
-    names: dict = {}
+    namespace: dict = {}  # shared: later blocks may build on earlier ones
     for block in blocks:
-        namespace: dict = {}
         exec(compile(block, "README.md", "exec"), namespace)
-        names.update(namespace)
     printed = [float(line) for line in capsys.readouterr().out.split()]
     assert round(printed[0], 1) == 56.8
     assert round(printed[1], 2) == 3.78
-    assert names["y"].shape == (1, 256, 256, 3)
+    assert namespace["y"].shape == (1, 256, 256, 3)
