@@ -16,6 +16,7 @@ from tfgancompress import (
     models,
     reconstruction,
     schedules,
+    search,
 )
 from tfgancompress.profile import LayerProfile, ModelProfile, profile
 from tfgancompress.surgery import live_channels, slim
@@ -32,5 +33,6 @@ __all__ = [
     "profile",
     "reconstruction",
     "schedules",
+    "search",
     "slim",
 ]

@@ -5,8 +5,9 @@ Every builder returns a flat functional `keras.Model` with stable layer names
 are addressed by name.
 """
 
+from tfgancompress.models import supernet
 from tfgancompress.models.discriminator import patchgan_discriminator
-from tfgancompress.models.layers import TorchConv2DTranspose
+from tfgancompress.models.layers import SuperTorchConv2DTranspose, TorchConv2DTranspose
 from tfgancompress.models.pytorch import (
     CheckpointError,
     UnsafeCheckpointError,
@@ -22,6 +23,7 @@ from tfgancompress.models.unet import unet_generator
 
 __all__ = [
     "CheckpointError",
+    "SuperTorchConv2DTranspose",
     "TorchConv2DTranspose",
     "UnsafeCheckpointError",
     "fit_colour_map",
@@ -32,6 +34,7 @@ __all__ = [
     "patchgan_discriminator",
     "pretrained",
     "resnet_generator",
+    "supernet",
     "tap_names",
     "unet_generator",
     "with_colour_skip",

@@ -110,16 +110,21 @@ class ChannelConfig:
             )
         return cls(tuple(int(c) for c in text.strip().split("_")))
 
+    @classmethod
+    def of(cls, config) -> ChannelConfig:
+        """A `ChannelConfig` from itself, its string, or 8 ints.
+
+        Raises:
+            ValueError: If `config` is none of these.
+        """
+        if isinstance(config, ChannelConfig):
+            return config
+        if isinstance(config, str):
+            return cls.parse(config)
+        return cls(tuple(config))
+
     def __str__(self) -> str:
         return "_".join(str(c) for c in self.channels)
-
-
-def _as_config(config) -> ChannelConfig:
-    if isinstance(config, ChannelConfig):
-        return config
-    if isinstance(config, str):
-        return ChannelConfig.parse(config)
-    return ChannelConfig(tuple(config))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,7 +166,7 @@ class ConfigSpace:
         return math.prod(len(values) for values in self.choices)
 
     def __contains__(self, config) -> bool:
-        pairs = zip(_as_config(config).channels, self.choices, strict=True)
+        pairs = zip(ChannelConfig.of(config).channels, self.choices, strict=True)
         return all(c in values for c, values in pairs)
 
     def largest(self) -> ChannelConfig:
@@ -199,7 +204,7 @@ class ConfigSpace:
         self, config, probability: float, rng: np.random.Generator
     ) -> ChannelConfig:
         """Redraws each number with `probability` (evolutionary search)."""
-        channels = list(_as_config(config).channels)
+        channels = list(ChannelConfig.of(config).channels)
         for index, values in enumerate(self.choices):
             if rng.random() < probability:
                 channels[index] = values[rng.integers(len(values))]
@@ -208,7 +213,9 @@ class ConfigSpace:
     def crossover(self, first, second, rng: np.random.Generator) -> ChannelConfig:
         """Takes each number from either parent with equal chance."""
         pairs = zip(
-            _as_config(first).channels, _as_config(second).channels, strict=True
+            ChannelConfig.of(first).channels,
+            ChannelConfig.of(second).channels,
+            strict=True,
         )
         return ChannelConfig(tuple(pair[rng.integers(2)] for pair in pairs))
 
@@ -273,7 +280,7 @@ class ResnetFamily:
 
     def layer_widths(self, config) -> dict[str, int]:
         """`{convolution name: output width}` of a configuration's sub-network."""
-        c = _as_config(config).channels
+        c = ChannelConfig.of(config).channels
         widths = {"stem_conv": c[0], "down1_conv": 2 * c[1], "down2_conv": 4 * c[2]}
         for block in range(1, self.n_blocks + 1):
             widths[self._block_conv(block, 1)] = 4 * c[3 + self.block_group(block)]
@@ -527,7 +534,7 @@ def set_config(supernet: keras.Model, config) -> None:
         ValueError: If a width exceeds the supernet's, or `supernet` is not
             one.
     """
-    config = _as_config(config)
+    config = ChannelConfig.of(config)
     family = ResnetFamily.of(supernet)
     for conv_name, width in family.layer_widths(config).items():
         conv = _super_layer(supernet, conv_name)
@@ -597,7 +604,7 @@ def extract(supernet: keras.Model, config=None, name: str | None = None) -> kera
     finally:
         for layer, width in zip(supers, saved, strict=True):
             layer.active_filters.assign(width)
-    suffix = "current" if config is None else str(_as_config(config))
+    suffix = "current" if config is None else str(ChannelConfig.of(config))
     plain.name = name or f"{supernet.name}_{suffix}"
     return plain
 
