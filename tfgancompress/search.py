@@ -620,6 +620,7 @@ def evolution(
             evaluator.scored[entry["config"]] = Candidate(**entry)
         history = [Candidate(**entry) for entry in saved["history"]]
         members = [evaluator.scored[key] for key in saved["state"]["population"]]
+        evaluator.rejected = set(saved["state"]["rejected"])
         rng.bit_generator.state = saved["state"]["rng"]
         start = saved["state"]["generation"]
     else:
@@ -655,6 +656,7 @@ def evolution(
             state = {
                 "generation": generation,
                 "population": [c.config for c in members],
+                "rejected": sorted(evaluator.rejected),
                 "rng": rng.bit_generator.state,
             }
             result.save(output, state=state, plot=generation == generations)
