@@ -14,9 +14,11 @@ from tfgancompress import (
     latency,
     metrics,
     models,
+    pruning,
     reconstruction,
     schedules,
     search,
+    surgery,
 )
 from tfgancompress.profile import LayerProfile, ModelProfile, profile
 from tfgancompress.surgery import live_channels, slim
@@ -31,8 +33,10 @@ __all__ = [
     "metrics",
     "models",
     "profile",
+    "pruning",
     "reconstruction",
     "schedules",
     "search",
     "slim",
+    "surgery",
 ]

@@ -89,8 +89,8 @@ def run(output_dir: str, keep_ratio: float, size: int, runs: int, threads: int):
     teacher = tgc.models.pretrained("vintage")
 
     print(f"[2/5] pruning to {keep_ratio:.0%} of the filters and slimming", flush=True)
-    gated = tgc.surgery.add_gates(teacher, "binary")
-    tgc.surgery.prune_gates_by_l1(gated, keep_ratio)
+    gated = tgc.pruning.add_gates(teacher, "binary")
+    tgc.pruning.prune_gates_by_l1(gated, keep_ratio)
     student = tgc.slim(gated)
     photos = _photos(size)
     gated_out = np.asarray(gated(photos, training=False))
