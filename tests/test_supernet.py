@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import keras_layers
 import tfgancompress as tgc
@@ -217,3 +218,15 @@ def test_errors_name_the_problem():
     unet = tgc.models.unet_generator(ngf=8, num_downs=6)
     with pytest.raises(ValueError, match="not a ResNet generator|has no layer"):
         supernet.to_supernet(unet)
+
+
+def test_one_compiled_program_serves_every_config():
+    net = _net(mobile=True, affine=True)
+    forward = tf.function(lambda x: net(x, training=True), jit_compile=True)
+    x = tf.constant(_images((2, 32, 32, 3)))
+    for step in range(3):
+        config = SPACE.sample(step)
+        supernet.set_config(net, config)
+        expected = net(x, training=True).numpy()
+        np.testing.assert_allclose(forward(x).numpy(), expected, atol=2e-5)
+    assert forward.experimental_get_tracing_count() == 1

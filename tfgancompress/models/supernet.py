@@ -18,9 +18,13 @@ generator's `ngf`:
 | c7 | `up2_conv` | c7 |
 
 (`n_blocks // 3` blocks in each of the first two thirds, the rest in the
-last; in the mobile generator "conv" is the pointwise `pwconv`, and the
-depthwise convolutions run on whatever width reaches them.) The residual
-width is one number because the residual adds tie it.
+last.) The residual width is one number because the residual adds tie it.
+In the mobile generator "conv" is the pointwise `pwconv`: its separable
+unit has a norm between the depthwise and the pointwise convolution, which
+`keras_layers.SuperSeparableConv2D` (Keras' `SeparableConv2D`) cannot hold,
+so the depthwise convolution stays a plain full-width layer: the channels
+beyond the active width reach it as zeros and its non-affine norm keeps
+them at zero.
 
 `set_config` switches a supernet to a sub-network: the super layers zero the
 channels beyond their width, so the supernet then computes exactly what the
