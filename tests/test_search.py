@@ -23,6 +23,10 @@ def _score(config: ChannelConfig) -> float:
     return float(np.log(widths).sum() + 0.1 * np.sin(widths).sum())
 
 
+class _KilledError(Exception):
+    """Stands for the process being killed in the middle of a search."""
+
+
 def _best_within(budget: float) -> tuple[str, float]:
     feasible = [c for c in SPACE.grid() if MACS(c) <= budget]
     best = max(feasible, key=_score)
@@ -44,6 +48,35 @@ def test_brute_force_respects_the_macs_budget_and_finds_the_best(tmp_path):
     assert log["best"]["config"] == best
     assert {"config", "macs", "latency_ms", "score"} == set(log["candidates"][0])
     assert (tmp_path / "grid.png").stat().st_size > 1000
+
+    # Killed after 30 scores, then resumed from its checkpoint.
+    calls, limit = [], [30]
+
+    def dying_score(config):
+        if len(calls) == limit[0]:
+            raise _KilledError
+        calls.append(str(config))
+        return _score(config)
+
+    grid = list(SPACE.grid())[::40]
+    run = functools.partial(
+        tgc.search.brute_force,
+        grid,
+        dying_score,
+        MACS,
+        max_macs=BUDGET,
+        progress=False,
+        checkpoint_seconds=0.0,
+    )
+    with pytest.raises(_KilledError):
+        run(output=str(tmp_path / "killed"))
+    first = list(calls)
+    calls.clear()
+    limit[0] = None
+    resumed = run(output=str(tmp_path / "killed"))
+    assert len(first) == 30 and not set(first) & set(calls)
+    assert len(first) + len(calls) == len(resumed.candidates)
+    assert resumed.to_dict() == run(output=str(tmp_path / "whole")).to_dict()
 
     listed = tgc.search.brute_force(
         ["16_16_32_16_32_32_16_16", (32,) * 8], _score, MACS, mode="min", progress=False

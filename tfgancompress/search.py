@@ -45,10 +45,12 @@ print(result.best)
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import math
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterable, Sequence
 
 import keras
@@ -413,7 +415,9 @@ def brute_force(
     max_latency_ms: float | None = None,
     mode: str = "max",
     output: str | None = None,
+    resume: bool = True,
     progress: bool = True,
+    checkpoint_seconds: float = 60.0,
 ) -> SearchResult:
     """Scores every configuration of a grid that fits the budget.
 
@@ -428,15 +432,19 @@ def brute_force(
             candidate's latency is logged, budget or not.
         max_latency_ms: Latency budget, or `None` (needs `latency`).
         mode: `"max"` if a higher score is better, `"min"` if lower is.
-        output: Path prefix of the log (`.json`) and scatter (`.png`).
+        output: Path prefix of the log (`.json`, also the checkpoint) and
+            scatter (`.png`).
+        resume: Continue from `<output>.json` if it holds this search.
         progress: Show a progress bar.
+        checkpoint_seconds: Least time between two checkpoints.
 
     Returns:
         A `SearchResult`.
 
     Raises:
-        ValueError: On a bad `mode`, `max_latency_ms` without `latency`, or
-            a budget no configuration of a `ConfigSpace` can meet.
+        ValueError: On a bad `mode`, `max_latency_ms` without `latency`, a
+            budget no configuration of a `ConfigSpace` can meet, or a
+            checkpoint of another search.
     """
     evaluator = _Evaluator(score, macs, max_macs, latency, max_latency_ms, mode)
     if isinstance(configs, ConfigSpace):
@@ -444,6 +452,17 @@ def brute_force(
         configs = list(configs.grid())
     else:
         configs = [ChannelConfig.of(c) for c in configs]
+    digest = hashlib.sha1(" ".join(map(str, configs)).encode()).hexdigest()[:16]
+    settings = evaluator.settings(
+        search="brute_force", grid=f"{len(configs)} configs, sha1 {digest}"
+    )
+    saved = _load_state(output, settings) if resume else None
+    start = 0
+    if saved is not None:
+        for entry in saved["candidates"]:
+            evaluator.scored[entry["config"]] = Candidate(**entry)
+        evaluator.rejected = set(saved["state"]["rejected"])
+        start = saved["state"]["next"]
     bar = (
         keras.utils.Progbar(
             len(configs), unit_name="config", stateful_metrics=["scored"]
@@ -451,23 +470,30 @@ def brute_force(
         if progress
         else None
     )
-    best = None
-    for index, config in enumerate(configs):
-        if evaluator.feasible(config):
-            candidate = evaluator.score(config)
-            if evaluator.better(candidate, best):
-                best = candidate
+
+    def save(next_index: int) -> SearchResult:
+        scored = list(evaluator.scored.values())
+        result = SearchResult(
+            evaluator.ranked(scored)[0] if scored else None,
+            scored,
+            rejected=len(evaluator.rejected),
+            settings=settings,
+        )
+        if output is not None:
+            state = {"next": next_index, "rejected": sorted(evaluator.rejected)}
+            result.save(output, state=state, plot=next_index == len(configs))
+        return result
+
+    last_save = time.monotonic()
+    for index in range(start, len(configs)):
+        if evaluator.feasible(configs[index]):
+            evaluator.score(configs[index])
+        if time.monotonic() - last_save > checkpoint_seconds:
+            save(index + 1)
+            last_save = time.monotonic()
         if bar is not None:
             bar.update(index + 1, [("scored", len(evaluator.scored))])
-    result = SearchResult(
-        best,
-        list(evaluator.scored.values()),
-        rejected=len(evaluator.rejected),
-        settings=evaluator.settings(search="brute_force", grid=len(configs)),
-    )
-    if output is not None:
-        result.save(output)
-    return result
+    return save(len(configs))
 
 
 def _draw_feasible(evaluator: _Evaluator, draw, max_tries: int, what: str):
