@@ -160,7 +160,8 @@ def test_latency_budget_and_the_cache_hit_on_a_repeated_config(
     assert cache(space.largest()) == latency[str(space.largest())]
     assert len(exports) == 4 and cache.hits == 1
 
-    budget = float(np.median(list(latency.values())))
+    # Half the configs fit, and the smallest always (timing noise aside).
+    budget = max(np.median(list(latency.values())), latency[str(space.smallest())])
     macs = functools.partial(
         supernet.config_macs,
         input_shape=(32, 32, 3),
