@@ -15,12 +15,10 @@ def test_api_tour_runs(tmp_path, monkeypatch, capsys):
     blocks = _python_blocks()
     assert len(blocks) >= 2
     monkeypatch.chdir(tmp_path)
-    namespaces = []
+    namespace: dict = {}  # shared: later blocks may build on earlier ones
     for block in blocks:
-        namespaces.append({})
-        exec(compile(block, "README.md", "exec"), namespaces[-1])
+        exec(compile(block, "README.md", "exec"), namespace)
     printed = [float(line) for line in capsys.readouterr().out.split()]
     assert round(printed[0], 1) == 56.8
     assert round(printed[1], 2) == 3.78
-    tour = next(namespace for namespace in namespaces if "y" in namespace)
-    assert tour["y"].shape == (1, 256, 256, 3)
+    assert namespace["y"].shape == (1, 256, 256, 3)

@@ -24,6 +24,7 @@ from absl import app, flags, logging
 
 import tfgancompress as tgc
 from tfgancompress import export, latency, reports
+from tfgancompress.atomic import atomic_path
 
 FLAGS = flags.FLAGS
 
@@ -95,7 +96,8 @@ def run(output_dir: str, keep_ratio: float, size: int, runs: int, threads: int):
     photos = _photos(size)
     gated_out = np.asarray(gated(photos, training=False))
     student_out = np.asarray(student(photos, training=False))
-    student.save(os.path.join(output_dir, "student.keras"))
+    with atomic_path(os.path.join(output_dir, "student.keras")) as temporary:
+        student.save(temporary)
     models = {"teacher": teacher, "student": student}
 
     print("[3/5] profiling", flush=True)

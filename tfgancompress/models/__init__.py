@@ -8,12 +8,14 @@ are addressed by name.
 from tfgancompress.models import supernet
 from tfgancompress.models.discriminator import patchgan_discriminator
 from tfgancompress.models.layers import SuperTorchConv2DTranspose, TorchConv2DTranspose
-from tfgancompress.models.pytorch import (
+from tfgancompress.models.pth import (
     CheckpointError,
     UnsafeCheckpointError,
+    load_pytorch_state_dict,
+)
+from tfgancompress.models.pytorch import (
     infer_architecture,
     load_pytorch_generator,
-    load_pytorch_state_dict,
     pretrained,
 )
 from tfgancompress.models.resnet import mobile_resnet_generator, resnet_generator
