@@ -18,6 +18,7 @@ from tfgancompress import (
     pruning,
     reconstruction,
     schedules,
+    search,
     surgery,
 )
 from tfgancompress.profile import LayerProfile, ModelProfile, profile
@@ -37,6 +38,7 @@ __all__ = [
     "pruning",
     "reconstruction",
     "schedules",
+    "search",
     "slim",
     "surgery",
 ]
