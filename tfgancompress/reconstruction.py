@@ -22,8 +22,8 @@ small feature maps, so a few hundred steps per block cost a fraction of
 end-to-end training steps.
 
 ```python
-gated = tgc.surgery.add_gates(teacher, "binary")
-tgc.surgery.prune_gates_by_l1(gated, 0.25)
+gated = tgc.pruning.add_gates(teacher, "binary")
+tgc.pruning.prune_gates_by_l1(gated, 0.25)
 student = tgc.slim(gated)
 kept = tgc.surgery.kept_channels(gated)
 tgc.reconstruction.reconstruct(student, teacher, images, kept)
