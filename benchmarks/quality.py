@@ -50,15 +50,29 @@ class Views:
 
     Attributes:
         crop: Side of the views.
-        per_photo: Views per training photo.
+        per_photo: Views per training photo (zoom crops).
         photo_size: Short side the photos are loaded at.
         jitter: Colour-jitter strength.
+        central: The central square of each photo instead (one per photo,
+            no jitter): the views the main job computes anyway to fit the
+            colour map and calibrate int8.
     """
 
     crop: int = 128
-    per_photo: int = 12
+    per_photo: int = 2
     photo_size: int = 256
     jitter: float = 0.5
+    central: bool = False
+
+    def key(self) -> str:
+        if self.central:
+            return f"central{self.crop}"
+        return f"c{self.crop}x{self.per_photo}s{self.photo_size}j{self.jitter:g}"
+
+
+ZOOM_128 = Views()
+CENTRAL_256 = Views(crop=256, photo_size=256, central=True)
+ZOOM_256 = Views(crop=256, per_photo=1, photo_size=384)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,9 +81,14 @@ class Recipe:
 
     Attributes:
         note: What the row changes, for the table.
-        selection: `"l1"` (filter L1 norm).
-        calibration: Views the least-squares refit runs on.
+        selection: `"l1"` (filter L1 norm) or `"greedy"` (least-squares
+            reconstruction error, `tgc.pruning.greedy_paths`).
+        allocation: `"uniform"` (one keep ratio) or `"error_per_mac"`
+            (`tgc.pruning.allocate_widths`; greedy selection only).
+        calibration: Views the selection and the refit run on.
         calibration_count: How many of them.
+        block_steps: Block-wise reconstruction steps per block after the
+            refit (`tgc.reconstruction.reconstruct_blocks`; 0: off).
         finetune: `"distill"` (the main job's trainer: pixel + feature
             distillation + GAN, online teacher) or `"pixel"` (the student
             alone on cached teacher outputs).
@@ -83,10 +102,12 @@ class Recipe:
 
     note: str
     selection: str = "l1"
-    calibration: Views = Views()
+    allocation: str = "uniform"
+    calibration: Views = ZOOM_128
     calibration_count: int = 64
+    block_steps: int = 0
     finetune: str = "pixel"
-    train_views: tuple[Views, ...] = (Views(),)
+    train_views: tuple[Views, ...] = (ZOOM_128,)
     steps: int = 600
     batch_size: int = 8
     learning_rate: float = 5e-4
@@ -94,27 +115,29 @@ class Recipe:
     eval_every: int = 100
 
     def student_key(self) -> str:
-        """Names the refitted student (rows sharing it reuse it)."""
-        c = self.calibration
+        """Names the initialised student (rows sharing it reuse it)."""
         return (
-            f"{self.selection}-c{c.crop}x{c.per_photo}s{c.photo_size}"
-            f"j{c.jitter:g}-n{self.calibration_count}"
+            f"{self.selection}-{self.allocation}-{self.calibration.key()}"
+            f"-n{self.calibration_count}-b{self.block_steps}"
         )
 
 
-VIEWS_256 = Views(crop=256, per_photo=4, photo_size=384)
-
 ROWS = {
     "main_job": Recipe(
-        "main job's recipe: distill + GAN, online teacher, 150 steps at 128",
+        "main job's fine-tune: distill + GAN, online teacher, 150 steps at 128",
         finetune="distill",
         steps=150,
         learning_rate=2e-4,
     ),
     "pixel_128": Recipe("cheap step: student alone, MSE on cached 128-px views"),
-    "pixel_256": Recipe(
-        "cheap step on 256-px views (4 per photo, photos at 384)",
-        train_views=(VIEWS_256,),
+    "pixel_c256": Recipe(
+        "cheap step on the central 256-px views (the reference set)",
+        train_views=(CENTRAL_256,),
+        steps=150,
+    ),
+    "pixel_mix": Recipe(
+        "cheap step, 128-px zoom views and central 256-px views in turn",
+        train_views=(ZOOM_128, CENTRAL_256),
         steps=300,
     ),
 }
@@ -122,17 +145,26 @@ ROWS = {
 
 def _views(views: Views, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """(inputs, teacher outputs) of a view set (cached on disk), as `uint8`."""
-    dataset = tgc.data.vintage_pairs(
-        "train",
-        size=views.photo_size,
-        crop_size=views.crop,
-        crops_per_photo=views.per_photo,
-        colour_jitter=views.jitter,
-        training=True,
-        batch_size=64,
-        seed=seed,
-        drop_remainder=False,
-    )
+    if views.central:
+        dataset = tgc.data.vintage_pairs(
+            "train",
+            size=views.photo_size,
+            crop_size=views.crop,
+            training=False,
+            batch_size=64,
+        )
+    else:
+        dataset = tgc.data.vintage_pairs(
+            "train",
+            size=views.photo_size,
+            crop_size=views.crop,
+            crops_per_photo=views.per_photo,
+            colour_jitter=views.jitter,
+            training=True,
+            batch_size=64,
+            seed=seed,
+            drop_remainder=False,
+        )
     inputs, targets = evaluation.as_arrays(dataset)
     return _as_uint8(inputs), _as_uint8(targets)
 
@@ -174,8 +206,23 @@ def _as_float(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float32) / 127.5 - 1.0
 
 
+def _select(task: Task, recipe: Recipe, calibration: np.ndarray):
+    """The gated teacher keeping the recipe's channels."""
+    if recipe.selection == "l1":
+        return tgc.pruning.l1_gated(task.teacher, task.keep_ratio)
+    gated = tgc.pruning.add_gates(task.teacher, "binary")
+    paths = tgc.pruning.greedy_paths(gated, task.teacher, calibration, verbose=False)
+    if recipe.allocation == "uniform":
+        widths = tgc.pruning.uniform_widths(paths, task.keep_ratio)
+    else:
+        skip = 9 * 256 * 256  # the colour skip's 1x1 convolution
+        widths = tgc.pruning.allocate_widths(gated, paths, task.macs_budget - skip)
+    tgc.pruning.apply_paths(gated, paths, widths)
+    return gated
+
+
 def build_student(task: Task, recipe: Recipe, work_dir: str):
-    """The pruned, refitted student of a recipe, and its build seconds."""
+    """The recipe's student before fine-tuning, and what building it cost."""
     path = os.path.join(work_dir, "students", f"{recipe.student_key()}.keras")
     info_path = path + ".json"
     if os.path.exists(path) and os.path.exists(info_path):
@@ -185,23 +232,39 @@ def build_student(task: Task, recipe: Recipe, work_dir: str):
     inputs, _ = task.views(recipe.calibration)
     chosen = np.random.default_rng(task.seed).permutation(len(inputs))
     calibration = _as_float(inputs[np.sort(chosen[: recipe.calibration_count])])
+    seconds = {}
     start = time.perf_counter()
-    gated = tgc.surgery.l1_gated(task.teacher, task.keep_ratio)
+    gated = _select(task, recipe, calibration)
     student = tgc.models.with_colour_skip(tgc.slim(gated), task.colour_map)
-    select_seconds = time.perf_counter() - start
+    kept = tgc.surgery.kept_channels(gated)
+    seconds["select"] = time.perf_counter() - start
     start = time.perf_counter()
     fits = tgc.reconstruction.reconstruct(
-        student,
-        task.teacher,
-        calibration,
-        tgc.surgery.kept_channels(gated),
-        verbose=False,
+        student, task.teacher, calibration, kept, verbose=False
     )
+    seconds["refit"] = time.perf_counter() - start
     info = {
-        "select_seconds": select_seconds,
-        "refit_seconds": time.perf_counter() - start,
+        "seconds": seconds,
         "layer_errors": {fit.name: fit.relative_error for fit in fits},
+        "refit_psnr": float(np.mean(task.psnr(student))),
+        "widths": {
+            layer.name: layer.filters
+            for layer in student.layers
+            if isinstance(layer, keras.layers.Conv2D)
+        },
     }
+    if recipe.block_steps:
+        start = time.perf_counter()
+        blocks = tgc.reconstruction.reconstruct_blocks(
+            student,
+            task.teacher,
+            calibration,
+            kept,
+            steps=recipe.block_steps,
+            verbose=False,
+        )
+        seconds["blocks"] = time.perf_counter() - start
+        info["block_errors"] = [(b.name, b.error_before, b.error_after) for b in blocks]
     os.makedirs(os.path.dirname(path), exist_ok=True)
     student.save(path)
     with open(info_path, "w") as file:
@@ -283,6 +346,7 @@ def run_row(task: Task, name: str, recipe: Recipe, work_dir: str) -> dict:
         "note": recipe.note,
         "recipe": dataclasses.asdict(recipe),
         "macs": tgc.profile(student, (256, 256, 3)).macs,
+        "refit_psnr": info["refit_psnr"],
         "untrained_psnr": untrained,
         "psnr": scores["psnr"],
         "ssim": scores["ssim"],
@@ -290,12 +354,8 @@ def run_row(task: Task, name: str, recipe: Recipe, work_dir: str) -> dict:
         "per_photo_psnr": [float(p) for p in per_photo],
         "above_identity": int(np.sum(per_photo > task.identity_psnr)),
         "curve": curve,
-        "seconds": {
-            "select": info["select_seconds"],
-            "refit": info["refit_seconds"],
-            "finetune": finetune_seconds,
-        },
-        "layer_errors": info["layer_errors"],
+        "seconds": {**info["seconds"], "finetune": finetune_seconds},
+        "build": info,
     }
 
 
@@ -306,23 +366,33 @@ def _markdown(rows: list[dict], task_info: dict) -> str:
         f"Vintage teacher {task_info['teacher_macs'] / 1e9:.1f} G MACs; every "
         f"student <= {task_info['macs_budget'] / 1e9:.2f} G at 256x256. Scored "
         f"against the teacher on {task_info['held_out']} photos held out by "
-        f"source (256x256). Identity {task_info['identity_psnr']:.2f} dB. "
-        "Wall seconds on the shared 2-core machine (noisy: compare within a "
-        "run).",
+        f"source (256x256; identity {task_info['identity_psnr']:.2f} dB). "
+        "`refit`: after the least-squares refit; `init`: after block-wise "
+        "reconstruction too (when the row has it); then the row's fine-tune. "
+        "Seconds are wall time on the shared 2-core machine (noisy: compare "
+        "within a run).",
         "",
-        "| row | G MACs | untrained dB | PSNR dB | SSIM | FD | > identity | "
-        "refit s | fine-tune s | what |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| row | G MACs | refit dB | init dB | PSNR dB | SSIM | FD | > identity "
+        "| select s | refit s | blocks s | fine-tune s | what |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
         seconds = row["seconds"]
-        lines.append(
-            f"| {row['name']} | {row['macs'] / 1e9:.2f} | "
-            f"{row['untrained_psnr']:.2f} | **{row['psnr']:.2f}** | "
-            f"{row['ssim']:.3f} | {row['fd']:.1f} | {row['above_identity']}/"
-            f"{task_info['held_out']} | {seconds['refit']:.0f} | "
-            f"{seconds['finetune']:.0f} | {row['note']} |"
-        )
+        cells = [
+            f"{row['macs'] / 1e9:.2f}",
+            f"{row['refit_psnr']:.2f}",
+            f"{row['untrained_psnr']:.2f}",
+            f"**{row['psnr']:.2f}**",
+            f"{row['ssim']:.3f}",
+            f"{row['fd']:.1f}",
+            f"{row['above_identity']}/{task_info['held_out']}",
+            *(
+                f"{seconds[k]:.0f}" if k in seconds else ""
+                for k in ("select", "refit", "blocks", "finetune")
+            ),
+            row["note"],
+        ]
+        lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

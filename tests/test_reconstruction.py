@@ -149,7 +149,7 @@ def test_reconstruction_errors_name_the_problem():
 def test_block_steps_bring_a_refitted_student_closer_to_its_teacher():
     teacher = models.resnet_generator(ngf=8, n_blocks=2)
     _perturb(teacher, seed=11, scale=0.05)
-    gated = surgery.l1_gated(teacher, 0.5)
+    gated = pruning.l1_gated(teacher, 0.5)
     kept = surgery.kept_channels(gated)
     student = models.with_colour_skip(tgc.slim(gated))
     x, held_out = _images(16, seed=12), _images(4, seed=13)
@@ -172,7 +172,7 @@ def test_block_steps_bring_a_refitted_student_closer_to_its_teacher():
 def test_block_boundaries_are_checked():
     teacher = models.resnet_generator(ngf=8, n_blocks=1)
     assert reconstruction.residual_boundaries(teacher) == ["down2_relu", "block1_add"]
-    gated = surgery.l1_gated(teacher, 0.5)
+    gated = pruning.l1_gated(teacher, 0.5)
     student = tgc.slim(gated)
     x = _images(2, seed=14)
     with pytest.raises(ValueError, match="'up9_relu' must be a layer of both"):

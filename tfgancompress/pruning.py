@@ -9,7 +9,20 @@ decides what that is:
   filters that produce them, residual groups ranked together;
 - `prune_gates_by_l1(gated, keep_ratio)` sets every gate to its top filters;
 - `l1_gated` / `l1_prune` do both in one call (the student GAN Compression
-  starts from).
+  starts from);
+- `greedy_paths` chooses channels by what the teacher needs instead: for
+  every convolution that reads a gate's channels (its *consumers*), the
+  teacher's input patches and pre-activation outputs on calibration images
+  give the normal equations of a least-squares fit
+  (`tgc.reconstruction.layer_equations`), and channels are added greedily,
+  each time the one whose columns (all its kernel taps) most reduce the
+  consumers' error once refitted (He et al. 2017, "Channel Pruning for
+  Accelerating Very Deep Neural Networks"; ThiNet, Luo et al. 2017).
+  Channels tied by residual adds are one group, with every consumer of the
+  stream. The greedy path gives each group's error at every width, so
+  `allocate_widths` also spends a MACs budget across layers, removing one
+  channel at a time where it costs the least error per MAC;
+  `apply_paths` sets the gates.
 
 Example:
 
@@ -18,15 +31,30 @@ gated = tgc.pruning.add_gates(tgc.models.pretrained("vintage"), "binary")
 tgc.pruning.prune_gates_by_l1(gated, 0.25)
 student = tgc.slim(gated)
 ```
+
+By reconstruction error, with widths allocated under a budget, then refitted
+(`tgc.reconstruction.reconstruct`):
+
+```python
+gated = tgc.pruning.add_gates(teacher, "binary")
+paths = tgc.pruning.greedy_paths(gated, teacher, images)
+widths = tgc.pruning.allocate_widths(gated, paths, macs_budget=2.8e9)
+tgc.pruning.apply_paths(gated, paths, widths)
+student = tgc.slim(gated)
+kept = tgc.surgery.kept_channels(gated)
+```
 """
 
 from __future__ import annotations
+
+import dataclasses
 
 import keras
 import numpy as np
 
 import keras_layers
-from tfgancompress import schedules, surgery
+from tfgancompress import reconstruction, schedules, surgery
+from tfgancompress.profile import profile
 
 _NORM_LAYERS = (keras_layers.InstanceNormalization, keras.layers.BatchNormalization)
 
@@ -213,3 +241,393 @@ def l1_prune(model: keras.Model, keep_ratio: float) -> keras.Model:
     pruned = surgery.slim(l1_gated(model, keep_ratio))
     pruned.name = f"{model.name}_l1_pruned"
     return pruned
+
+
+_CONSUMER_KINDS = ("conv", "conv_t")
+
+
+@dataclasses.dataclass
+class SelectionPath:
+    """The greedy selection of one group of tied gates.
+
+    Attributes:
+        gates: The gate layers of the group (one for a plain layer, several
+            for a residual stream); the first names the group.
+        consumers: The convolutions that read the group's channels.
+        channels: Channels of each gate.
+        order: Channel indices in the order they were chosen.
+        errors: `errors[k]`: the consumers' mean relative error (least
+            squares from their inputs to their outputs, targets standardised
+            per output channel; 1 = no better than each output's mean) when
+            the group keeps `order[:k]`; `len(order) + 1` values.
+    """
+
+    gates: tuple[str, ...]
+    consumers: tuple[str, ...]
+    channels: int
+    order: np.ndarray
+    errors: np.ndarray
+
+    @property
+    def name(self) -> str:
+        """The group's name: its first gate."""
+        return self.gates[0]
+
+
+@dataclasses.dataclass
+class _Group:
+    gates: list[str]
+    roots: dict[int, int]  # channel class -> channel index of the gates
+    producers: list[str]
+    consumers: dict[str, np.ndarray]  # conv -> its input position of each channel
+
+
+@dataclasses.dataclass
+class _Conv:
+    name: str
+    macs: int
+    in_channels: int
+    out_channels: int
+    in_groups: dict[str, int]  # group name -> input positions it fills
+    out_group: str | None
+
+
+def _analyse(gated: keras.Model) -> tuple[list[_Group], list[_Conv]]:
+    """The gate groups of `gated`, and every convolution's links to them."""
+    graph = surgery._trace(gated)
+    classes, groups = surgery._channel_groups(graph)
+    found: dict[tuple, _Group] = {}
+    for op in graph.ops:
+        if op.kind != "gate":
+            continue
+        roots = tuple(classes.find(int(c)) for c in groups[op.output])
+        group = found.setdefault(
+            roots,
+            _Group([], {root: k for k, root in enumerate(roots)}, [], {}),
+        )
+        group.gates.append(op.name)
+        producer = surgery._producer(graph, op)
+        if producer.kind in _CONSUMER_KINDS:
+            group.producers.append(producer.layer.name)
+    convs = []
+    for op in graph.ops:
+        if op.kind not in (*surgery._CONV_KINDS, "depthwise"):
+            continue
+        inputs = [classes.find(int(c)) for c in groups[op.inputs[0]]]
+        in_groups, out_group = {}, None
+        for group in found.values():
+            positions = [p for p, root in enumerate(inputs) if root in group.roots]
+            if positions:
+                if op.kind not in _CONSUMER_KINDS:
+                    raise ValueError(
+                        f"Layer {op.layer.name!r} ({op.kind}) reads gated channels: "
+                        "selection supports Conv2D and Conv2DTranspose consumers."
+                    )
+                channel_at = np.full(len(group.roots), -1)
+                for p in positions:
+                    channel_at[group.roots[inputs[p]]] = p
+                group.consumers[op.layer.name] = channel_at
+                in_groups[group.gates[0]] = len(positions)
+            if op.layer.name in group.producers:
+                out_group = group.gates[0]
+        convs.append(
+            _Conv(
+                op.layer.name,
+                0,
+                graph.channels[op.inputs[0]],
+                graph.channels[op.output],
+                in_groups,
+                out_group,
+            )
+        )
+    return list(found.values()), convs
+
+
+class _Consumer:
+    """One consumer's least-squares state while channels are added."""
+
+    def __init__(self, equations, channel_at, in_channels, taps, ridge):
+        gram, cross = equations.gram, equations.cross
+        count = equations.count
+        mean = equations.target_sum / count
+        variance = np.maximum(equations.target_squares / count - mean**2, 0.0)
+        live = variance > 1e-12 * max(float(variance.max()), 1e-30)
+        scale = np.where(live, 1.0 / np.sqrt(np.where(live, variance, 1.0)), 0.0)
+        cross = cross * scale
+        features = taps * in_channels
+        diagonal = np.arange(features)
+        gram = gram.copy()
+        gram[diagonal, diagonal] += ridge * max(
+            float(np.mean(gram[diagonal, diagonal])), 1e-12
+        )
+        columns = channel_at[:, None] + in_channels * np.arange(taps)[None, :]
+        candidates = columns.ravel()
+        fixed = np.setdiff1d(np.arange(gram.shape[0]), candidates)
+        squares = float(np.sum(equations.target_squares * scale**2))
+        self.total = squares - float(np.sum((mean * scale) ** 2)) * count
+        if len(fixed):
+            block = gram[np.ix_(fixed, fixed)]
+            solved = np.linalg.solve(block, gram[fixed])
+            explained_fixed = float(
+                np.sum(cross[fixed] * np.linalg.solve(block, cross[fixed]))
+            )
+            gram = gram - gram[:, fixed] @ solved
+            cross = cross - solved.T @ cross[fixed]
+        else:
+            explained_fixed = 0.0
+        self.residual = squares - explained_fixed
+        self.gram = gram[np.ix_(candidates, candidates)]
+        self.cross = cross[candidates]
+        self.taps = taps
+        self.columns = np.arange(len(candidates)).reshape(len(channel_at), taps)
+
+    def error(self) -> float:
+        return max(self.residual, 0.0) / max(self.total, 1e-12)
+
+    def gains(self, channels: np.ndarray) -> np.ndarray:
+        """Reduction of the residual by adding each channel, relative."""
+        index = self.columns[channels]
+        blocks = self.gram[index[:, :, None], index[:, None, :]]
+        blocks = blocks + 1e-9 * np.eye(self.taps)[None] * max(
+            float(np.abs(blocks).max()), 1e-30
+        )
+        cross = self.cross[index]
+        solved = np.linalg.solve(blocks, cross)
+        return np.sum(cross * solved, axis=(1, 2)) / max(self.total, 1e-12)
+
+    def add(self, channel: int) -> None:
+        columns = self.columns[channel]
+        block = self.gram[np.ix_(columns, columns)]
+        coupling = np.linalg.solve(block, self.gram[columns])
+        self.residual -= float(
+            np.sum(self.cross[columns] * np.linalg.solve(block, self.cross[columns]))
+        )
+        self.cross = self.cross - coupling.T @ self.cross[columns]
+        self.gram = self.gram - self.gram[:, columns] @ coupling
+
+
+def _greedy(consumers: list[_Consumer], channels: int, steps: int):
+    order, errors = [], [float(np.mean([c.error() for c in consumers]))]
+    remaining = np.arange(channels)
+    for _ in range(steps):
+        gains = np.mean([c.gains(remaining) for c in consumers], axis=0)
+        best = int(np.argmax(gains))
+        chosen = int(remaining[best])
+        for consumer in consumers:
+            consumer.add(chosen)
+        order.append(chosen)
+        remaining = np.delete(remaining, best)
+        errors.append(float(np.mean([c.error() for c in consumers])))
+    return np.array(order, int), np.array(errors)
+
+
+def greedy_paths(
+    gated: keras.Model,
+    teacher: keras.Model,
+    images: np.ndarray,
+    *,
+    max_keep: float = 0.5,
+    samples_per_layer: int = 8000,
+    ridge: float = 1e-3,
+    batch_size: int = 4,
+    seed: int = 0,
+    verbose: bool = True,
+) -> list[SelectionPath]:
+    """Greedy least-squares channel selection of every gate group of `gated`.
+
+    Args:
+        gated: The teacher with gates (`add_gates`); its gates
+            only define the groups, their state is ignored.
+        teacher: The trained model (same layer names): the consumers'
+            inputs and outputs are its activations on `images`.
+        images: `(N, H, W, C)` calibration inputs (a few dozen views).
+        max_keep: Each path goes up to this fraction of the group's
+            channels (the most a later width allocation may keep).
+        samples_per_layer: Output positions per consumer for its statistics.
+        ridge: Ridge strength relative to the mean diagonal of `X'X`.
+        batch_size: Images per forward pass.
+        seed: Seed of the sampled positions.
+        verbose: Show a progress bar over the groups.
+
+    Returns:
+        One `SelectionPath` per gate group, in graph order.
+
+    Raises:
+        ValueError: If `gated` has no gates, `max_keep` is not in (0, 1], or
+            a layer other than a Conv2D/Conv2DTranspose reads gated channels.
+    """
+    if not 0.0 < max_keep <= 1.0:
+        raise ValueError(f"max_keep must be in (0, 1], got {max_keep}.")
+    groups, _ = _analyse(gated)
+    if not groups:
+        raise ValueError(f"{gated.name!r} has no gates: use add_gates first.")
+    names = [name for group in groups for name in group.consumers]
+    equations = reconstruction.layer_equations(
+        teacher,
+        names,
+        np.asarray(images, np.float32),
+        samples_per_layer=samples_per_layer,
+        batch_size=batch_size,
+        seed=seed,
+    )
+    progress = keras.utils.Progbar(len(groups), verbose=int(verbose), unit_name="group")
+    paths = []
+    for k, group in enumerate(groups, start=1):
+        channels = len(group.roots)
+        consumers = []
+        for name, channel_at in group.consumers.items():
+            layer = teacher.get_layer(name)
+            height, width = layer.kernel_size
+            consumers.append(
+                _Consumer(
+                    equations[name],
+                    channel_at,
+                    layer.input.shape[-1],
+                    height * width,
+                    ridge,
+                )
+            )
+        steps = max(1, int(np.ceil(max_keep * channels)))
+        order, errors = _greedy(consumers, channels, steps)
+        paths.append(
+            SelectionPath(
+                tuple(group.gates), tuple(group.consumers), channels, order, errors
+            )
+        )
+        progress.update(k)
+    return paths
+
+
+def uniform_widths(paths: list[SelectionPath], keep_ratio: float) -> dict[str, int]:
+    """`round(keep_ratio * channels)` (at least 1) for every group."""
+    if not 0.0 < keep_ratio <= 1.0:
+        raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}.")
+    return {
+        path.name: min(len(path.order), max(1, round(keep_ratio * path.channels)))
+        for path in paths
+    }
+
+
+class _WidthMacs:
+    """MACs of the slimmed model as a function of the groups' widths."""
+
+    def __init__(self, gated: keras.Model, input_shape):
+        groups, self.convs = _analyse(gated)
+        self.channels = {group.gates[0]: len(group.roots) for group in groups}
+        costs = {
+            layer.name: layer.macs for layer in profile(gated, input_shape).per_layer
+        }
+        for conv in self.convs:
+            conv.macs = costs[conv.name]
+
+    def __call__(self, widths: dict[str, int]) -> float:
+        total = 0.0
+        for conv in self.convs:
+            inputs = conv.in_channels - sum(conv.in_groups.values())
+            inputs += sum(
+                count * widths[name] / self.channels[name]
+                for name, count in conv.in_groups.items()
+            )
+            outputs = (
+                conv.out_channels
+                if conv.out_group is None
+                else widths[conv.out_group]
+                * conv.out_channels
+                / self.channels[conv.out_group]
+            )
+            full = conv.in_channels * conv.out_channels
+            total += conv.macs * inputs * outputs / full
+        return total
+
+
+def paths_macs(
+    gated: keras.Model, widths: dict[str, int], input_shape=(256, 256, 3)
+) -> int:
+    """MACs of `gated` slimmed with each gate group at `widths` (no slimming).
+
+    Args:
+        gated: A gated model as given to `greedy_paths`.
+        widths: `{group name: channels kept}` for every gate group.
+        input_shape: `(H, W, C)` at which MACs are counted.
+    """
+    return int(round(_WidthMacs(gated, input_shape)(widths)))
+
+
+def allocate_widths(
+    gated: keras.Model,
+    paths: list[SelectionPath],
+    macs_budget: float,
+    input_shape=(256, 256, 3),
+) -> dict[str, int]:
+    """Widths per group under a MACs budget, from each group's error per MAC.
+
+    Starting from every path's full length, it removes one channel at a time
+    from the group whose last chosen channel adds the least error per MAC
+    it costs, until the slimmed model fits `macs_budget`. A group's error
+    counts once per consumer (a residual stream feeds every block).
+
+    Args:
+        gated: The gated model the paths were computed on.
+        paths: `greedy_paths(gated, ...)`.
+        macs_budget: MACs of the slimmed model at `input_shape`.
+        input_shape: `(H, W, C)` at which MACs are counted.
+
+    Returns:
+        `{group name: channels kept}`.
+
+    Raises:
+        ValueError: If the budget is out of reach with one channel per group.
+    """
+    macs = _WidthMacs(gated, input_shape)
+    widths = {path.name: len(path.order) for path in paths}
+    if macs({name: 1 for name in widths}) > macs_budget:
+        raise ValueError(
+            f"A MACs budget of {macs_budget / 1e9:.3f} G is out of reach even with "
+            "one channel per gate group."
+        )
+    by_name = {path.name: path for path in paths}
+    current = macs(widths)
+    while current > macs_budget:
+        best, best_ratio, best_macs = None, np.inf, current
+        for name, width in widths.items():
+            if width <= 1:
+                continue
+            smaller = {**widths, name: width - 1}
+            cost = macs(smaller)
+            path = by_name[name]
+            damage = len(path.consumers) * (path.errors[width - 1] - path.errors[width])
+            ratio = damage / max(current - cost, 1e-9)
+            if ratio < best_ratio:
+                best, best_ratio, best_macs = name, ratio, cost
+        widths[best] -= 1
+        current = best_macs
+    return widths
+
+
+def apply_paths(
+    gated: keras.Model, paths: list[SelectionPath], widths: dict[str, int]
+) -> None:
+    """Sets every gate of each group to keep the first `widths[group]` of its path.
+
+    Args:
+        gated: The gated model the paths were computed on.
+        paths: `greedy_paths(gated, ...)`.
+        widths: `{group name: channels kept}`, at most each path's length.
+
+    Raises:
+        ValueError: If a width is missing, below 1 or longer than its path.
+    """
+    for path in paths:
+        width = widths.get(path.name)
+        if width is None or not 1 <= width <= len(path.order):
+            raise ValueError(
+                f"Group {path.name!r} needs a width in [1, {len(path.order)}], got "
+                f"{width}."
+            )
+        importance = np.zeros(path.channels, np.float32)
+        importance[path.order[:width]] = np.arange(width, 0, -1, dtype=np.float32)
+        for name in path.gates:
+            gate = gated.get_layer(name)
+            if not isinstance(gate, keras_layers.ChannelGate):
+                raise ValueError(f"Layer {name!r} is not a ChannelGate.")
+            schedules.apply_sparsity(gate, 1.0 - width / path.channels, importance)

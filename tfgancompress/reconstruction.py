@@ -311,7 +311,7 @@ def layer_equations(
     patches (feature `(i * kernel_width + j) * channels + c` is what kernel
     tap `(i, j)` multiplies with input channel `c`), targets its
     pre-activation outputs. What a layer can still compute from a subset of
-    its input channels follows from them (`tgc.selection`).
+    its input channels follows from them (`tgc.pruning.greedy_paths`).
 
     Args:
         model: A functional model.

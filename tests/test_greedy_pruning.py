@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import tfgancompress as tgc
-from tfgancompress import models, reconstruction, selection, surgery
+from tfgancompress import models, pruning, reconstruction, surgery
 
 SHAPE = (32, 32, 3)
 
@@ -32,15 +32,15 @@ def _teacher_ignoring_big_stem_filters():
 
 def test_greedy_selection_keeps_the_channels_the_consumer_reads():
     teacher = _teacher_ignoring_big_stem_filters()
-    gated = surgery.add_gates(teacher, "binary")
-    paths = selection.selection_paths(gated, teacher, _images(8, 0), verbose=False)
+    gated = pruning.add_gates(teacher, "binary")
+    paths = pruning.greedy_paths(gated, teacher, _images(8, 0), verbose=False)
     stem = next(p for p in paths if p.name == "stem_norm_gate")
     assert stem.consumers == ("down1_conv",)
     assert sorted(stem.order[:4].tolist()) == [0, 1, 2, 3]
     assert stem.errors[0] == pytest.approx(1.0)
     assert stem.errors[4] < 1e-2 < stem.errors[3]  # down1 reads those 4
     assert np.all(np.diff(stem.errors) <= 1e-9)  # adding channels never hurts
-    l1_kept = surgery.kept_channels(surgery.l1_gated(teacher, 0.5))["stem_conv"]
+    l1_kept = surgery.kept_channels(pruning.l1_gated(teacher, 0.5))["stem_conv"]
     assert l1_kept.tolist() == [4, 5, 6, 7]
 
 
@@ -48,9 +48,9 @@ def test_selected_stem_refits_better_than_the_l1_stem():
     teacher = _teacher_ignoring_big_stem_filters()
     x, held_out = _images(8, 1), _images(4, 2)
     wanted = teacher.predict(held_out, verbose=0)
-    gated = surgery.add_gates(teacher, "binary")
-    paths = selection.selection_paths(gated, teacher, x, max_keep=1.0, verbose=False)
-    widths = {**selection.uniform_widths(paths, 1.0), "stem_norm_gate": 4}
+    gated = pruning.add_gates(teacher, "binary")
+    paths = pruning.greedy_paths(gated, teacher, x, max_keep=1.0, verbose=False)
+    widths = {**pruning.uniform_widths(paths, 1.0), "stem_norm_gate": 4}
 
     def refitted_psnr(gated):
         student = tgc.slim(gated)
@@ -58,10 +58,10 @@ def test_selected_stem_refits_better_than_the_l1_stem():
         reconstruction.reconstruct(student, teacher, x, kept, verbose=False)
         return np.mean(tgc.metrics.psnr(wanted, student.predict(held_out, verbose=0)))
 
-    selection.apply_selection(gated, paths, widths)
+    pruning.apply_paths(gated, paths, widths)
     greedy = refitted_psnr(gated)
-    by_l1 = surgery.add_gates(teacher, "binary")
-    importance = surgery.l1_importance(by_l1)["stem_norm_gate"]
+    by_l1 = pruning.add_gates(teacher, "binary")
+    importance = pruning.l1_importance(by_l1)["stem_norm_gate"]
     tgc.schedules.apply_sparsity(by_l1.get_layer("stem_norm_gate"), 0.5, importance)
     l1 = refitted_psnr(by_l1)
     assert greedy > l1 + 10.0, (greedy, l1)
@@ -69,8 +69,8 @@ def test_selected_stem_refits_better_than_the_l1_stem():
 
 def test_residual_group_is_one_path_and_macs_match_the_slimmed_model():
     teacher = models.resnet_generator(ngf=8, n_blocks=2)
-    gated = surgery.add_gates(teacher, "binary")
-    paths = selection.selection_paths(
+    gated = pruning.add_gates(teacher, "binary")
+    paths = pruning.greedy_paths(
         gated, teacher, _images(4, 3), max_keep=0.75, verbose=False
     )
     stream = next(p for p in paths if "down2_norm_gate" in p.gates)
@@ -83,29 +83,30 @@ def test_residual_group_is_one_path_and_macs_match_the_slimmed_model():
     assert len(paths) == 7  # stem, down1, stream, 2 block interiors, up1, up2
     assert len(stream.order) == 24 and len(stream.errors) == 25
     widths = {p.name: w for p, w in zip(paths, [3, 5, 17, 2, 9, 11, 4], strict=True)}
-    selection.apply_selection(gated, paths, widths)
+    pruning.apply_paths(gated, paths, widths)
     masks = [gated.get_layer(g).keep_mask() for g in stream.gates]
     for mask in masks:
         np.testing.assert_array_equal(mask, masks[0])
     assert masks[0].sum() == 17
     np.testing.assert_array_equal(np.flatnonzero(masks[0]), np.sort(stream.order[:17]))
     slimmed = tgc.profile(tgc.slim(gated), (64, 64, 3)).macs
-    assert selection.selection_macs(gated, widths, (64, 64, 3)) == slimmed
+    assert pruning.paths_macs(gated, widths, (64, 64, 3)) == slimmed
+    assert tgc.cost.gate_macs(gated, (64, 64, 3)) == slimmed
 
 
 def test_allocated_widths_fit_the_budget_and_spend_it_where_errors_fall():
     teacher = _teacher_ignoring_big_stem_filters()
-    gated = surgery.add_gates(teacher, "binary")
-    paths = selection.selection_paths(
+    gated = pruning.add_gates(teacher, "binary")
+    paths = pruning.greedy_paths(
         gated, teacher, _images(8, 4), max_keep=1.0, verbose=False
     )
     full = tgc.profile(teacher, SHAPE).macs
-    widths = selection.allocate_widths(gated, paths, 0.3 * full, SHAPE)
-    assert selection.selection_macs(gated, widths, SHAPE) <= 0.3 * full
+    widths = pruning.allocate_widths(gated, paths, 0.3 * full, SHAPE)
+    assert pruning.paths_macs(gated, widths, SHAPE) <= 0.3 * full
     # The stem's channels beyond the 4 that down1 reads add no error, so
     # they are the first to go; the 4 it reads are worth their MACs.
     assert widths["stem_norm_gate"] == 4
-    selection.apply_selection(gated, paths, widths)
+    pruning.apply_paths(gated, paths, widths)
     assert tgc.profile(tgc.slim(gated), SHAPE).macs <= 0.3 * full
 
 
@@ -113,23 +114,23 @@ def test_selection_errors_name_the_problem():
     teacher = models.resnet_generator(ngf=8, n_blocks=1)
     x = _images(2, 5)
     with pytest.raises(ValueError, match="has no gates"):
-        selection.selection_paths(teacher, teacher, x)
-    gated = surgery.add_gates(teacher, "binary")
+        pruning.greedy_paths(teacher, teacher, x)
+    gated = pruning.add_gates(teacher, "binary")
     with pytest.raises(ValueError, match=r"max_keep must be in \(0, 1\]"):
-        selection.selection_paths(gated, teacher, x, max_keep=0.0)
-    paths = selection.selection_paths(gated, teacher, x, max_keep=0.5, verbose=False)
-    widths = selection.uniform_widths(paths, 0.5)
+        pruning.greedy_paths(gated, teacher, x, max_keep=0.0)
+    paths = pruning.greedy_paths(gated, teacher, x, max_keep=0.5, verbose=False)
+    widths = pruning.uniform_widths(paths, 0.5)
     with pytest.raises(ValueError, match="'stem_norm_gate' needs a width in"):
-        selection.apply_selection(gated, paths, {**widths, "stem_norm_gate": 5})
+        pruning.apply_paths(gated, paths, {**widths, "stem_norm_gate": 5})
     with pytest.raises(ValueError, match="out of reach"):
-        selection.allocate_widths(gated, paths, 10, SHAPE)
+        pruning.allocate_widths(gated, paths, 10, SHAPE)
 
 
 def test_mobile_consumers_are_refused():
     teacher = models.mobile_resnet_generator(ngf=8, n_blocks=1)
-    gated = surgery.add_gates(teacher, "binary")
+    gated = pruning.add_gates(teacher, "binary")
     with pytest.raises(ValueError, match="supports Conv2D and Conv2DTranspose"):
-        selection.selection_paths(gated, teacher, _images(2, 6))
+        pruning.greedy_paths(gated, teacher, _images(2, 6))
 
 
 def test_layer_equations_solve_to_the_layer():
