@@ -56,6 +56,9 @@ class Views:
         central: The central square of each photo instead (one per photo,
             no jitter): the views the main job computes anyway to fit the
             colour map and calibrate int8.
+        exposure: Also darken each view by a random factor (log-uniform
+            in [0.1, 1] of its [0, 1] intensities) before the teacher runs
+            on it (the harness's own views, cached under `--work_dir`).
     """
 
     crop: int = 128
@@ -63,11 +66,13 @@ class Views:
     photo_size: int = 256
     jitter: float = 0.5
     central: bool = False
+    exposure: bool = False
 
     def key(self) -> str:
         if self.central:
             return f"central{self.crop}"
-        return f"c{self.crop}x{self.per_photo}s{self.photo_size}j{self.jitter:g}"
+        key = f"c{self.crop}x{self.per_photo}s{self.photo_size}j{self.jitter:g}"
+        return key + ("e" if self.exposure else "")
 
 
 ZOOM_128 = Views()
@@ -135,6 +140,26 @@ ROWS = {
         train_views=(CENTRAL_256,),
         steps=150,
     ),
+    "greedy": Recipe(
+        "greedy least-squares channel selection (tgc.pruning.greedy_paths), "
+        "uniform widths; cheap step as pixel_128",
+        selection="greedy",
+    ),
+    "greedy_alloc": Recipe(
+        "greedy selection, widths allocated by error per MAC "
+        "(tgc.pruning.allocate_widths); cheap step as pixel_128",
+        selection="greedy",
+        allocation="error_per_mac",
+    ),
+    "pixel_dark": Recipe(
+        "cheap step on the 128-px views and as many darkened copies "
+        "(exposure x0.1-1, teacher run on them)",
+        train_views=(ZOOM_128, Views(exposure=True)),
+    ),
+    "pixel_jitter1": Recipe(
+        "cheap step on 128-px views with full-strength colour jitter",
+        train_views=(Views(jitter=1.0),),
+    ),
     "pixel_mix": Recipe(
         "cheap step, 128-px zoom views and central 256-px views in turn",
         train_views=(ZOOM_128, CENTRAL_256),
@@ -143,8 +168,35 @@ ROWS = {
 }
 
 
-def _views(views: Views, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def _darkened(views: Views, teacher, seed: int, work_dir: str):
+    """`views` without exposure, darkened at random, with the teacher's outputs."""
+    path = os.path.join(work_dir, "views", f"{views.key()}-seed{seed}.npz")
+    if os.path.exists(path):
+        with np.load(path) as cached:
+            return cached["inputs"], cached["targets"]
+    inputs, _ = _views(dataclasses.replace(views, exposure=False), None, seed, "")
+    rng = np.random.default_rng(seed + 1)
+    factors = np.exp(rng.uniform(np.log(0.1), 0.0, (len(inputs), 1, 1, 1)))
+    inputs = np.round(inputs * factors).astype(np.uint8)
+    forward = tf.function(lambda x: teacher(x, training=False))
+    targets = np.concatenate(
+        [
+            _as_uint8(
+                np.clip(np.asarray(forward(_as_float(inputs[i : i + 16]))), -1, 1)
+            )
+            for i in range(0, len(inputs), 16)
+        ]
+    )
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    np.savez(path + ".partial.npz", inputs=inputs, targets=targets)
+    os.replace(path + ".partial.npz", path)
+    return inputs, targets
+
+
+def _views(views: Views, teacher, seed: int, work_dir: str):
     """(inputs, teacher outputs) of a view set (cached on disk), as `uint8`."""
+    if views.exposure:
+        return _darkened(views, teacher, seed, work_dir)
     if views.central:
         dataset = tgc.data.vintage_pairs(
             "train",
@@ -172,8 +224,9 @@ def _views(views: Views, seed: int) -> tuple[np.ndarray, np.ndarray]:
 class Task:
     """The teacher, held-out and reference views, colour map and budget."""
 
-    def __init__(self, macs_budget: float, seed: int):
+    def __init__(self, macs_budget: float, seed: int, work_dir: str):
         self.seed = seed
+        self.work_dir = work_dir
         self.teacher = tgc.models.pretrained("vintage")
         config = {**vintage.DEFAULTS, "seed": seed}
         self.held_out, self.reference = vintage.task_data(config)
@@ -189,7 +242,7 @@ class Task:
 
     def views(self, views: Views) -> tuple[np.ndarray, np.ndarray]:
         if views not in self._views:
-            self._views[views] = _views(views, self.seed)
+            self._views[views] = _views(views, self.teacher, self.seed, self.work_dir)
         return self._views[views]
 
     def psnr(self, student) -> np.ndarray:
@@ -218,6 +271,11 @@ def _select(task: Task, recipe: Recipe, calibration: np.ndarray):
         skip = 9 * 256 * 256  # the colour skip's 1x1 convolution
         widths = tgc.pruning.allocate_widths(gated, paths, task.macs_budget - skip)
     tgc.pruning.apply_paths(gated, paths, widths)
+    logging.info(
+        "greedy widths %s; errors there %s",
+        widths,
+        {p.name: round(float(p.errors[widths[p.name]]), 3) for p in paths},
+    )
     return gated
 
 
@@ -412,7 +470,7 @@ def main(argv):
     if unknown:
         raise app.UsageError(f"Unknown rows {unknown}; known: {list(ROWS)}.")
     logging.set_verbosity(logging.INFO)
-    task = Task(FLAGS.macs_budget, FLAGS.seed)
+    task = Task(FLAGS.macs_budget, FLAGS.seed, FLAGS.work_dir)
     task_info = {
         "teacher_macs": tgc.profile(task.teacher, (256, 256, 3)).macs,
         "macs_budget": task.macs_budget,
