@@ -93,29 +93,50 @@ def _transposed_patches(layer, input_shape) -> keras.layers.Layer:
     return patches
 
 
+def _same_padding(size: int, kernel: int, stride: int, rate: int) -> tuple[int, int]:
+    """TensorFlow's `"same"` padding (before, after) along one axis."""
+    out = -(-size // stride)
+    total = max((out - 1) * stride + (kernel - 1) * rate + 1 - size, 0)
+    return total // 2, total - total // 2
+
+
+def _window_features(layer, x: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    """A `Conv2D`'s input windows at `(N, K)` flat output positions.
+
+    Only the sampled windows are read (not every patch of the map):
+    `(N * K, kernel_height * kernel_width * channels)`.
+    """
+    height, width = layer.kernel_size
+    stride_h, stride_w = layer.strides
+    rate_h, rate_w = layer.dilation_rate
+    if layer.padding == "same":
+        pad_h = _same_padding(x.shape[1], height, stride_h, rate_h)
+        pad_w = _same_padding(x.shape[2], width, stride_w, rate_w)
+        x = np.pad(x, ((0, 0), pad_h, pad_w, (0, 0)))
+    out_w = (x.shape[2] - (width - 1) * rate_w - 1) // stride_w + 1
+    rows = (positions // out_w)[..., None] * stride_h + np.arange(height) * rate_h
+    cols = (positions % out_w)[..., None] * stride_w + np.arange(width) * rate_w
+    images = np.arange(len(x))[:, None, None, None]
+    windows = x[images, rows[:, :, :, None], cols[:, :, None, :]]
+    return windows.reshape(-1, height * width * x.shape[-1])
+
+
 def _patch_function(layer, input_shape) -> tuple[Callable, int]:
-    """Input batch -> features whose product with the flat kernel is the output.
+    """(Input batch, positions) -> features whose product with the flat kernel
+    is the output there.
 
     Feature `(i * kernel_width + j) * channels + c` at an output position is
     what kernel tap `(i, j)` multiplies with input channel `c` there, so the
-    layer's pre-activation output is the features times its kernel
-    (flattened to `(features, filters)`) plus its bias.
+    layer's pre-activation output at `(N, K)` flat output positions is the
+    features `(N * K, features)` times its kernel (flattened to `(features,
+    filters)`) plus its bias.
     """
     height, width = layer.kernel_size
     features = height * width * input_shape[-1]
     if isinstance(layer, keras.layers.Conv2DTranspose):
         patches = _transposed_patches(layer, input_shape)
-        return (lambda x: np.asarray(patches(x))), features
-    strides = [1, *layer.strides, 1]
-    rates = [1, *layer.dilation_rate, 1]
-    padding = layer.padding.upper()
-
-    def extract(x):
-        return tf.image.extract_patches(
-            x, [1, height, width, 1], strides, rates, padding
-        ).numpy()
-
-    return extract, features
+        return (lambda x, at: _gather(np.asarray(patches(x)), at)), features
+    return (lambda x, at: _window_features(layer, np.asarray(x), at)), features
 
 
 def _to_kernel(layer, weights: np.ndarray) -> np.ndarray:
@@ -360,9 +381,7 @@ def layer_equations(
         ):
             y = np.asarray(clone(x))
             positions = _sample_positions(y.shape, per_image, rng)
-            equations[layer.name].add(
-                _gather(extract(x), positions), _gather(y, positions)
-            )
+            equations[layer.name].add(extract(x, positions), _gather(y, positions))
     return equations
 
 
@@ -385,10 +404,9 @@ def _fit_layer(student, layer, images, positions, targets, batch_size, ridge):
     equations = NormalEquations(count, targets.shape[-1], layer.use_bias)
     per_image = positions.shape[1]
     for start in range(0, len(images), batch_size):
-        features = patches(inputs[start : start + batch_size])
         block = positions[start : start + batch_size]
         rows = slice(start * per_image, (start + len(block)) * per_image)
-        equations.add(_gather(features, block), targets[rows])
+        equations.add(patches(inputs[start : start + batch_size], block), targets[rows])
     weights, error = equations.solve(ridge)
     kernel = _to_kernel(layer, weights[:count].astype(np.float32))
     if layer.use_bias:
