@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
 import time
 
 import keras
@@ -160,6 +161,20 @@ ROWS = {
         "cheap step on 128-px views with full-strength colour jitter",
         train_views=(Views(jitter=1.0),),
     ),
+    "blocks": Recipe(
+        "block-wise reconstruction after the refit (200 Adam steps per block, "
+        "tgc.reconstruction.reconstruct_blocks); cheap step as pixel_128",
+        block_steps=200,
+    ),
+    "calib_192": Recipe(
+        "refit on 192 calibration views instead of 64; cheap step as pixel_128",
+        calibration_count=192,
+    ),
+    "calib_256": Recipe(
+        "refit on 64 central 256-px views instead of 128-px zoom views; "
+        "cheap step as pixel_128",
+        calibration=CENTRAL_256,
+    ),
     "pixel_mix": Recipe(
         "cheap step, 128-px zoom views and central 256-px views in turn",
         train_views=(ZOOM_128, CENTRAL_256),
@@ -259,12 +274,32 @@ def _as_float(images: np.ndarray) -> np.ndarray:
     return images.astype(np.float32) / 127.5 - 1.0
 
 
+def _greedy_paths(task: Task, recipe: Recipe, gated, calibration: np.ndarray):
+    """`tgc.pruning.greedy_paths` on the calibration views (cached on disk)."""
+    path = os.path.join(
+        task.work_dir,
+        "paths",
+        f"{recipe.calibration.key()}-n{recipe.calibration_count}.pkl",
+    )
+    if os.path.exists(path):
+        with open(path, "rb") as file:
+            return pickle.load(file)
+    start = time.perf_counter()
+    paths = tgc.pruning.greedy_paths(gated, task.teacher, calibration, verbose=False)
+    logging.info("greedy paths: %.0f s", time.perf_counter() - start)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + ".partial", "wb") as file:
+        pickle.dump(paths, file)
+    os.replace(path + ".partial", path)
+    return paths
+
+
 def _select(task: Task, recipe: Recipe, calibration: np.ndarray):
     """The gated teacher keeping the recipe's channels."""
     if recipe.selection == "l1":
         return tgc.pruning.l1_gated(task.teacher, task.keep_ratio)
     gated = tgc.pruning.add_gates(task.teacher, "binary")
-    paths = tgc.pruning.greedy_paths(gated, task.teacher, calibration, verbose=False)
+    paths = _greedy_paths(task, recipe, gated, calibration)
     if recipe.allocation == "uniform":
         widths = tgc.pruning.uniform_widths(paths, task.keep_ratio)
     else:
@@ -386,7 +421,8 @@ def distill_finetune(task: Task, student, recipe: Recipe, work_dir: str):
 def run_row(task: Task, name: str, recipe: Recipe, work_dir: str) -> dict:
     """Builds, refits, fine-tunes and scores one recipe."""
     student, info = build_student(task, recipe, work_dir)
-    untrained = float(np.mean(task.psnr(student)))
+    untrained_per_photo = task.psnr(student)
+    untrained = float(np.mean(untrained_per_photo))
     logging.info("row %s: untrained student %.2f dB", name, untrained)
     start = time.perf_counter()
     if recipe.finetune == "pixel":
@@ -410,6 +446,7 @@ def run_row(task: Task, name: str, recipe: Recipe, work_dir: str) -> dict:
         "ssim": scores["ssim"],
         "fd": scores["fd"],
         "per_photo_psnr": [float(p) for p in per_photo],
+        "untrained_per_photo": [float(p) for p in untrained_per_photo],
         "above_identity": int(np.sum(per_photo > task.identity_psnr)),
         "curve": curve,
         "seconds": {**info["seconds"], "finetune": finetune_seconds},
