@@ -75,6 +75,6 @@ class TeacherComparison:
             "psnr": float(np.mean(tgc.metrics.psnr(self.targets, outputs))),
             "ssim": float(np.mean(tgc.metrics.ssim(self.targets, outputs))),
             "l1": float(np.mean(tgc.metrics.l1(self.targets, outputs))),
-            "fd": max(0.0, float(frechet.result())),
+            "fd": float(frechet.result()),
             "kid": float(kid.result()),
         }

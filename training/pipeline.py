@@ -6,10 +6,11 @@ one step budget:
 
 1. `build`: the method's gated/super student, checked against the budget
    first (an unreachable budget is an error saying what is reachable);
-   optionally wrapped in a global colour skip (`tgc.models.with_colour_skip`);
 2. `search`: the method's search/prune trainer, `fit` for its share of the
    steps (none for the baselines);
-3. `slim`: plain, physically smaller models;
+3. `slim`: plain, physically smaller models; optionally the generator is
+   wrapped in a global colour skip (`tgc.models.with_colour_skip`), whose
+   MACs the budget the method builds to leaves room for;
 4. `refit`: least-squares refit of the student's convolutions to the
    teacher (`tgc.reconstruction`) on calibration images, when the student
    inherits the teacher's channels; skipped without calibration images;
@@ -55,6 +56,8 @@ class Compressed:
         steps: Training steps per phase (`search`, `finetune`).
         seconds: Wall time per phase run in this call.
         histories: `fit` histories of the training phases run in this call.
+        refit_images: Calibration images of the least-squares refit run in
+            this call, or `None`.
     """
 
     student: Student
@@ -62,6 +65,7 @@ class Compressed:
     steps: dict[str, int]
     seconds: dict[str, float]
     histories: dict[str, dict]
+    refit_images: int | None = None
 
 
 class _StopAtStep(keras.callbacks.Callback):
@@ -85,21 +89,13 @@ def colour_skip_macs(input_shape, colour_map) -> int:
     return tgc.profile(wrapped, shape).macs - tgc.profile(probe, shape).macs
 
 
-def build(
-    method: Method,
-    teacher: keras.Model,
-    setup: Setup,
-    colour_map: tuple[np.ndarray, np.ndarray] | None = None,
-) -> Student:
-    """Phase 1: the method's student, within the budget.
+def build(method: Method, teacher: keras.Model, setup: Setup) -> Student:
+    """Phase 1: the method's student, after checking the budget is reachable.
 
     Args:
         method: The method.
         teacher: The generator to compress.
         setup: Budget and training settings.
-        colour_map: `(matrix, bias)`: wrap the student generator in a
-            global colour skip starting at this map (its MACs are taken out
-            of the budget the method builds to).
 
     Returns:
         The `Student` (gated or super: not yet slimmed).
@@ -108,16 +104,11 @@ def build(
         BudgetError: If the method cannot reach the budget.
     """
     shape = setup.budget.input_shape
-    skip = 0 if colour_map is None else colour_skip_macs(shape, colour_map)
     setup.budget.check_reachable(
-        method.smallest_macs(teacher, shape) + skip, f"method {method.name!r}"
+        method.smallest_macs(teacher, shape), f"method {method.name!r}"
     )
     keras.utils.set_random_seed(setup.seed)
-    inner = dataclasses.replace(setup, budget=setup.budget.minus(skip))
-    student = method.build(teacher, inner)
-    if colour_map is not None:
-        student.generator = tgc.models.with_colour_skip(student.generator, colour_map)
-    return student
+    return method.build(teacher, setup)
 
 
 def _fit(
@@ -184,13 +175,32 @@ def search(
             "has no search_trainer: override split_steps or search_trainer."
         )
     keras.utils.set_random_seed(setup.seed)
-    run = [*method.search_callbacks(student, setup), *callbacks]
+    run = [*method.search_callbacks(student, setup, steps), *callbacks]
     return _fit(trainer, data, steps, steps_per_epoch, run, backup_dir, verbose)
 
 
-def slim(method: Method, student: Student) -> Student:
-    """Phase 3: the method's `slim` (plain models, kept-channel map)."""
-    return method.slim(student)
+def slim(
+    method: Method,
+    student: Student,
+    colour_map: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Student:
+    """Phase 3: the method's `slim` (plain models, kept-channel map).
+
+    Args:
+        method: The method.
+        student: The searched student.
+        colour_map: `(matrix, bias)`: wrap the slimmed generator in a global
+            colour skip starting at this map (`tgc.models.with_colour_skip`:
+            the generator's last convolution restarts at zero, so its output
+            starts at the colour map; the refit fits it around the skip).
+
+    Returns:
+        The slimmed `Student`.
+    """
+    student = method.slim(student)
+    if colour_map is not None:
+        student.generator = tgc.models.with_colour_skip(student.generator, colour_map)
+    return student
 
 
 def refit(
@@ -332,7 +342,7 @@ def compress(
         calibration: Images (or a function returning them) for the
             least-squares refit; `None` turns the refit off.
         colour_map: `(matrix, bias)` of a global colour skip around the
-            student (see `build`).
+            student (see `slim`).
         callbacks: More callbacks for both training phases (e.g.
             `training.callbacks.Evaluate`).
         checkpoint_dir: Where to keep backups and finished phases; rerun
@@ -356,7 +366,12 @@ def compress(
             f"must be {{'search': n, 'finetune': m}} with n + m = {steps}."
         )
     seconds, histories = {}, {}
-    directories = {}
+    directories, refit_images = {}, None
+    # The generator the method builds and searches leaves room for the skip.
+    skip = 0
+    if colour_map is not None:
+        skip = colour_skip_macs(setup.budget.input_shape, colour_map)
+    inner = dataclasses.replace(setup, budget=setup.budget.minus(skip))
     if checkpoint_dir:
         _claim(
             checkpoint_dir,
@@ -401,7 +416,7 @@ def compress(
             log("resuming from the searched student")
         else:
             log(f"building the student for {setup.budget.describe()}")
-            student = timed("build", build, method, teacher, setup, colour_map)
+            student = timed("build", build, method, teacher, inner)
             finished("build", student)
             if split["search"]:
                 log(f"searching, {split['search']} steps")
@@ -411,7 +426,7 @@ def compress(
                     method,
                     student,
                     teacher,
-                    setup,
+                    inner,
                     data,
                     split["search"],
                     backup_dir=directories.get("backup_search"),
@@ -420,11 +435,13 @@ def compress(
                 finished("search", student)
                 if directories:
                     _save(student, directories["searched"])
-        student = timed("slim", slim, method, student)
+        student = timed("slim", slim, method, student, colour_map)
         finished("slim", student)
         if student.kept is not None and calibration is not None:
-            log("refitting to the teacher by least squares")
-            timed("refit", refit, student, teacher, calibration, verbose=bool(verbose))
+            images = calibration() if callable(calibration) else calibration
+            refit_images = len(images)
+            log(f"refitting to the teacher by least squares on {refit_images} images")
+            timed("refit", refit, student, teacher, images, verbose=bool(verbose))
             finished("refit", student)
         if directories:
             _save(student, directories["refitted"])
@@ -445,4 +462,4 @@ def compress(
             **training_kwargs,
         )
         finished("finetune", student)
-    return Compressed(student, macs, split, seconds, histories)
+    return Compressed(student, macs, split, seconds, histories, refit_images)

@@ -8,8 +8,9 @@ shares (`training.pipeline` runs them in order):
    discriminator) from the teacher, as a `Student`;
 2. `search_trainer(...)` + `search_callbacks(...)`: the method's own
    search/prune phase, a compiled `keras.Model` (usually an
-   `AdversarialTrainer` subclass) that `fit` drives until the MACs budget
-   is met; `None` when the method has no such phase;
+   `AdversarialTrainer` subclass, with its agents as `OptimizerGroup`s)
+   that `fit` drives, with those callbacks, until the MACs budget is met;
+   no such phase by default;
 3. `slim(student)`: `tgc.slim` of the generator (and of a gated
    discriminator), recording which teacher channels the student kept;
 4. the least-squares refit to the teacher, done by the pipeline when the
@@ -298,8 +299,12 @@ class Method(abc.ABC):
         """
         return None
 
-    def search_callbacks(self, student: Student, setup: Setup) -> list:
-        """Phase 2: the callbacks that drive the search (schedules, budget)."""
+    def search_callbacks(self, student: Student, setup: Setup, steps: int) -> list:
+        """Phase 2: the callbacks that drive the search over `steps` steps.
+
+        E.g. `training.callbacks.UpdateCompressionStep` with a schedule
+        that reaches the budget by the end, or `BudgetReached`.
+        """
         return []
 
     def slim(self, student: Student) -> Student:

@@ -23,7 +23,9 @@ from training.methods import base, register
 
 def reinitialised(model: keras.Model, name: str) -> keras.Model:
     """A copy of `model` with every weight drawn afresh from its initializer."""
-    return keras.models.clone_model(model, name=name)
+    fresh = keras.models.clone_model(model)
+    fresh.name = name
+    return fresh
 
 
 @register
