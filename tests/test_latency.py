@@ -24,14 +24,25 @@ def tiny(tmp_path_factory):
     return model, export.to_litert(model, path)
 
 
-def test_parses_a_real_litert_benchmark_run(tiny):
+def test_parses_a_real_litert_benchmark_run(tiny, tmp_path):
     _, path = tiny
     result = latency.run_litert_benchmark(path, num_threads=2, runs=4, warmup=1)
     assert result["runs"] == 4
     assert 0 < result["min_ms"] <= result["median_ms"] <= result["max_ms"]
     assert result["p5_ms"] <= result["p95_ms"]
     assert result["init_ms"] > 0
-    assert result["fully_accelerated"] in (True, False)
+    # The zoo's generators export without MIRROR_PAD: XNNPACK runs every op.
+    assert result["fully_accelerated"] is True
+
+    inputs = keras.Input((SIZE, SIZE, 3))
+    padded = keras.layers.Lambda(
+        lambda x: keras.ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="reflect")
+    )(inputs)
+    mirror = keras.Model(inputs, keras.layers.Conv2D(3, 3)(padded))
+    mirror_path = export.to_litert(mirror, tmp_path / "mirror_pad.tflite")
+    assert "MIRROR_PAD" in export.litert_ops(mirror_path)
+    result = latency.run_litert_benchmark(mirror_path, num_threads=2, runs=2, warmup=1)
+    assert result["fully_accelerated"] is False
 
 
 def test_measure_latency_with_the_litert_benchmark_runner(tiny):

@@ -89,13 +89,18 @@ def colour_skip_macs(input_shape, colour_map) -> int:
     return tgc.profile(wrapped, shape).macs - tgc.profile(probe, shape).macs
 
 
-def build(method: Method, teacher: keras.Model, setup: Setup) -> Student:
+def build(
+    method: Method, teacher: keras.Model, setup: Setup, reserved_macs: int = 0
+) -> Student:
     """Phase 1: the method's student, after checking the budget is reachable.
 
     Args:
         method: The method.
         teacher: The generator to compress.
         setup: Budget and training settings.
+        reserved_macs: MACs the budget must leave for what is added to the
+            generator later (the colour skip of `slim`); the method builds
+            to `setup.budget.minus(reserved_macs)`.
 
     Returns:
         The `Student` (gated or super: not yet slimmed).
@@ -105,10 +110,12 @@ def build(method: Method, teacher: keras.Model, setup: Setup) -> Student:
     """
     shape = setup.budget.input_shape
     setup.budget.check_reachable(
-        method.smallest_macs(teacher, shape), f"method {method.name!r}"
+        method.smallest_macs(teacher, shape) + reserved_macs, f"method {method.name!r}"
     )
     keras.utils.set_random_seed(setup.seed)
-    return method.build(teacher, setup)
+    return method.build(
+        teacher, dataclasses.replace(setup, budget=setup.budget.minus(reserved_macs))
+    )
 
 
 def _fit(
@@ -371,7 +378,6 @@ def compress(
     skip = 0
     if colour_map is not None:
         skip = colour_skip_macs(setup.budget.input_shape, colour_map)
-    inner = dataclasses.replace(setup, budget=setup.budget.minus(skip))
     if checkpoint_dir:
         _claim(
             checkpoint_dir,
@@ -416,8 +422,9 @@ def compress(
             log("resuming from the searched student")
         else:
             log(f"building the student for {setup.budget.describe()}")
-            student = timed("build", build, method, teacher, inner)
+            student = timed("build", build, method, teacher, setup, skip)
             finished("build", student)
+            inner = dataclasses.replace(setup, budget=setup.budget.minus(skip))
             if split["search"]:
                 log(f"searching, {split['search']} steps")
                 histories["search"] = timed(
