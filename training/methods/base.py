@@ -342,6 +342,13 @@ class Method(abc.ABC):
         """
 
 
+def check_non_negative(options, method: str) -> None:
+    """Raises `ValueError` on a negative numeric option (loss weights)."""
+    for key, value in dataclasses.asdict(options).items():
+        if isinstance(value, (int, float)) and value < 0:
+            raise ValueError(f"{method} option {key} must be >= 0, got {value}.")
+
+
 def _slimmed(model: keras.Model) -> keras.Model:
     return tgc.slim(model) if gates_of(model) else model
 
@@ -427,6 +434,7 @@ __all__ = [
     "Setup",
     "Student",
     "adam",
+    "check_non_negative",
     "discriminator",
     "distillation_trainer",
     "parse_options",

@@ -43,9 +43,7 @@ class Distill(base.Method):
         lambda_gan: float = 1.0
 
         def __post_init__(self):
-            for key, value in dataclasses.asdict(self).items():
-                if value is not None and value < 0:
-                    raise ValueError(f"distill option {key} must be >= 0, got {value}.")
+            base.check_non_negative(self, "distill")
 
     def build(self, teacher, setup):
         keep_ratio, gated = budget.keep_ratio_for_budget(teacher, setup.budget, "l1")

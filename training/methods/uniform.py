@@ -47,9 +47,7 @@ class Uniform(base.Method):
         lambda_gan: float = 1.0
 
         def __post_init__(self):
-            for key, value in dataclasses.asdict(self).items():
-                if value is not None and value < 0:
-                    raise ValueError(f"uniform option {key} must be >= 0, got {value}.")
+            base.check_non_negative(self, "uniform")
 
     def build(self, teacher, setup):
         _, gated = budget.keep_ratio_for_budget(teacher, setup.budget, "position")
