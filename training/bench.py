@@ -141,9 +141,7 @@ def run(names, output_dir: str, **settings) -> dict:
             )
             cost = tgc.profile(student, shape)
             outputs[method] = np.asarray(student.predict(inputs, 2, verbose=0))
-            int8_outputs = np.concatenate(
-                [tgc.export.run_litert(int8, image[None]) for image in inputs]
-            )
+            int8_outputs = evaluation.litert_outputs(int8, inputs)
             rows[method] = {
                 "macs": cost.macs,
                 "params": cost.params,

@@ -267,9 +267,7 @@ def run(**overrides) -> dict:
     outputs = {
         "teacher": targets,
         "student": np.asarray(student.predict(inputs, batch_size=2, verbose=0)),
-        "student_int8": np.concatenate(
-            [tgc.export.run_litert(paths["student_int8"], x[None]) for x in inputs]
-        ),
+        "student_int8": evaluation.litert_outputs(paths["student_int8"], inputs),
         "identity": inputs,
         "colour_map": colour_map_reference(inputs),
     }
