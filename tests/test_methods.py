@@ -170,7 +170,7 @@ def test_keep_ratio_for_budget_is_the_largest_that_fits(teacher):
     assert macs <= target.macs
     assert 0.03 < ratio < 0.35
     # A ratio 0.05 larger no longer fits.
-    wider = tgc.surgery.l1_prune(teacher, ratio + 0.05)
+    wider = tgc.pruning.l1_prune(teacher, ratio + 0.05)
     assert tgc.profile(wider, (256, 256, 3)).macs > target.macs
     assert budget.keep_ratio_for_budget(teacher, Budget(10**15))[0] == 1.0
 

@@ -135,7 +135,7 @@ class _Gradual(methods.Method):
         from training import budget
 
         keep_ratio, _ = budget.keep_ratio_for_budget(teacher, setup.budget)
-        gated = tgc.surgery.add_gates(teacher, "binary")
+        gated = tgc.pruning.add_gates(teacher, "binary")
         student = methods.Student(gated, methods.discriminator(setup))
         student.state["keep_ratio"] = keep_ratio
         return student
@@ -148,7 +148,7 @@ class _Gradual(methods.Method):
         schedule = schedules.ChannelSparsity(
             0.0, sparsity, begin_step=0, end_step=steps // 2, frequency=1
         )
-        return [callbacks.UpdateCompressionStep(schedule, tgc.surgery.l1_importance)]
+        return [callbacks.UpdateCompressionStep(schedule, tgc.pruning.l1_importance)]
 
     def finetune_trainer(self, student, teacher, setup, steps):
         return methods.distillation_trainer(student, teacher, setup, steps)
@@ -206,7 +206,7 @@ def test_budget_errors(task):
         search_share = 0.0
 
         def build(self, teacher, setup):  # ignores the budget
-            gated = tgc.surgery.add_gates(teacher, "binary")
+            gated = tgc.pruning.add_gates(teacher, "binary")
             return methods.Student(gated, methods.discriminator(setup))
 
     with pytest.raises(BudgetError, match="'greedy_test'.*over its budget"):

@@ -1,50 +1,29 @@
 """AdversarialTrainer's extra optimizer groups and in-step gate masks.
 
-A pruning agent (a Dense layer) computes the masks of one generator and one
-discriminator channel group inside the train step (`gate_masks`); the
-trainer drives the gates with them (`drive_gates`; here a stand-in layer
-that reads the driven masks, so the hook is tested on its own) and trains
+A pruning agent (a Dense layer) computes the masks of a generator's and a
+discriminator's `ChannelGate`s inside the train step (`gate_masks`); the
+trainer drives the gates with them (`keras_layers.driven_gates`) and trains
 the agent in an `"after"` group on losses of both networks. An online
 teacher trains in a `"before"` group.
 """
 
 from __future__ import annotations
 
-import contextlib
-
 import keras
 import numpy as np
 import pytest
 import tensorflow as tf
 
+import keras_layers
 from training import AdversarialTrainer, OptimizerGroup, losses
 
 SIZE = 16
-_DRIVEN: dict = {}
-
-
-class _Driven(keras.layers.Layer):
-    """Multiplies its channels by the mask it is driven with, if any."""
-
-    def call(self, inputs):
-        mask = _DRIVEN.get(self.name)
-        return inputs if mask is None else inputs * mask
-
-
-@contextlib.contextmanager
-def _driving(masks):
-    _DRIVEN.update(masks)
-    try:
-        yield
-    finally:
-        for name in masks:
-            _DRIVEN.pop(name)
 
 
 def _generator(name, gate):
     inputs = keras.Input((SIZE, SIZE, 3))
     x = keras.layers.Conv2D(4, 3, padding="same")(inputs)
-    x = _Driven(name=gate)(keras.layers.ReLU()(x))
+    x = keras_layers.ChannelGate(name=gate, trainable=False)(keras.layers.ReLU()(x))
     outputs = keras.layers.Conv2D(3, 1, activation="tanh")(x)
     return keras.Model(inputs, outputs, name=name)
 
@@ -52,7 +31,8 @@ def _generator(name, gate):
 def _discriminator():
     inputs = keras.Input((SIZE, SIZE, 6))
     x = keras.layers.Conv2D(4, 4, strides=2, padding="same")(inputs)
-    x = _Driven(name="d_gate")(keras.layers.LeakyReLU(0.2)(x))
+    gate = keras_layers.ChannelGate(name="d_gate", trainable=False)
+    x = gate(keras.layers.LeakyReLU(0.2)(x))
     return keras.Model(inputs, keras.layers.Conv2D(1, 4, padding="same")(x))
 
 
@@ -66,10 +46,10 @@ class _AgentTrainer(AdversarialTrainer):
 
     def gate_masks(self, step):
         keep = tf.sigmoid(self.agent(tf.ones((1, 1)))[0])
-        return {"g_gate": keep[:4], "d_gate": keep[4:]}
-
-    def drive_gates(self, masks):
-        return _driving(masks)
+        return {
+            self.generator.get_layer("g_gate"): keep[:4],
+            self.discriminator.get_layer("d_gate"): keep[4:],
+        }
 
 
 def _images(n=2):
@@ -195,8 +175,12 @@ def test_masks_drive_both_networks_and_train_the_agent_under_xla():
         columns = slice(0, 4) if driven == "g_gate" else slice(4, 8)
 
         def masks(step, trainer=trainer, driven=driven, fixed=fixed, columns=columns):
+            gates = {
+                "g_gate": trainer.generator.get_layer("g_gate"),
+                "d_gate": trainer.discriminator.get_layer("d_gate"),
+            }
             keep = tf.sigmoid(trainer.agent(tf.ones((1, 1)))[0, columns])
-            return {driven: keep, fixed: tf.ones(4)}
+            return {gates[driven]: keep, gates[fixed]: tf.ones(4)}
 
         trainer.gate_masks = masks
         start = trainer.agent.kernel.numpy()

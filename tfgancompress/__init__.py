@@ -9,13 +9,17 @@ print(tgc.profile(teacher, (256, 256, 3)))
 """
 
 from tfgancompress import (
+    cost,
     data,
     export,
     latency,
     metrics,
     models,
+    pruning,
     reconstruction,
     schedules,
+    search,
+    surgery,
 )
 from tfgancompress.profile import LayerProfile, ModelProfile, profile
 from tfgancompress.surgery import live_channels, slim
@@ -23,6 +27,7 @@ from tfgancompress.surgery import live_channels, slim
 __all__ = [
     "LayerProfile",
     "ModelProfile",
+    "cost",
     "data",
     "export",
     "latency",
@@ -30,7 +35,10 @@ __all__ = [
     "metrics",
     "models",
     "profile",
+    "pruning",
     "reconstruction",
     "schedules",
+    "search",
     "slim",
+    "surgery",
 ]

@@ -5,7 +5,9 @@ ops): Android's runtime lacks them. The conversion path is Keras
 `ExportArchive` (the model's inference-mode call at a fixed input shape) ->
 SavedModel -> `tf.lite.TFLiteConverter.from_saved_model`, the path Keras's
 own LiteRT export takes. (`from_concrete_functions` gives NaN outputs on
-this stack: weights stay unfrozen variables.)
+this stack: weights stay unfrozen variables.) Every file is written
+atomically (`tfgancompress.atomic`): a failed or killed export leaves the
+destination as it was, never half-written.
 
 Quantization (`to_litert(..., quantization=...)`):
 
@@ -103,6 +105,7 @@ import tensorflow as tf
 from keras_layers.conv import SuperConv2D, SuperConv2DTranspose
 from keras_layers.norm import InstanceNormalization
 from keras_layers.quant import FakeQuant
+from tfgancompress.atomic import atomic_path, atomic_write
 
 try:
     from ai_edge_litert import schema_py_generated as _schema
@@ -113,6 +116,10 @@ except ImportError:  # pragma: no cover - ai-edge-litert is a dependency
     _Interpreter = tf.lite.Interpreter
 
 QUANTIZATIONS = (None, "fp16", "dynamic", "int8")
+
+# Permission checks as the process acts (a root process dropped to a user's
+# effective id must not be told that root could write there).
+_EFFECTIVE_IDS = os.access in os.supports_effective_ids
 
 MAX_CALIBRATION_SAMPLES = 200
 MIN_CALIBRATION_SAMPLES = 16
@@ -155,7 +162,7 @@ def _check_parent(path: str) -> None:
         raise FileNotFoundError(
             f"Cannot write {path!r}: the directory {parent!r} does not exist."
         )
-    if not os.access(parent, os.W_OK):
+    if not os.access(parent, os.W_OK, effective_ids=_EFFECTIVE_IDS):
         raise PermissionError(
             f"Cannot write {path!r}: the directory {parent!r} is not writable."
         )
@@ -590,7 +597,7 @@ def to_litert(
                 flatbuffer = converter.convert()
         except Exception as error:
             raise _converter_error(error) from error
-    with open(path, "wb") as file:
+    with atomic_write(path, "wb") as file:
         file.write(flatbuffer)
     return path
 
@@ -733,12 +740,13 @@ def to_onnx(
             )
     else:
         shape = _fixed_input_shape(model, input_shape)
-    model.export(
-        path,
-        format="onnx",
-        verbose=False,
-        input_signature=[keras.InputSpec(shape=shape, dtype="float32")],
-    )
+    with atomic_path(path) as temporary:
+        model.export(
+            temporary,
+            format="onnx",
+            verbose=False,
+            input_signature=[keras.InputSpec(shape=shape, dtype="float32")],
+        )
     return path
 
 
@@ -769,7 +777,8 @@ def run_onnx(path: str | os.PathLike, inputs) -> np.ndarray | list[np.ndarray]:
 def to_saved_model(model: keras.Model, path: str | os.PathLike) -> str:
     """Exports the inference-mode model as a TensorFlow SavedModel directory.
 
-    Reload with `tf.saved_model.load(path).serve(images)`.
+    Reload with `tf.saved_model.load(path).serve(images)`. An existing
+    folder at `path` is replaced as a whole.
 
     Args:
         model: A Keras model.
@@ -784,5 +793,6 @@ def to_saved_model(model: keras.Model, path: str | os.PathLike) -> str:
     """
     path = os.fspath(path)
     _check_parent(path)
-    model.export(path, format="tf_saved_model", verbose=False)
+    with atomic_path(path, directory=True) as temporary:
+        model.export(temporary, format="tf_saved_model", verbose=False)
     return path

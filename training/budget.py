@@ -135,16 +135,16 @@ class Budget:
 
 
 def _macs(gated: keras.Model, input_shape) -> int:
-    return tgc.profile(tgc.slim(gated), input_shape).macs
+    return tgc.cost.gate_macs(gated, input_shape)
 
 
 class _UniformPruning:
     """A gated copy of a model whose gates all keep one fraction of channels."""
 
     def __init__(self, teacher: keras.Model, importance: str):
-        self.gated = tgc.surgery.add_gates(teacher, "binary")
+        self.gated = tgc.pruning.add_gates(teacher, "binary")
         self.importance = (
-            tgc.surgery.l1_importance(self.gated) if importance == "l1" else {}
+            tgc.pruning.l1_importance(self.gated) if importance == "l1" else {}
         )
 
     def set(self, keep_ratio: float) -> keras.Model:
@@ -160,7 +160,7 @@ def smallest_gated_macs(teacher: keras.Model, input_shape=DEFAULT_INPUT_SHAPE) -
     """MACs of `teacher` with one channel left after every normalization.
 
     The cheapest student a method that prunes the teacher's channels (gates
-    after every norm, `tgc.surgery.add_gates`) can reach.
+    after every norm, `tgc.pruning.add_gates`) can reach.
     """
     pruning = _UniformPruning(teacher, "position")
     return _macs(pruning.set(1e-3), tuple(input_shape))
@@ -174,14 +174,14 @@ def keep_ratio_for_budget(
 ) -> tuple[float, keras.Model]:
     """The largest uniform keep-ratio whose pruned teacher fits the budget.
 
-    Every gated layer (`tgc.surgery.add_gates`: one gate after every norm)
+    Every gated layer (`tgc.pruning.add_gates`: one gate after every norm)
     keeps the same fraction of its channels; bisection on that fraction.
 
     Args:
         teacher: The generator to prune.
         budget: The MACs budget.
         importance: `"l1"`: each layer keeps its top filters by L1 norm
-            (residual channels ranked together, `tgc.surgery.l1_importance`);
+            (residual channels ranked together, `tgc.pruning.l1_importance`);
             `"position"`: its first channels.
         tolerance: Bisection stops when the ratio interval is this narrow.
 

@@ -64,7 +64,7 @@ class Step:
         teacher_image: `teacher(x)` (None without a teacher).
         teacher_features: The teacher's distillation taps (maybe empty).
         seed: A `(2,)` int32 seed for stateless randomness in this step.
-        masks: `{gate name: mask tensor}` from `gate_masks` (maybe empty).
+        masks: `{ChannelGate: mask tensor}` from `gate_masks` (maybe empty).
         g_terms: The generator's loss terms, once computed.
         d_terms: The discriminator's loss terms, once computed.
         extras: Tensors a subclass or an optimizer group passes on within
@@ -683,25 +683,27 @@ class AdversarialTrainer(_TrackedModel):
     def after_step(self, step: Step) -> None:
         """Called at the end of every training step (e.g. gate updates)."""
 
-    def gate_masks(self, step: Step) -> Mapping[str, tf.Tensor]:
+    def gate_masks(self, step: Step) -> Mapping:
         """Gate masks computed inside the step, e.g. by pruning agents.
 
         Called at the start of every step, inside the generator's tape and
         the tape of the `"after"` optimizer groups, so gradients reach what
         computed the masks. The whole step then runs inside
         `drive_gates(masks)`: the generator's and the discriminator's gates
-        use them. Default: none.
+        multiply by them instead of using their own parameters. Default:
+        none.
 
         Args:
             step: The step's tensors (no student outputs yet).
 
         Returns:
-            `{gate layer name: mask tensor (C,)}`.
+            `{ChannelGate: mask tensor}`, masks of shape `(C,)` or
+            `(batch, C)`, typically in [0, 1].
         """
         return {}
 
-    def drive_gates(self, masks: Mapping[str, tf.Tensor]):
-        """The context in which the gates named in `masks` apply them.
+    def drive_gates(self, masks: Mapping):
+        """The context in which the gates in `masks` apply their masks.
 
         Default: `keras_layers.driven_gates(masks)`; nothing without masks.
         """
