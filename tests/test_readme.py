@@ -49,7 +49,10 @@ def test_write_your_own_method_example_runs_through_the_pipeline(tmp_path):
         views = np.random.default_rng(0).uniform(-1, 1, (8, 32, 32, 3))
         views = views.astype("float32")
         pairs = tf.data.Dataset.from_tensor_slices((views, teacher(views)))
-        namespace.update(
+        # The usage block runs in a copy: the method's code keeps the real
+        # `methods` module, the usage sees the shim below.
+        namespace = dict(
+            namespace,
             teacher=teacher,
             pairs=pairs.batch(2, drop_remainder=True).repeat(),
             views=views,
