@@ -14,6 +14,7 @@ from tfgancompress import (
     latency,
     metrics,
     models,
+    quantization,
     reconstruction,
     schedules,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "metrics",
     "models",
     "profile",
+    "quantization",
     "reconstruction",
     "schedules",
     "slim",

@@ -100,9 +100,16 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from keras_layers.conv import SuperConv2D, SuperConv2DTranspose
 from keras_layers.norm import InstanceNormalization
 from keras_layers.quant import FakeQuant
+from tfgancompress import quantization as _quantization
+from tfgancompress.quantization import (
+    MAX_CALIBRATION_SAMPLES as MAX_CALIBRATION_SAMPLES,
+)
+from tfgancompress.quantization import (
+    MIN_CALIBRATION_SAMPLES as MIN_CALIBRATION_SAMPLES,
+)
+from tfgancompress.quantization import equalize_for_int8 as equalize_for_int8
 
 try:
     from ai_edge_litert import schema_py_generated as _schema
@@ -113,9 +120,6 @@ except ImportError:  # pragma: no cover - ai-edge-litert is a dependency
     _Interpreter = tf.lite.Interpreter
 
 QUANTIZATIONS = (None, "fp16", "dynamic", "int8")
-
-MAX_CALIBRATION_SAMPLES = 200
-MIN_CALIBRATION_SAMPLES = 16
 
 _BUILTIN_NAMES = {
     code: name
@@ -213,184 +217,6 @@ def _has_fake_quant(model: keras.Model) -> bool:
     return any(isinstance(layer, FakeQuant) for layer in model._flatten_layers())
 
 
-def _calibration_batches(representative_data, shape: tuple) -> Iterable[np.ndarray]:
-    """Yields float32 batches of exactly `shape` from an array or iterable."""
-    if isinstance(representative_data, np.ndarray | tf.Tensor):
-        representative_data = [representative_data]
-    count = 0
-    for item in representative_data:
-        if isinstance(item, tuple | list):
-            item = item[0]
-        batch = np.asarray(item, np.float32)
-        if batch.shape[1:] != shape[1:]:
-            raise ValueError(
-                f"representative_data batches must have shape (n,) + "
-                f"{shape[1:]} to match the export input shape {shape}; got "
-                f"{batch.shape}."
-            )
-        for start in range(0, len(batch) - shape[0] + 1, shape[0]):
-            yield batch[start : start + shape[0]]
-            count += shape[0]
-            if count >= MAX_CALIBRATION_SAMPLES:
-                return
-
-
-def _check_calibration_size(batches: list[np.ndarray]) -> None:
-    samples = sum(len(batch) for batch in batches)
-    if samples < MIN_CALIBRATION_SAMPLES:
-        warnings.warn(
-            f"int8 calibration on {samples} samples: activation ranges from "
-            f"fewer than {MIN_CALIBRATION_SAMPLES} images miss the extremes of "
-            "other images, which then clip. Pass more representative_data.",
-            stacklevel=3,
-        )
-
-
-def _single_input_layer(layer: keras.layers.Layer):
-    """The layer whose output is `layer`'s only input, or `None`."""
-    nodes = getattr(layer, "_inbound_nodes", [])
-    if len(nodes) != 1 or len(nodes[0].input_tensors) != 1:
-        return None
-    return nodes[0].input_tensors[0]._keras_history.operation
-
-
-def _rescalable_conv(layer) -> bool:
-    """A plain convolution whose output channels can be scaled and shifted."""
-    return (
-        isinstance(layer, keras.layers.Conv2D | keras.layers.Conv2DTranspose)
-        and not isinstance(layer, SuperConv2D | SuperConv2DTranspose)
-        and getattr(layer, "groups", 1) == 1
-        and layer.data_format == "channels_last"
-        and layer.activation is keras.activations.linear
-        and len(layer._inbound_nodes) == 1
-    )
-
-
-def _conv_norm_pairs(model: keras.Model) -> list[tuple]:
-    """`(conv, norm)` for each instance norm fed only by a plain convolution.
-
-    Only the model's own layers (not those of nested models) are searched.
-    """
-    pairs = []
-    for layer in getattr(model, "layers", []):
-        if not isinstance(layer, InstanceNormalization):
-            continue
-        conv = _single_input_layer(layer)
-        if (
-            conv is not None
-            and _rescalable_conv(conv)
-            and [node.operation for node in conv._outbound_nodes] == [layer]
-        ):
-            pairs.append((conv, layer))
-    return pairs
-
-
-def _channel_scales(model: keras.Model, convs: list, batches) -> list[tuple]:
-    """Per conv: the channel means over `batches` and equalising factors.
-
-    Channel `c` of a conv's output spans `mean_c +- spread_c` over the
-    calibration data; the factor `max(spread) / spread_c` (at most 1000)
-    stretches every channel to the widest one.
-    """
-    probe = keras.Model(model.inputs[0], [conv.output for conv in convs])
-    sums = [0.0] * len(convs)
-    lows = [np.inf] * len(convs)
-    highs = [-np.inf] * len(convs)
-    for batch in batches:
-        outputs = probe(batch, training=False)
-        if len(convs) == 1:
-            outputs = [outputs]
-        for i, output in enumerate(outputs):
-            output = np.asarray(output, np.float64)
-            sums[i] = sums[i] + output.mean(axis=(0, 1, 2))
-            lows[i] = np.minimum(lows[i], output.min(axis=(0, 1, 2)))
-            highs[i] = np.maximum(highs[i], output.max(axis=(0, 1, 2)))
-    scales = []
-    for total, low, high in zip(sums, lows, highs, strict=True):
-        mean = total / len(batches)
-        spread = np.maximum(high - mean, mean - low)
-        widest = max(float(spread.max()), 1e-12)
-        scales.append((mean, widest / np.maximum(spread, widest * 1e-3)))
-    return scales
-
-
-def equalize_for_int8(model: keras.Model, representative_data) -> keras.Model:
-    """A copy of `model` whose pre-norm activations suit one int8 range.
-
-    An int8 tensor has one scale for all its channels. Before an instance
-    norm, trained generators have channels whose ranges differ a hundredfold:
-    the narrow ones keep only a few int8 levels, and the norm then scales
-    their rounding error up to unit size. The norm ignores a positive scale
-    and an offset per channel, so each convolution that feeds only an
-    instance norm gets its output channels scaled by `a_c` (kernel and bias)
-    and centred (its bias minus the channel's mean over the calibration
-    data), and the norm's epsilon becomes `epsilon * a_c**2`: the copy
-    computes the same function up to float rounding, with every channel
-    spanning the same range. Other layers are copied unchanged; so are
-    models without such pairs among their own (not nested) layers.
-
-    Args:
-        model: A functional Keras model.
-        representative_data: Inputs to measure the channel ranges on, as for
-            `to_litert`.
-
-    Returns:
-        The equalised copy, or `model` itself when nothing is to be done.
-
-    Raises:
-        ValueError: If `representative_data` holds no image batches or
-            batches of different shapes.
-
-    Example:
-
-    >>> twin = equalize_for_int8(generator, images)
-    >>> np.abs(twin(images) - generator(images)).max() < 1e-4
-    True
-    """
-    pairs = _conv_norm_pairs(model)
-    if not pairs or len(model.inputs) != 1:
-        return model
-    if isinstance(representative_data, np.ndarray | tf.Tensor):
-        representative_data = [representative_data]
-    items = [
-        np.asarray(item[0] if isinstance(item, tuple | list) else item, np.float32)
-        for item in representative_data
-    ]
-    if not items or items[0].ndim != 4:
-        raise ValueError(
-            "representative_data must hold image batches (n, height, width, "
-            f"channels) to measure channel ranges on; got {len(items)} items"
-            f"{f' of shape {items[0].shape}' if items else ''}."
-        )
-    batches = list(_calibration_batches(items, (1,) + items[0].shape[1:]))
-    convs = [conv for conv, _ in pairs]
-    scales = dict(zip(convs, _channel_scales(model, convs, batches), strict=True))
-    epsilons = {}
-    for conv, norm in pairs:
-        factors = scales[conv][1]
-        epsilons[norm] = list(np.asarray(norm.epsilon) * factors**2)
-
-    def clone_layer(layer):
-        config = layer.get_config()
-        if layer in epsilons:
-            config["epsilon"] = epsilons[layer]
-        return layer.__class__.from_config(config)
-
-    twin = keras.models.clone_model(model, clone_function=clone_layer)
-    twin.set_weights(model.get_weights())
-    for conv, _ in pairs:
-        mean, factors = scales[conv]
-        kernel, *bias = conv.get_weights()
-        axis = -2 if isinstance(conv, keras.layers.Conv2DTranspose) else -1
-        shape = [1] * kernel.ndim
-        shape[axis] = -1
-        weights = [kernel * factors.reshape(shape)]
-        if bias:
-            weights.append(factors * (bias[0] - mean))
-        twin.get_layer(conv.name).set_weights([w.astype(np.float32) for w in weights])
-    return twin
-
-
 def _saved_model_for(model: keras.Model, shape: tuple, directory: str) -> None:
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -422,14 +248,14 @@ def _configure(
         converter.representative_dataset = lambda: ([b] for b in batches)
 
 
-def _norm_tensors(flatbuffer: bytes, norm_names: Iterable[str]) -> list[str]:
-    """Names of the tensors computed inside the named instance-norm layers.
+def _layer_tensors(flatbuffer: bytes, layer_names: Iterable[str]) -> list[str]:
+    """Names of the tensors computed inside the named layers.
 
     The converter names each tensor after the TensorFlow name scope of its
     op (`model_1/block1_norm1_1/Mean`); an activation fused into the norm's
     last op carries both names, joined by `;`.
     """
-    names = sorted(norm_names)
+    names = sorted(layer_names)
     if not names:
         return []
     scope = re.compile(
@@ -445,22 +271,27 @@ def _norm_tensors(flatbuffer: bytes, norm_names: Iterable[str]) -> list[str]:
     )
 
 
-def _convert_int8_float_norms(
+def _convert_int8_float_layers(
     converter: tf.lite.TFLiteConverter,
     directory: str,
-    norm_names: list[str],
+    float_layers: list[keras.layers.Layer],
     batches: list[np.ndarray],
 ) -> bytes:
-    """Full int8 conversion that keeps the instance norms in float32.
+    """Full int8 conversion that keeps the given layers in float32.
 
     Selective quantization through TensorFlow's quantization debugger: the
-    tensors of the norm layers (found in a float conversion of the same
-    SavedModel) are denylisted, so the file runs each norm (statistics,
-    normalization, affine and a fused activation) in float32 between a
-    dequantize and a quantize op, and everything else in int8.
+    tensors of the layers (found in a float conversion of the same
+    SavedModel) are denylisted, so the file runs each of them (for a norm:
+    statistics, normalization, affine and a fused activation) in float32
+    between a dequantize and a quantize op, and everything else in int8.
+    The quantizer ignores the node denylist for TRANSPOSE_CONV: a
+    transposed convolution among `float_layers` keeps all of them float32.
     """
     float_model = tf.lite.TFLiteConverter.from_saved_model(directory).convert()
-    denylist = _norm_tensors(float_model, norm_names)
+    denylist = _layer_tensors(float_model, [layer.name for layer in float_layers])
+    transposed = any(
+        isinstance(layer, keras.layers.Conv2DTranspose) for layer in float_layers
+    )
     with warnings.catch_warnings():
         # The debugger opens its (unused) debug model with tf.lite.Interpreter.
         warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
@@ -468,10 +299,35 @@ def _convert_int8_float_norms(
             converter=converter,
             debug_dataset=lambda: ([b] for b in batches[:1]),
             debug_options=tf.lite.experimental.QuantizationDebugOptions(
-                denylisted_nodes=denylist
+                denylisted_nodes=denylist,
+                denylisted_ops=["TRANSPOSE_CONV"] if transposed else None,
             ),
         )
     return debugger.get_nondebug_quantized_model()
+
+
+def _float_layers(
+    model: keras.Model, float_layers: Sequence[str] | str, batches: list
+) -> list[keras.layers.Layer]:
+    """The instance norms and the chosen convolutions of `model`."""
+    if isinstance(float_layers, str):
+        if float_layers != "auto":
+            raise ValueError(
+                f'float_layers must be "auto" or a list of layer names, got '
+                f"{float_layers!r}."
+            )
+        plan = _quantization.plan_int8(model, batches, equalize=False)
+        float_layers = plan.float_layers
+    names = {layer.name for layer in model.layers}
+    unknown = sorted(set(float_layers) - names)
+    if unknown:
+        raise ValueError(f"float_layers {unknown} are not layers of {model.name!r}.")
+    norms = [
+        layer
+        for layer in model._flatten_layers()
+        if isinstance(layer, InstanceNormalization)
+    ]
+    return norms + [model.get_layer(name) for name in float_layers]
 
 
 def _converter_error(error: Exception) -> ValueError:
@@ -504,6 +360,7 @@ def to_litert(
     representative_data=None,
     input_shape: Sequence[int] | None = None,
     float_norms: bool = True,
+    float_layers: Sequence[str] | str = "auto",
 ) -> str:
     """Converts a Keras model into a builtin-ops-only LiteRT (`.tflite`) file.
 
@@ -527,6 +384,13 @@ def to_litert(
             (`equalize_for_int8`); see the module docstring. `False` runs
             the norms in int8 too, for integer-only accelerators, at a
             large quality cost.
+        float_layers: For `"int8"` with `float_norms`: convolutions to
+            keep in float32 besides the norms. `"auto"` measures what each
+            tensor's rounding costs and keeps the convolutions whose output
+            alone costs more than 40 dB PSNR
+            (`tfgancompress.quantization.plan_int8`, a few forward passes
+            of 8 calibration images per quantized tensor); `()` keeps
+            none.
 
     Returns:
         `path` as a string.
@@ -562,29 +426,25 @@ def to_litert(
     path = _check_writable(path)
     shape = _fixed_input_shape(model, input_shape)
     batches = None
-    norm_names: list[str] = []
+    kept_float: list[keras.layers.Layer] = []
     if quantization == "int8" and representative_data is not None:
-        batches = list(_calibration_batches(representative_data, shape))
+        batches = list(_quantization.calibration_batches(representative_data, shape))
         if not batches:
             raise ValueError(
                 f"representative_data gave no batch of shape {shape} to calibrate."
             )
-        _check_calibration_size(batches)
+        _quantization.check_calibration_size(batches)
         if float_norms:
             model = equalize_for_int8(model, batches)
-            norm_names = [
-                layer.name
-                for layer in model._flatten_layers()
-                if isinstance(layer, InstanceNormalization)
-            ]
+            kept_float = _float_layers(model, float_layers, batches)
     with tempfile.TemporaryDirectory() as directory, _keep_absl_log_level():
         _saved_model_for(model, shape, directory)
         converter = tf.lite.TFLiteConverter.from_saved_model(directory)
         _configure(converter, quantization, batches)
         try:
-            if norm_names:
-                flatbuffer = _convert_int8_float_norms(
-                    converter, directory, norm_names, batches
+            if kept_float:
+                flatbuffer = _convert_int8_float_layers(
+                    converter, directory, kept_float, batches
                 )
             else:
                 flatbuffer = converter.convert()
