@@ -24,9 +24,12 @@ does about it (measured on the vintage teacher's students at 256x256):
   (the simulation agrees with the LiteRT file: 26.2 vs 27.0 dB), and
   `plan_int8` keeps the convolutions whose output alone costs more than
   `min_layer_psnr` in float32.
-- What remains is many small roundings adding up along the network;
-  `quantization_aware_fine_tune` trains the weights with every int8
-  rounding simulated (`keras_layers.FakeQuant`) so they adapt to it.
+- What remains is many small roundings adding up along the network
+  (37.9 dB simulated for that student, 36.8 dB measured: 0.14 dB PSNR
+  against the teacher). `fake_quantized` gives the Keras model that
+  simulates the file (`keras_layers.FakeQuant` on every rounded tensor):
+  the starting point of quantization-aware training, should a student
+  ever need more than the plan.
 
 Example:
 
@@ -381,7 +384,8 @@ def fake_quantized(
     what the int8 LiteRT file computes, up to the int8 weights (rounded per
     channel; ~0.02 dB on the vintage students) and integer arithmetic.
     Training it is quantization-aware training (the straight-through
-    gradient); `strip_fake_quant` gives the plain model back.
+    gradient); the layers keep their names, so the trained weights copy
+    back into the plain model by name.
 
     Args:
         model: A functional single-input model.
@@ -399,26 +403,6 @@ def fake_quantized(
         return FakeQuant(min_value=low, max_value=high, name=f"{name}_fake_quant")(x)
 
     return _rewired(model, after)
-
-
-def strip_fake_quant(model: keras.Model, plain: keras.Model) -> keras.Model:
-    """A copy of `plain` carrying the weights of its fake-quantized twin.
-
-    Args:
-        model: A model from `fake_quantized(plain, ...)`, e.g. after
-            quantization-aware training.
-        plain: The model it was made from.
-
-    Returns:
-        A new plain model (same layers as `plain`) with `model`'s weights.
-    """
-    result = keras.models.clone_model(plain)
-    for layer in plain.layers:
-        if layer.weights:
-            result.get_layer(layer.name).set_weights(
-                model.get_layer(layer.name).get_weights()
-            )
-    return result
 
 
 class _Switchable(keras.layers.Layer):
@@ -593,55 +577,3 @@ def plan_int8(
         all_int8_psnr=simulation.psnr(simulation.switches, peak),
         planned_psnr=simulation.psnr(kept, peak),
     )
-
-
-def quantization_aware_fine_tune(
-    model: keras.Model,
-    dataset,
-    representative_data,
-    steps: int,
-    learning_rate: float = 1e-5,
-    float_layers: Sequence[str] | None = None,
-    loss: str = "mean_absolute_error",
-    verbose: int = 1,
-) -> keras.Model:
-    """A short quantization-aware fine-tune (a pipeline phase before int8 export).
-
-    The model is equalised as for export, every tensor the int8 file rounds
-    is fake-quantized with its calibration range (`fake_quantized`), and the
-    weights are trained for `steps` steps against the dataset's targets
-    (the teacher's outputs) with the int8 rounding in the forward pass and
-    a straight-through gradient. The ranges stay fixed: the int8 export
-    recalibrates on the same data.
-
-    Args:
-        model: A functional single-input generator.
-        dataset: A `tf.data.Dataset` of `(inputs, targets)` batches (e.g.
-            the teacher's pseudo-pairs); repeated if shorter than `steps`.
-        representative_data: The calibration images the export will use.
-        steps: Training steps (a few hundred at a small learning rate).
-        learning_rate: Adam learning rate.
-        float_layers: Convolutions the export keeps in float32 (e.g.
-            `plan_int8(...).float_layers`): not fake-quantized.
-        loss: Keras loss against the targets.
-        verbose: Keras `fit` verbosity.
-
-    Returns:
-        A plain model (no FakeQuant), equalised: the same function as
-        `model` before training, to export with `to_litert(..., "int8")`.
-
-    Raises:
-        ValueError: If `steps` is not positive.
-    """
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}.")
-    batches = _as_batches(representative_data, 4)
-    plain = equalize_for_int8(model, batches)
-    if plain is model:
-        plain = strip_fake_quant(model, model)
-    skip = set(float_layers or ())
-    names = [n for n in quantized_layers(plain) if n not in skip]
-    simulated = fake_quantized(plain, activation_ranges(plain, batches, names))
-    simulated.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss)
-    simulated.fit(dataset.repeat(), steps_per_epoch=steps, epochs=1, verbose=verbose)
-    return strip_fake_quant(simulated, plain)
