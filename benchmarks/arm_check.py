@@ -39,6 +39,8 @@ import tempfile
 import numpy as np
 from absl import app, flags, logging
 
+from benchmarks.speed import photos
+
 FLAGS = flags.FLAGS
 
 # Debian bookworm's arm64 Python 3.11 and the libraries it (and LiteRT) link.
@@ -167,25 +169,11 @@ def _default_model(keep_ratio: float, size: int):
 
     teacher = tgc.models.pretrained("vintage")
     student = tgc.surgery.l1_prune(teacher, keep_ratio)
-    photos = _photos(("rocket", "coffee", "chelsea", "astronaut"), size)
-    outputs = np.asarray(teacher.predict(photos, verbose=0))
+    images = photos(("rocket", "coffee", "chelsea", "astronaut"), size)
+    outputs = np.asarray(teacher.predict(images, verbose=0))
     return tgc.models.with_colour_skip(
-        student, tgc.models.fit_colour_map(photos, outputs), zero_layer=None
+        student, tgc.models.fit_colour_map(images, outputs), zero_layer=None
     )
-
-
-def _photos(names, size: int) -> np.ndarray:
-    import skimage.data
-    import skimage.transform
-
-    images = []
-    for name in names:
-        image = getattr(skimage.data, name)()[..., :3].astype(np.float32) / 255.0
-        side = min(image.shape[:2])
-        top, left = (image.shape[0] - side) // 2, (image.shape[1] - side) // 2
-        image = image[top : top + side, left : left + side]
-        images.append(skimage.transform.resize(image, (size, size), anti_aliasing=True))
-    return np.stack(images).astype(np.float32) * 2.0 - 1.0
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
@@ -202,7 +190,7 @@ def check(model, work_dir: str, size: int, output_dir: str, images: int = 2) -> 
     site = ensure_wheels(work_dir)
     files_dir = tempfile.mkdtemp(prefix="arm_check_", dir=work_dir)
     shape = (1, size, size, 3)
-    calibration = _photos(
+    calibration = photos(
         ("rocket", "retina", "immunohistochemistry", "hubble_deep_field"), size
     )
     calibration = np.concatenate([calibration, calibration[:, :, ::-1]])
@@ -219,7 +207,7 @@ def check(model, work_dir: str, size: int, output_dir: str, images: int = 2) -> 
             shape,
         ),
     }
-    inputs = _photos(("astronaut", "coffee", "chelsea")[:images], size)
+    inputs = photos(("astronaut", "coffee", "chelsea")[:images], size)
     inputs_path = os.path.join(files_dir, "inputs.npz")
     np.savez(inputs_path, images=inputs)
     x86 = {
