@@ -88,6 +88,7 @@ y = tgc.export.run_litert(path, images)
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
 import re
@@ -114,12 +115,16 @@ from tfgancompress.quantization import equalize_for_int8 as equalize_for_int8
 try:
     from ai_edge_litert import schema_py_generated as _schema
     from ai_edge_litert.interpreter import Interpreter as _Interpreter
+    from ai_edge_litert.tools import flatbuffer_utils as _flatbuffer_utils
 except ImportError:  # pragma: no cover - ai-edge-litert is a dependency
     from tensorflow.lite.python import schema_py_generated as _schema
+    from tensorflow.lite.tools import flatbuffer_utils as _flatbuffer_utils
 
     _Interpreter = tf.lite.Interpreter
 
 QUANTIZATIONS = (None, "fp16", "dynamic", "int8")
+
+CONTRACT_METADATA = "tfgancompress.io"
 
 _BUILTIN_NAMES = {
     code: name
@@ -215,6 +220,103 @@ def _fixed_input_shape(model: keras.Model, input_shape: Sequence | None) -> tupl
 
 def _has_fake_quant(model: keras.Model) -> bool:
     return any(isinstance(layer, FakeQuant) for layer in model._flatten_layers())
+
+
+def _norm_statistics(model: keras.Model, norms: list, batches) -> list[tuple]:
+    """Per norm: the mean over images of each channel's mean and variance."""
+    probe = keras.Model(model.inputs[0], [norm.input for norm in norms])
+    means = [0.0] * len(norms)
+    variances = [0.0] * len(norms)
+    count = 0
+    for batch in batches:
+        outputs = probe(batch, training=False)
+        outputs = outputs if isinstance(outputs, list | tuple) else [outputs]
+        for i, output in enumerate(outputs):
+            output = np.asarray(output, np.float64)
+            means[i] = means[i] + output.mean(axis=(1, 2)).sum(axis=0)
+            variances[i] = variances[i] + output.var(axis=(1, 2)).sum(axis=0)
+        count += len(batch)
+    return [(m / count, v / count) for m, v in zip(means, variances, strict=True)]
+
+
+def fold_instance_norms(model: keras.Model, representative_data) -> keras.Model:
+    """A copy of `model` whose instance norms are frozen into the convolutions.
+
+    An instance norm computes per image and channel `(z - mean) / std`; a
+    LiteRT file spends four to six full-size memory passes on it, more than
+    the convolution in front of it at 1/20 of the vintage teacher's MACs.
+    Frozen at the average statistics of the calibration images (per channel:
+    the mean over images of the instance mean and of the instance
+    variance), the norm is a per-channel affine map, which folds into the
+    convolution feeding it: the copy is convolutions, activations and adds
+    only, and its int8 file runs entirely in int8.
+
+    This changes the function: measure its quality (on the refitted 1/20
+    vintage student, held-out PSNR against the teacher 23.15 -> 22.91 dB,
+    untrained). Each norm fed only by a plain convolution is folded; other
+    norms stay.
+
+    Args:
+        model: A functional single-input model.
+        representative_data: Images to take the statistics on (an array or
+            an iterable of batches), e.g. the int8 calibration images.
+
+    Returns:
+        The folded copy (layer names kept, norm layers removed), or
+        `model` itself if no norm can be folded.
+
+    Raises:
+        ValueError: If `representative_data` holds no image batches.
+
+    Example:
+
+    >>> fast = fold_instance_norms(student, calibration_images)
+    >>> to_litert(fast, "fast_int8.tflite", "int8", calibration_images)
+    """
+    pairs = _quantization.conv_norm_pairs(model)
+    if not pairs:
+        return model
+    batches = _quantization.image_batches(representative_data, 4)
+    statistics = _norm_statistics(model, [norm for _, norm in pairs], batches)
+    folded = {}
+    for (conv, norm), (mean, variance) in zip(pairs, statistics, strict=True):
+        epsilon = np.asarray(norm.epsilon, np.float64)
+        factor = 1.0 / np.sqrt(variance + epsilon)
+        if norm.scale:
+            factor = factor * np.asarray(norm.gamma, np.float64)
+        kernel, *bias = conv.get_weights()
+        shift = -mean * factor + (np.asarray(norm.beta) if norm.center else 0.0)
+        if bias:
+            shift = shift + bias[0] * factor
+        axis = -2 if isinstance(conv, keras.layers.Conv2DTranspose) else -1
+        shape = [1] * kernel.ndim
+        shape[axis] = -1
+        folded[conv.name] = [
+            (kernel * factor.reshape(shape)).astype(np.float32),
+            shift.astype(np.float32),
+        ]
+    norms = {norm.name for _, norm in pairs}
+
+    def clone_layer(layer):
+        config = layer.get_config()
+        if layer.name in folded:
+            config["use_bias"] = True
+        return layer.__class__.from_config(config)
+
+    def call(layer, *args, **kwargs):
+        if layer.name in norms:
+            return args[0]
+        return layer(*args, **kwargs)
+
+    twin = keras.models.clone_model(
+        model, clone_function=clone_layer, call_function=call
+    )
+    for layer in twin.layers:
+        if layer.name in folded:
+            layer.set_weights(folded[layer.name])
+        elif layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
+    return twin
 
 
 def _saved_model_for(model: keras.Model, shape: tuple, directory: str) -> None:
@@ -353,6 +455,106 @@ def _keep_absl_log_level():
         logger.setLevel(level)
 
 
+def _tensor_contract(graph, index: int) -> dict:
+    tensor = graph.tensors[index]
+    entry = {
+        "name": tensor.name.decode(),
+        "shape": [int(d) for d in tensor.shape],
+        "dtype": _TENSOR_TYPES[tensor.type],
+        "layout": "NHWC",
+        "range": [-1.0, 1.0],
+    }
+    quant = tensor.quantization
+    if quant is not None and quant.scale is not None and len(quant.scale):
+        entry["scale"] = float(quant.scale[0])
+        entry["zero_point"] = int(quant.zeroPoint[0])
+    return entry
+
+
+def _int8_grid(model, graph, index: int, consumer: bool) -> dict | None:
+    """Scale/zero point of the int8 tensor right after the input (or before
+    the output) of a file with float32 input/output."""
+    for operator in graph.operators:
+        code = model.operatorCodes[operator.opcodeIndex]
+        builtin = max(code.builtinCode, code.deprecatedBuiltinCode)
+        ends = operator.inputs if consumer else operator.outputs
+        others = operator.outputs if consumer else operator.inputs
+        wanted = "QUANTIZE" if consumer else "DEQUANTIZE"
+        if _BUILTIN_NAMES.get(builtin) == wanted and index in list(ends):
+            grid = _tensor_contract(graph, others[0])
+            if "scale" in grid:
+                return {"scale": grid["scale"], "zero_point": grid["zero_point"]}
+    return None
+
+
+def _contract(flatbuffer: bytes, quantization: str | None, float_layers) -> dict:
+    """The input/output contract of a generator's LiteRT file."""
+    model = _schema.ModelT.InitFromPackedBuf(flatbuffer, 0)
+    graph = model.subgraphs[0]
+    inputs = [_tensor_contract(graph, i) for i in graph.inputs]
+    outputs = [_tensor_contract(graph, i) for i in graph.outputs]
+    for entries, indices, consumer in (
+        (inputs, graph.inputs, True),
+        (outputs, graph.outputs, False),
+    ):
+        for entry, index in zip(entries, indices, strict=True):
+            grid = _int8_grid(model, graph, index, consumer)
+            if grid is not None:
+                entry["int8_grid"] = grid
+    return {
+        "producer": "tfgancompress",
+        "quantization": quantization or "float32",
+        "float32_convolutions": list(float_layers),
+        "inputs": inputs,
+        "outputs": outputs,
+        "pixels": "RGB images; float32 x = pixel / 127.5 - 1, pixel = (y + 1) * "
+        "127.5; a quantized tensor holds q = round(x / scale) + zero_point",
+    }
+
+
+def _with_metadata(flatbuffer: bytes, name: str, data: bytes) -> bytes:
+    model = _schema.ModelT.InitFromPackedBuf(flatbuffer, 0)
+    buffer = _schema.BufferT()
+    buffer.data = np.frombuffer(data, np.uint8).copy()
+    model.buffers.append(buffer)
+    entry = _schema.MetadataT()
+    entry.name = name.encode()
+    entry.buffer = len(model.buffers) - 1
+    model.metadata = [*(model.metadata or []), entry]
+    return bytes(_flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def litert_contract(path: str | os.PathLike) -> dict:
+    """The input/output contract `to_litert` wrote into a LiteRT file.
+
+    Stored in the file's metadata (entry `CONTRACT_METADATA`) and, by
+    `to_litert`, as `<file>.json` beside it: NHWC RGB images in [-1, 1];
+    each input/output's name, shape and dtype; for a quantized tensor its
+    `scale`/`zero_point`; for an int8 file with float32 input/output the
+    `int8_grid` its first QUANTIZE (last DEQUANTIZE) op uses (feed
+    `uint8`/`int8` pixels on that grid to skip the conversion); and the
+    layers kept in float32.
+
+    Args:
+        path: A `.tflite` file written by `to_litert`.
+
+    Returns:
+        The contract as a dict.
+
+    Raises:
+        ValueError: If the file has no such metadata.
+    """
+    with open(path, "rb") as file:
+        model = _schema.ModelT.InitFromPackedBuf(file.read(), 0)
+    for entry in model.metadata or []:
+        if entry.name.decode() == CONTRACT_METADATA:
+            return json.loads(bytes(model.buffers[entry.buffer].data).decode())
+    raise ValueError(
+        f"{os.fspath(path)!r} has no {CONTRACT_METADATA!r} metadata: it was not "
+        "written by tfgancompress.export.to_litert."
+    )
+
+
 def to_litert(
     model: keras.Model,
     path: str | os.PathLike,
@@ -393,7 +595,9 @@ def to_litert(
             none.
 
     Returns:
-        `path` as a string.
+        `path` as a string. The file carries its input/output contract in
+        its metadata, also written as `<path without .tflite>.json`
+        (`litert_contract`).
 
     Raises:
         ValueError: For an unknown `quantization`, an input shape that is
@@ -450,8 +654,17 @@ def to_litert(
                 flatbuffer = converter.convert()
         except Exception as error:
             raise _converter_error(error) from error
+    names = [
+        layer.name
+        for layer in kept_float
+        if not isinstance(layer, InstanceNormalization)
+    ]
+    contract = _contract(flatbuffer, quantization, names)
+    text = json.dumps(contract, indent=2)
     with open(path, "wb") as file:
-        file.write(flatbuffer)
+        file.write(_with_metadata(flatbuffer, CONTRACT_METADATA, text.encode()))
+    with open(os.path.splitext(path)[0] + ".json", "w", encoding="utf-8") as file:
+        file.write(text + "\n")
     return path
 
 

@@ -138,10 +138,19 @@ def _rescalable_conv(layer) -> bool:
     )
 
 
-def _conv_norm_pairs(model: keras.Model) -> list[tuple]:
+def conv_norm_pairs(model: keras.Model) -> list[tuple]:
     """`(conv, norm)` for each instance norm fed only by a plain convolution.
 
-    Only the model's own layers (not those of nested models) are searched.
+    The convolution's output channels can be scaled and shifted (its
+    output goes to the norm alone): what equalisation and norm folding
+    rewrite. Only the model's own layers (not those of nested models) are
+    searched.
+
+    Args:
+        model: A functional model.
+
+    Returns:
+        The pairs of layers, in graph order.
     """
     pairs = []
     for layer in getattr(model, "layers", []):
@@ -219,7 +228,7 @@ def equalize_for_int8(model: keras.Model, representative_data) -> keras.Model:
     >>> np.abs(twin(images) - generator(images)).max() < 1e-4
     True
     """
-    pairs = _conv_norm_pairs(model)
+    pairs = conv_norm_pairs(model)
     if not pairs or len(model.inputs) != 1:
         return model
     if isinstance(representative_data, np.ndarray | tf.Tensor):
@@ -300,7 +309,20 @@ def _probe(model: keras.Model, names: Sequence[str]) -> keras.Model:
     return keras.Model(model.inputs[0], [model.get_layer(n).output for n in names])
 
 
-def _as_batches(representative_data, batch_size: int) -> list[np.ndarray]:
+def image_batches(representative_data, batch_size: int) -> list[np.ndarray]:
+    """Images from an array or an iterable of batches, re-cut into batches.
+
+    Args:
+        representative_data: An array of images or an iterable of batches
+            (of tuples/lists the first element is used).
+        batch_size: Images per returned batch.
+
+    Returns:
+        float32 batches of at most `batch_size` images.
+
+    Raises:
+        ValueError: If there are no images of rank 4.
+    """
     if isinstance(representative_data, np.ndarray | tf.Tensor):
         images = np.asarray(representative_data, np.float32)
     else:
@@ -339,7 +361,7 @@ def activation_ranges(
     probe = _probe(model, names)
     lows = np.full(len(names), np.inf)
     highs = np.full(len(names), -np.inf)
-    for batch in _as_batches(representative_data, batch_size):
+    for batch in image_batches(representative_data, batch_size):
         outputs = probe(batch, training=False)
         outputs = outputs if isinstance(outputs, list | tuple) else [outputs]
         for i, output in enumerate(outputs):
@@ -488,7 +510,7 @@ def int8_sensitivity(
         `{layer name: PSNR dB of the output against the float model}`, in
         graph order; low numbers are the tensors int8 hurts.
     """
-    batches = _as_batches(representative_data, batch_size)
+    batches = image_batches(representative_data, batch_size)
     ranges = ranges or activation_ranges(model, batches, batch_size=batch_size)
     simulation = _Simulation(model, ranges, _first(batches, samples))
     return {name: simulation.psnr([name], peak) for name in simulation.switches}
@@ -559,7 +581,7 @@ def plan_int8(
     Returns:
         An `Int8Plan`.
     """
-    batches = _as_batches(representative_data, batch_size)
+    batches = image_batches(representative_data, batch_size)
     if equalize:
         model = equalize_for_int8(model, batches)
     ranges = activation_ranges(model, batches, batch_size=batch_size)
