@@ -383,10 +383,11 @@ def _rewired(model: keras.Model, after) -> keras.Model:
     inputs = keras.Input(batch_shape=source.shape, name=input_name)
     quantized_input = after(input_name, inputs)
 
+    def rounded_input(tensor):
+        return quantized_input if tensor is inputs else tensor
+
     def call(layer, *args, **kwargs):
-        args = keras.tree.map_structure(
-            lambda t: quantized_input if t is inputs else t, args
-        )
+        args = keras.tree.map_structure(rounded_input, args)
         return after(layer.name, layer(*args, **kwargs))
 
     twin = keras.models.clone_model(model, input_tensors=inputs, call_function=call)
