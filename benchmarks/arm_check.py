@@ -17,7 +17,14 @@ and PyPI package registries):
   `libpython3.11-stdlib` and the libraries they link, unpacked with
   `dpkg -x` into a sysroot (nothing arm64 is installed on the host);
 - `pip install --target --platform manylinux_2_27_aarch64 --only-binary
-  :all: ai-edge-litert==<the installed version>` (and its numpy etc.).
+  :all: ai-edge-litert==<--litert_version>` (and its numpy etc.).
+
+`--litert_version` defaults to 1.4.0, not the 2.3 used on x86: under
+Debian bookworm's qemu-user 7.2, the aarch64 build of ai-edge-litert 2.3.0
+crashes (SIGSEGV) while creating the XNNPACK delegate, and in `invoke()`
+of a generator with XNNPACK off (a one-op ADD model runs), whatever the
+emulated CPU (`-cpu max`, `max,sve=off,sme=off`, `neoverse-n1`,
+`cortex-a72`, `a64fx`); 1.4.0 runs the same files, XNNPACK included.
 
 Without `--model` the model is the pretrained vintage teacher L1-pruned to
 `--keep_ratio` (~1/20 of its MACs at 0.21), wrapped in the colour skip,
@@ -149,12 +156,11 @@ def ensure_sysroot(work_dir: str) -> str:
     return root
 
 
-def ensure_wheels(work_dir: str) -> str:
+def ensure_wheels(work_dir: str, version: str) -> str:
     """A `--target` directory with the aarch64 ai-edge-litert and numpy."""
-    site = os.path.join(work_dir, "site")
+    site = os.path.join(work_dir, f"site-{version}")
     if os.path.isdir(os.path.join(site, "ai_edge_litert")):
         return site
-    version = importlib.metadata.version("ai-edge-litert")
     command = [sys.executable, "-m", "pip", "install", "--no-compile", "-q"]
     command += ["--target", site, "--only-binary=:all:", "--python-version", "3.11"]
     command += ["--implementation", "cp"]
@@ -181,13 +187,20 @@ def _psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else float(10 * np.log10(4.0 / mse))
 
 
-def check(model, work_dir: str, size: int, output_dir: str, images: int = 2) -> dict:
+def check(
+    model,
+    work_dir: str,
+    size: int,
+    output_dir: str,
+    images: int = 2,
+    litert_version: str = "1.4.0",
+) -> dict:
     """Exports, runs on x86 and emulated arm64, compares; returns the report."""
     import tfgancompress as tgc
 
     qemu = ensure_qemu()
     root = ensure_sysroot(work_dir)
-    site = ensure_wheels(work_dir)
+    site = ensure_wheels(work_dir, litert_version)
     files_dir = tempfile.mkdtemp(prefix="arm_check_", dir=work_dir)
     shape = (1, size, size, 3)
     calibration = photos(
@@ -229,7 +242,8 @@ def check(model, work_dir: str, size: int, output_dir: str, images: int = 2) -> 
     arm = np.load(arm_path)
     report = {
         "arm_machine": str(arm["machine"]),
-        "litert_version": importlib.metadata.version("ai-edge-litert"),
+        "arm_litert_version": litert_version,
+        "x86_litert_version": importlib.metadata.version("ai-edge-litert"),
         "size": size,
         "images": len(inputs),
         "files": {},
@@ -258,6 +272,11 @@ def _define_flags() -> None:
         "Where the arm64 Python, wheels and files are kept.",
     )
     flags.DEFINE_string("output_dir", "outputs/arm_check", "Where to write JSON.")
+    flags.DEFINE_string(
+        "litert_version",
+        "1.4.0",
+        "aarch64 ai-edge-litert to emulate (2.3.0 crashes under qemu-user 7.2).",
+    )
     flags.DEFINE_float(
         "min_psnr", 40.0, "Fail below this PSNR (dB) of arm64 vs x86 outputs."
     )
@@ -276,7 +295,14 @@ def main(argv):
     else:
         model = _default_model(FLAGS.keep_ratio, FLAGS.size)
     os.makedirs(FLAGS.work_dir, exist_ok=True)
-    report = check(model, FLAGS.work_dir, FLAGS.size, FLAGS.output_dir, FLAGS.images)
+    report = check(
+        model,
+        FLAGS.work_dir,
+        FLAGS.size,
+        FLAGS.output_dir,
+        FLAGS.images,
+        FLAGS.litert_version,
+    )
     print(
         f"arm64 LiteRT ({report['arm_machine']}, ai-edge-litert "
         f"{report['litert_version']}, qemu-user) vs x86, {report['images']} "

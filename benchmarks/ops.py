@@ -52,7 +52,11 @@ def export_files(student, teacher, calibration, size: int, directory: str) -> di
     shape = (1, size, size, 3)
     folded = tgc.export.fold_instance_norms(student, calibration)
     path = os.path.join
-    files = {"teacher_fp32": tgc.export.to_litert(teacher, path(directory, "t.tflite"))}
+    files = {
+        "teacher_fp32": tgc.export.to_litert(
+            teacher, path(directory, "t.tflite"), input_shape=shape
+        )
+    }
     for tag, model in (("before", student), ("after", folded)):
         files[f"{tag}_fp32"] = tgc.export.to_litert(
             model, path(directory, f"{tag}_fp32.tflite"), input_shape=shape
