@@ -180,7 +180,7 @@ def test_op_comparison_lists_every_op_of_either_profile():
     assert lines[0].startswith("| op | norms: count")
     assert "folded: count" in lines[0]
     assert lines[2] == "| CONV_2D | 2 | 6.00 | 60.0 | 2 | 5.00 | 100.0 |"
-    assert lines[3].startswith("| MEAN | 4 | 4.00 | 40.0 | 0 |")
+    assert lines[3] == "| MEAN | 4 | 4.00 | 40.0 | 0 | 0.00 | 0.0 |"
     assert lines[-1] == "| **total** | 6 | 10.00 | 100 | 2 | 5.00 | 100 |"
 
 

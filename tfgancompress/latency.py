@@ -238,7 +238,7 @@ def op_comparison_markdown(
 
     def cells(stats: OpStats | None) -> str:
         if stats is None:
-            return "0 | | "
+            return "0 | 0.00 | 0.0"
         return f"{stats.count} | {stats.total_ms:.2f} | {stats.percent:.1f}"
 
     for name in names:
