@@ -56,7 +56,7 @@ def photos(names, size: int) -> np.ndarray:
 def uniform_student(keep_ratio: float) -> keras.Model:
     """The vintage teacher with every layer L1-pruned to `keep_ratio`, slimmed."""
     gated = tgc.models.pretrained("vintage", gated="binary")
-    importance = tgc.surgery.l1_importance(gated)
+    importance = tgc.pruning.l1_importance(gated)
     for layer in gated.layers:
         if isinstance(layer, keras_layers.ChannelGate):
             schedules.apply_sparsity(layer, 1.0 - keep_ratio, importance[layer.name])

@@ -32,7 +32,7 @@ def test_update_compression_step_follows_schedule():
     schedule = schedules.ChannelSparsity(
         0.0, 0.5, begin_step=0, end_step=2, frequency=1
     )
-    update = callbacks.UpdateCompressionStep(schedule, tgc.surgery.l1_importance)
+    update = callbacks.UpdateCompressionStep(schedule, tgc.pruning.l1_importance)
     model.fit(x, y, batch_size=2, epochs=2, verbose=0, callbacks=[update])
     for gate in callbacks.gates_of(model):
         assert gate.keep_mask().sum() == schedules.keep_count(0.5, gate.channels)

@@ -1,17 +1,15 @@
 """PyTorch checkpoint import without torch: reader, safety, numerics.
 
-The tests write tiny `.pth` files themselves (zip and legacy layouts, with a
-minimal pickle writer that emits torch's globals and storage persistent ids)
-and compare the loaded Keras models with a NumPy re-implementation of the
-PyTorch forward passes.
+The tests write tiny `.pth` files themselves (zip and legacy layouts, with the
+pickle writer of `pth_files.py`) and compare the loaded Keras models with a
+NumPy re-implementation of the PyTorch forward passes. Hostile files are in
+`test_hostile_checkpoints.py`.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import io
 import pickle
-import struct
 import sys
 import zipfile
 from collections import OrderedDict
@@ -19,96 +17,23 @@ from collections import OrderedDict
 import keras
 import numpy as np
 import pytest
+from pth_files import (
+    op_int,
+    random_resnet_state,
+    random_unet_state,
+    write_legacy,
+    write_zip,
+)
 
 from tfgancompress.models import (
     CheckpointError,
     TorchConv2DTranspose,
-    UnsafeCheckpointError,
     infer_architecture,
     load_pytorch_generator,
     load_pytorch_state_dict,
     pretrained,
     resnet_generator,
 )
-
-LEGACY_MAGIC = 0x1950A86A20F9469CFC6C
-STORAGE_NAMES = {
-    np.dtype("float32"): "FloatStorage",
-    np.dtype("float16"): "HalfStorage",
-    np.dtype("int64"): "LongStorage",
-}
-
-
-# ---------------------------------------------------------------- .pth writer
-
-
-def _global(module: str, name: str) -> bytes:
-    return pickle.GLOBAL + f"{module}\n{name}\n".encode()
-
-
-def _text(value: str) -> bytes:
-    data = value.encode()
-    return pickle.BINUNICODE + struct.pack("<I", len(data)) + data
-
-
-def _int(value: int) -> bytes:
-    return pickle.BININT + struct.pack("<i", value)
-
-
-def _tuple(items: list[bytes]) -> bytes:
-    return pickle.MARK + b"".join(items) + pickle.TUPLE
-
-
-def _state_dict_pickle(state: dict, legacy: bool) -> bytes:
-    """Protocol-2 pickle of an OrderedDict of tensors as torch writes it."""
-    out = [pickle.PROTO + b"\x02", _global("collections", "OrderedDict")]
-    out += [pickle.EMPTY_TUPLE, pickle.REDUCE, pickle.MARK]
-    for index, (key, array) in enumerate(state.items()):
-        storage_id = [
-            _text("storage"),
-            _global("torch", STORAGE_NAMES[array.dtype]),
-            _text(str(index)),
-            _text("cpu"),
-            _int(array.size),
-        ]
-        if legacy:
-            storage_id.append(pickle.NONE)
-        strides = [s // array.itemsize for s in array.strides]
-        args = [
-            _tuple(storage_id) + pickle.BINPERSID,
-            _int(0),
-            _tuple([_int(n) for n in array.shape]),
-            _tuple([_int(s) for s in strides]),
-            pickle.NEWFALSE,
-            _global("collections", "OrderedDict") + pickle.EMPTY_TUPLE + pickle.REDUCE,
-        ]
-        out += [_text(key), _global("torch._utils", "_rebuild_tensor_v2")]
-        out += [_tuple(args), pickle.REDUCE]
-    out += [pickle.SETITEMS, pickle.STOP]
-    return b"".join(out)
-
-
-def write_zip(path, state: dict, prefix: str = "archive") -> None:
-    state = {k: np.ascontiguousarray(v) for k, v in state.items()}
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr(f"{prefix}/data.pkl", _state_dict_pickle(state, False))
-        archive.writestr(f"{prefix}/byteorder", "little")
-        for index, array in enumerate(state.values()):
-            archive.writestr(f"{prefix}/data/{index}", array.tobytes())
-        archive.writestr(f"{prefix}/version", "3\n")
-
-
-def write_legacy(path, state: dict) -> None:
-    state = {k: np.ascontiguousarray(v) for k, v in state.items()}
-    sys_info = {"protocol_version": 1001, "little_endian": True, "type_sizes": {}}
-    with open(path, "wb") as file:
-        for header in (LEGACY_MAGIC, 1001, sys_info):
-            pickle.dump(header, file, protocol=2)
-        file.write(_state_dict_pickle(state, True))
-        pickle.dump([str(i) for i in range(len(state))], file, protocol=2)
-        for array in state.values():
-            file.write(struct.pack("<q", array.size) + array.tobytes())
-
 
 # ---------------------------------------------------------- NumPy reference
 
@@ -196,49 +121,6 @@ def resnet_reference(state, x, n_blocks, norm="instance", block_key="conv_block"
         x = conv_transpose2d(x, params["weight"], params.get("bias"), 2, 1, 1)
         x = relu(norm_fn(x, p(f"model.{base + i + 1}")))
     return np.tanh(conv(f"model.{base + 7}", reflect(x, 3)))
-
-
-def random_resnet_state(
-    rng, ngf=8, n_blocks=2, affine=False, norm="instance", block_key="conv_block"
-):
-    """A state_dict with the shapes/keys of PyTorch's ResnetGenerator."""
-    state = OrderedDict()
-    bias = norm == "instance"
-
-    def conv(name, out_c, in_c, k, transposed=False, with_bias=bias):
-        shape = (in_c, out_c, k, k) if transposed else (out_c, in_c, k, k)
-        state[f"{name}.weight"] = rng.normal(0, 0.2, shape).astype(np.float32)
-        if with_bias:
-            state[f"{name}.bias"] = rng.normal(0, 0.1, out_c).astype(np.float32)
-
-    def norm_params(name, c):
-        if affine or norm == "batch":
-            state[f"{name}.weight"] = rng.uniform(0.5, 1.5, c).astype(np.float32)
-            state[f"{name}.bias"] = rng.normal(0, 0.1, c).astype(np.float32)
-        if norm == "batch":
-            state[f"{name}.running_mean"] = rng.normal(0, 0.1, c).astype(np.float32)
-            state[f"{name}.running_var"] = rng.uniform(0.5, 2, c).astype(np.float32)
-            state[f"{name}.num_batches_tracked"] = np.array(7, np.int64)
-
-    conv("model.1", ngf, 3, 7)
-    norm_params("model.2", ngf)
-    conv("model.4", 2 * ngf, ngf, 3)
-    norm_params("model.5", 2 * ngf)
-    conv("model.7", 4 * ngf, 2 * ngf, 3)
-    norm_params("model.8", 4 * ngf)
-    for b in range(n_blocks):
-        blk = f"model.{10 + b}.{block_key}"
-        conv(f"{blk}.1", 4 * ngf, 4 * ngf, 3)
-        norm_params(f"{blk}.2", 4 * ngf)
-        conv(f"{blk}.5", 4 * ngf, 4 * ngf, 3)
-        norm_params(f"{blk}.6", 4 * ngf)
-    base = 10 + n_blocks
-    conv(f"model.{base}", 2 * ngf, 4 * ngf, 3, transposed=True)
-    norm_params(f"model.{base + 1}", 2 * ngf)
-    conv(f"model.{base + 3}", ngf, 2 * ngf, 3, transposed=True)
-    norm_params(f"model.{base + 4}", ngf)
-    conv(f"model.{base + 7}", 3, ngf, 7, with_bias=True)
-    return state
 
 
 def _keras(model, x):
@@ -344,7 +226,10 @@ def test_batchnorm_dataparallel_dropout_variant(tmp_path):
     assert model.get_layer("block1_conv1").bias is None
     x = rng.uniform(-1, 1, (16, 16, 3)).astype(np.float32)
     expected = resnet_reference(state, x, 2, norm="batch")
-    np.testing.assert_allclose(_keras(model, x), expected, atol=1e-4)
+    # Random batch-norm statistics amplify float32 rounding against the
+    # float64 reference: up to 1.7e-4 on oneDNN/AVX-512 CPUs; a wrong weight
+    # mapping is off by O(1).
+    np.testing.assert_allclose(_keras(model, x), expected, atol=5e-4)
 
 
 def test_scale_gates_take_the_affine_norm_parameters(tmp_path):
@@ -356,44 +241,6 @@ def test_scale_gates_take_the_affine_norm_parameters(tmp_path):
     assert slimming.get_layer("stem_norm").scale is False
     x = rng.uniform(-1, 1, (16, 16, 3)).astype(np.float32)
     np.testing.assert_allclose(_keras(slimming, x), _keras(plain, x), atol=1e-5)
-
-
-def random_unet_state(rng, ngf=4, num_downs=5):
-    """State_dict of PyTorch's UnetGenerator with BatchNorm, key layout included."""
-    state = OrderedDict()
-    widths = [ngf * min(2**i, 8) for i in range(num_downs)]
-
-    def add(name, shape):
-        state[name] = rng.normal(0, 0.2, shape).astype(np.float32)
-
-    def bn(name, c):
-        state[f"{name}.weight"] = rng.uniform(0.5, 1.5, c).astype(np.float32)
-        state[f"{name}.bias"] = rng.normal(0, 0.1, c).astype(np.float32)
-        state[f"{name}.running_mean"] = rng.normal(0, 0.1, c).astype(np.float32)
-        state[f"{name}.running_var"] = rng.uniform(0.5, 2, c).astype(np.float32)
-
-    prefix = "model.model."
-    for i in range(1, num_downs + 1):
-        inner = widths[i - 1]
-        outer = widths[i - 2] if i > 1 else 3
-        in_c = 3 if i == 1 else outer
-        up_in = inner if i == num_downs else 2 * inner
-        if i == 1:
-            add(f"{prefix}0.weight", (inner, in_c, 4, 4))
-            add(f"{prefix}3.weight", (up_in, outer, 4, 4))
-            add(f"{prefix}3.bias", (outer,))
-            prefix += "1.model."
-        elif i == num_downs:
-            add(f"{prefix}1.weight", (inner, in_c, 4, 4))
-            add(f"{prefix}3.weight", (up_in, outer, 4, 4))
-            bn(f"{prefix}4", outer)
-        else:
-            add(f"{prefix}1.weight", (inner, in_c, 4, 4))
-            bn(f"{prefix}2", inner)
-            add(f"{prefix}5.weight", (up_in, outer, 4, 4))
-            bn(f"{prefix}6", outer)
-            prefix += "3.model."
-    return state
 
 
 def unet_reference(state, x, num_downs):
@@ -471,47 +318,6 @@ def test_half_precision_storage(tmp_path):
     load_pytorch_generator(path)
 
 
-class _Exploit:
-    def __init__(self, func, argument):
-        self.func, self.argument = func, argument
-
-    def __reduce__(self):
-        return self.func, (self.argument,)
-
-
-@pytest.mark.parametrize("layout", ["zip", "legacy"])
-@pytest.mark.parametrize("global_name", ["os.system", "builtins.eval"])
-def test_malicious_checkpoint_is_refused(tmp_path, layout, global_name):
-    marker = tmp_path / "pwned"
-    if global_name == "os.system":
-        payload = b"".join(
-            [
-                pickle.PROTO + b"\x02",
-                _global("os", "system"),
-                _text(f"touch {marker}"),
-                pickle.TUPLE1,
-                pickle.REDUCE,
-                pickle.STOP,
-            ]
-        )
-    else:
-        code = f"open({str(marker)!r}, 'w').close()"
-        payload = pickle.dumps(_Exploit(eval, code), protocol=4)
-    path = tmp_path / "evil.pth"
-    if layout == "zip":
-        with zipfile.ZipFile(path, "w") as archive:
-            archive.writestr("evil/data.pkl", payload)
-    else:
-        buffer = io.BytesIO()
-        for header in (LEGACY_MAGIC, 1001, {"little_endian": True}):
-            pickle.dump(header, buffer, protocol=2)
-        path.write_bytes(buffer.getvalue() + payload)
-    with pytest.raises(UnsafeCheckpointError, match=f"'{global_name}'") as info:
-        load_pytorch_generator(path)
-    assert "refused" in str(info.value)
-    assert not marker.exists()
-
-
 def test_clear_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.pth"):
         load_pytorch_state_dict(tmp_path / "nothing.pth")
@@ -548,9 +354,9 @@ def test_clear_errors(tmp_path):
     write_zip(negative, {"model.1.weight": np.zeros((2, 3), np.float32)})
     payload = zipfile.ZipFile(negative).read("archive/data.pkl")
     with zipfile.ZipFile(negative, "w") as archive:  # stride 1 -> -1
-        archive.writestr("archive/data.pkl", payload.replace(_int(1), _int(-1)))
+        archive.writestr("archive/data.pkl", payload.replace(op_int(1), op_int(-1)))
         archive.writestr("archive/data/0", np.zeros(6, np.float32).tobytes())
-    with pytest.raises(CheckpointError, match="invalid offset"):
+    with pytest.raises(CheckpointError, match="a tensor stride is -1"):
         load_pytorch_state_dict(negative)
     odd = tmp_path / "odd.pth"
     write_zip(odd, {"features.0.weight": np.zeros((2, 2, 3, 3), np.float32)})

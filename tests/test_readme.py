@@ -15,8 +15,8 @@ def test_api_tour_runs(tmp_path, monkeypatch, capsys):
     blocks = _python_blocks()
     assert len(blocks) >= 2
     monkeypatch.chdir(tmp_path)
+    namespace: dict = {}  # shared: later blocks may build on earlier ones
     for block in blocks:
-        namespace: dict = {}
         exec(compile(block, "README.md", "exec"), namespace)
     printed = [float(line) for line in capsys.readouterr().out.split()]
     assert round(printed[0], 1) == 56.8

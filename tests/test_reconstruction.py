@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 import tfgancompress as tgc
-from tfgancompress import models, reconstruction, surgery
+from tfgancompress import models, pruning, reconstruction, surgery
 
 
 def _images(n, seed, size=32):
@@ -76,8 +76,8 @@ def test_full_width_student_becomes_the_teacher_again():
 def test_kept_channels_index_the_teacher_and_drive_a_pruned_fit():
     teacher = models.resnet_generator(ngf=8, n_blocks=2)
     _perturb(teacher, seed=5)
-    gated = surgery.add_gates(teacher, "binary")
-    surgery.prune_gates_by_l1(gated, 0.5)
+    gated = pruning.add_gates(teacher, "binary")
+    pruning.prune_gates_by_l1(gated, 0.5)
     kept = surgery.kept_channels(gated)
     student = tgc.slim(gated)
     stem = kept["stem_conv"]
@@ -125,8 +125,8 @@ def test_output_layer_is_fitted_around_a_colour_skip():
 
 def test_reconstruction_errors_name_the_problem():
     teacher = models.resnet_generator(ngf=8, n_blocks=1)
-    gated = surgery.add_gates(teacher, "binary")
-    surgery.prune_gates_by_l1(gated, 0.5)
+    gated = pruning.add_gates(teacher, "binary")
+    pruning.prune_gates_by_l1(gated, 0.5)
     student = tgc.slim(gated)
     x = _images(2, seed=0)
     with pytest.raises(ValueError, match=r"\(N, H, W, 3\).*got shape \(2, 32, 32, 1\)"):

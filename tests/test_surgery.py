@@ -3,83 +3,18 @@
 import keras
 import numpy as np
 import pytest
+from gate_patterns import (
+    assert_equivalent,
+    assert_plain,
+    gate_list,
+    images,
+    randomize_gates,
+    randomize_norms,
+)
 
 import keras_layers
 import tfgancompress as tgc
-from tfgancompress.surgery import SurgeryError, l1_importance, live_channels, slim
-
-RNG = np.random.default_rng(0)
-
-
-def _images(shape=(2, 64, 64, 3)):
-    return RNG.uniform(-1.0, 1.0, shape).astype("float32")
-
-
-def _gates(model):
-    gates = []
-    for layer in model.layers:
-        if isinstance(layer, keras_layers.ChannelGate):
-            gates.append(layer)
-        elif isinstance(layer, keras_layers.SelectiveActivationConv2D):
-            gates.append(layer.gate)
-    return gates
-
-
-def _randomize_gates(model, keep=0.5, shift=False):
-    """Random hard decisions on every gate; returns {gate name: keep mask}."""
-    masks = {}
-    for gate in _gates(model):
-        channels = gate.channels
-        alive = RNG.uniform(size=channels) < keep
-        alive[RNG.integers(channels)] = True
-        if gate.mode == "binary":
-            gate.alpha.assign(np.where(alive, 0.9, 0.1))
-        elif gate.mode == "dmad":
-            gate.weight.assign(np.where(alive, 0.3, -0.3))
-        elif gate.mode == "gumbel":
-            gate.logits.assign(np.where(alive, 2.0, -2.0))
-        else:
-            gamma = RNG.uniform(0.5, 1.5, channels) * RNG.choice([-1, 1], channels)
-            gate.gamma.assign(np.where(alive, gamma, 0.0))
-            if shift:
-                gate.beta.assign(RNG.normal(0.0, 0.5, channels))
-        masks[gate.name] = alive
-    return masks
-
-
-def _randomize_norms(model):
-    """Non-trivial affine and batch statistics so folding is really tested."""
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.BatchNormalization):
-            channels = layer.gamma.shape[0]
-            layer.moving_mean.assign(RNG.normal(0, 0.3, channels))
-            layer.moving_variance.assign(RNG.uniform(0.5, 2.0, channels))
-            layer.gamma.assign(RNG.uniform(0.5, 1.5, channels))
-            layer.beta.assign(RNG.normal(0, 0.3, channels))
-        elif isinstance(layer, keras_layers.InstanceNormalization) and layer.scale:
-            layer.gamma.assign(RNG.uniform(0.5, 1.5, layer.gamma.shape[0]))
-            layer.beta.assign(RNG.normal(0, 0.3, layer.beta.shape[0]))
-
-
-def _assert_equivalent(model, small, x):
-    expected = np.asarray(model(x, training=False))
-    got = np.asarray(small(x, training=False))
-    assert got.shape == expected.shape
-    np.testing.assert_allclose(got, expected, atol=1e-4, rtol=0)
-
-
-def _assert_plain(model):
-    for layer in model.layers:
-        assert not isinstance(
-            layer,
-            (
-                keras_layers.ChannelGate,
-                keras_layers.SelectiveActivationConv2D,
-                keras_layers.SuperConv2D,
-                keras_layers.SuperConv2DTranspose,
-                keras_layers.SuperSeparableConv2D,
-            ),
-        ), layer.name
+from tfgancompress.surgery import SurgeryError, live_channels, slim
 
 
 def _resnet_macs(ngf, n_blocks, inner, stream, stem, down1, up1, up2, size):
@@ -98,10 +33,10 @@ def _resnet_macs(ngf, n_blocks, inner, stream, stem, down1, up1, up2, size):
 
 def test_binary_resnet_matches_and_counts_macs():
     model = tgc.models.resnet_generator(ngf=8, n_blocks=3, gated="binary")
-    masks = _randomize_gates(model, keep=0.5)
+    masks = randomize_gates(model, keep=0.5)
     small = slim(model)
-    _assert_plain(small)
-    _assert_equivalent(model, small, _images())
+    assert_plain(small)
+    assert_equivalent(model, small, images())
 
     stream_names = ["down2_gate"] + [f"block{b}_gate2" for b in (1, 2, 3)]
     stream = int(np.any([masks[n] for n in stream_names], axis=0).sum())
@@ -125,7 +60,7 @@ def test_binary_resnet_matches_and_counts_macs():
 
 def test_residual_channel_lives_if_any_member_lives():
     model = tgc.models.resnet_generator(ngf=4, n_blocks=2, gated="binary")
-    for gate in _gates(model):
+    for gate in gate_list(model):
         gate.alpha.assign(np.ones(gate.channels))
     alive = {"down2_gate": [1, 3], "block1_gate2": [], "block2_gate2": [7]}
     for name, channels in alive.items():
@@ -137,25 +72,25 @@ def test_residual_channel_lives_if_any_member_lives():
         assert small.get_layer(layer).filters == 3
     assert small.get_layer("block1_conv1").kernel.shape[2] == 3
     assert small.get_layer("up1_conv").kernel.shape[3] == 3
-    _assert_equivalent(model, small, _images((1, 32, 32, 3)))
+    assert_equivalent(model, small, images((1, 32, 32, 3)))
 
 
 @pytest.mark.parametrize("mode", ["dmad", "gumbel"])
 def test_other_hard_gates(mode):
     model = tgc.models.resnet_generator(ngf=8, n_blocks=2, gated=mode)
-    _randomize_gates(model, keep=0.4)
+    randomize_gates(model, keep=0.4)
     small = slim(model)
-    _assert_plain(small)
-    _assert_equivalent(model, small, _images((1, 32, 32, 3)))
+    assert_plain(small)
+    assert_equivalent(model, small, images((1, 32, 32, 3)))
 
 
 def test_scale_gates_fold_constants_exactly():
     """GAN Slimming: gamma = 0 leaves beta, a constant that must be folded."""
     model = tgc.models.resnet_generator(ngf=8, n_blocks=3, gated="scale")
-    masks = _randomize_gates(model, keep=0.5, shift=True)
+    masks = randomize_gates(model, keep=0.5, shift=True)
     small = slim(model)
-    _assert_plain(small)
-    _assert_equivalent(model, small, _images())
+    assert_plain(small)
+    assert_equivalent(model, small, images())
     # Constants through reflection padding fold into biases: block inner
     # widths are exactly the live gammas. Zero-padded / transposed consumers
     # keep at most one carrier channel per layer.
@@ -169,22 +104,22 @@ def test_scale_gates_fold_constants_exactly():
 
 def test_mobile_resnet_separable_blocks():
     model = tgc.models.mobile_resnet_generator(ngf=8, n_blocks=2, gated="binary")
-    _randomize_gates(model, keep=0.5)
+    randomize_gates(model, keep=0.5)
     small = slim(model)
-    _assert_plain(small)
-    _assert_equivalent(model, small, _images((1, 32, 32, 3)))
+    assert_plain(small)
+    assert_equivalent(model, small, images((1, 32, 32, 3)))
     full = tgc.profile(model, (32, 32, 3)).macs
     assert tgc.profile(small, (32, 32, 3)).macs < full
 
 
 def test_all_gates_closed_but_one_per_layer():
     model = tgc.models.resnet_generator(ngf=8, n_blocks=2, gated="binary")
-    for gate in _gates(model):
+    for gate in gate_list(model):
         alpha = np.zeros(gate.channels)
         alpha[0] = 1.0
         gate.alpha.assign(alpha)
     small = slim(model)
-    _assert_equivalent(model, small, _images((1, 32, 32, 3)))
+    assert_equivalent(model, small, images((1, 32, 32, 3)))
     counts = {c.name: c.kept for c in live_channels(model)}
     assert counts["stem_conv"] == 1
     assert counts["block1_conv1"] == 1
@@ -206,12 +141,12 @@ def test_concat_skip_and_batch_norm():
     merged = keras.layers.Concatenate()([inputs, up])
     outputs = keras.layers.Conv2D(3, 3, padding="same", activation="tanh")(merged)
     model = keras.Model(inputs, outputs)
-    _randomize_norms(model)
-    masks = _randomize_gates(model, keep=0.5)
+    randomize_norms(model)
+    masks = randomize_gates(model, keep=0.5)
     small = slim(model)
-    _assert_equivalent(model, small, _images((2, 32, 32, 3)))
+    assert_equivalent(model, small, images((2, 32, 32, 3)))
     concat = [layer for layer in small.layers if "concatenate" in layer.name][0]
-    up_gate = [m for n, m in masks.items() if n != _gates(model)[0].name][0]
+    up_gate = [m for n, m in masks.items() if n != gate_list(model)[0].name][0]
     assert concat.output.shape[-1] == 3 + up_gate.sum()
 
 
@@ -226,12 +161,12 @@ def test_selective_activation_discriminator():
     x = keras.layers.ZeroPadding2D(1)(x)
     outputs = keras.layers.Conv2D(1, 4)(x)
     model = keras.Model(inputs, outputs)
-    _randomize_gates(model, keep=0.5)
+    randomize_gates(model, keep=0.5)
     small = slim(model)
-    _assert_plain(small)
-    _assert_equivalent(model, small, _images((2, 32, 32, 6)))
+    assert_plain(small)
+    assert_equivalent(model, small, images((2, 32, 32, 6)))
     kept = [c.kept for c in live_channels(model)]
-    assert kept == [int(g.keep_mask().sum()) for g in _gates(model)] + [1]
+    assert kept == [int(g.keep_mask().sum()) for g in gate_list(model)] + [1]
 
 
 def test_super_layers_slice_to_active_width():
@@ -249,8 +184,8 @@ def test_super_layers_slice_to_active_width():
     for layer, width in zip(supers, widths, strict=True):
         layer.set_active_filters(width)
     small = slim(model)
-    _assert_plain(small)
-    _assert_equivalent(model, small, _images((1, 16, 16, 3)))
+    assert_plain(small)
+    assert_equivalent(model, small, images((1, 16, 16, 3)))
     convs = [c for c in live_channels(model)]
     assert [c.kept for c in convs] == [*widths, 3]
 
@@ -282,11 +217,11 @@ def test_unet_generator_skips(norm):
     model = tgc.models.unet_generator(
         ngf=8, num_downs=5, norm=norm, gated="binary", input_shape=(64, 64, 3)
     )
-    _randomize_norms(model)
-    _randomize_gates(model, keep=0.5)
+    randomize_norms(model)
+    randomize_gates(model, keep=0.5)
     small = slim(model)
-    _assert_plain(small)
-    _assert_equivalent(model, small, _images((2, 64, 64, 3)))
+    assert_plain(small)
+    assert_equivalent(model, small, images((2, 64, 64, 3)))
     assert tgc.profile(small, (64, 64, 3)).macs < tgc.profile(model, (64, 64, 3)).macs
 
 
@@ -295,69 +230,84 @@ def test_patchgan_discriminator(conditional):
     model = tgc.models.patchgan_discriminator(
         ndf=8, n_layers=3, conditional=conditional, gated=True
     )
-    _randomize_gates(model, keep=0.5)
+    randomize_gates(model, keep=0.5)
     small = slim(model)
-    _assert_plain(small)
+    assert_plain(small)
     channels = 6 if conditional else 3
-    _assert_equivalent(model, small, _images((2, 64, 64, channels)))
+    assert_equivalent(model, small, images((2, 64, 64, channels)))
     kept = [c.kept for c in live_channels(model)]
-    assert kept == [int(g.keep_mask().sum()) for g in _gates(model)] + [1]
+    assert kept == [int(g.keep_mask().sum()) for g in gate_list(model)] + [1]
 
 
 def test_slimmed_model_saves_and_loads(tmp_path):
     model = tgc.models.resnet_generator(ngf=8, n_blocks=2, gated="scale")
-    _randomize_gates(model, keep=0.5, shift=True)
+    randomize_gates(model, keep=0.5, shift=True)
     small = slim(model)
     path = tmp_path / "small.keras"
     small.save(path)
     loaded = keras.models.load_model(path)
-    _assert_equivalent(small, loaded, _images((1, 32, 32, 3)))
+    assert_equivalent(small, loaded, images((1, 32, 32, 3)))
 
 
-def test_l1_importance_shared_by_residual_group():
-    model = tgc.models.resnet_generator(ngf=4, n_blocks=2, gated="binary")
-    importance = l1_importance(model)
-    stem = np.abs(model.get_layer("stem_conv").kernel.numpy()).sum((0, 1, 2))
-    np.testing.assert_allclose(importance["stem_gate"], stem, rtol=1e-6)
-    stream = sum(
-        np.abs(model.get_layer(name).kernel.numpy()).sum((0, 1, 2))
-        for name in ("down2_conv", "block1_conv2", "block2_conv2")
+@pytest.mark.parametrize(
+    "build", [tgc.models.resnet_generator, tgc.models.mobile_resnet_generator]
+)
+def test_channel_groups_tie_the_residual_stream(build):
+    model = build(ngf=4, n_blocks=3, gated="binary")
+    groups = tgc.surgery.channel_groups(model)
+    stream = ("down2_gate", "block1_gate2", "block2_gate2", "block3_gate2")
+    assert groups.tied == (stream,)
+    assert list(groups.ids) == list(tgc.surgery.gate_layers(model))
+    for name in stream:
+        np.testing.assert_array_equal(groups.ids[name], groups.ids["down2_gate"])
+    untied = [ids for name, ids in groups.ids.items() if name not in stream]
+    singles = np.concatenate(untied)
+    assert len(set(singles)) == len(singles)
+    assert not set(singles) & set(groups.ids["down2_gate"])
+    assert groups.count == len(singles) + 16
+    everything = np.concatenate(list(groups.ids.values()))
+    assert set(everything) == set(range(groups.count))
+
+
+def test_channel_groups_match_what_slim_keeps():
+    """A stream channel survives iff one member of its group keeps it."""
+    model = tgc.models.resnet_generator(ngf=4, n_blocks=3, gated="binary")
+    masks = randomize_gates(model, keep=0.3)
+    groups = tgc.surgery.channel_groups(model)
+    alive = np.zeros(groups.count, bool)
+    for name, ids in groups.ids.items():
+        alive[ids[masks[name]]] = True
+    kept = tgc.surgery.kept_channels(model)
+    for name, layer in tgc.surgery.gate_producers(model).items():
+        expected = np.flatnonzero(alive[groups.ids[name]])
+        np.testing.assert_array_equal(kept[layer.name], expected)
+
+
+def test_channel_groups_unet_skips_are_not_tied():
+    model = tgc.models.unet_generator(
+        ngf=4, num_downs=5, gated="binary", input_shape=(32, 32, 3)
     )
-    for gate in ("down2_gate", "block1_gate2", "block2_gate2"):
-        np.testing.assert_allclose(importance[gate], stream, rtol=1e-6)
-    up1 = np.abs(model.get_layer("up1_conv").kernel.numpy()).sum((0, 1, 3))
-    np.testing.assert_allclose(importance["up1_gate"], up1, rtol=1e-6)
+    groups = tgc.surgery.channel_groups(model)
+    assert groups.tied == ()
+    everything = np.concatenate(list(groups.ids.values()))
+    assert sorted(everything) == list(range(groups.count))
+    layers = tgc.surgery.gate_layers(model)
+    assert {name: len(ids) for name, ids in groups.ids.items()} == {
+        name: gate.channels for name, gate in layers.items()
+    }
 
 
-@pytest.mark.parametrize("mode", ["binary", "scale"])
-def test_add_gates_copies_weights_and_prunes(mode):
-    teacher = tgc.models.resnet_generator(ngf=8, n_blocks=2, affine=True)
-    _randomize_norms(teacher)
-    gated = tgc.surgery.add_gates(teacher, mode)
-    gates = _gates(gated)
-    norms = [
-        layer
-        for layer in teacher.layers
-        if isinstance(layer, keras_layers.InstanceNormalization)
-    ]
-    assert sorted(g.name for g in gates) == sorted(f"{n.name}_gate" for n in norms)
-    x = _images((1, 32, 32, 3))
-    _assert_equivalent(teacher, gated, x)
-    _randomize_gates(gated, keep=0.5, shift=False)
-    _assert_equivalent(gated, slim(gated), x)
-
-
-def test_l1_prune_keeps_top_filters():
-    teacher = tgc.models.resnet_generator(ngf=8, n_blocks=2, affine=True)
-    pruned = tgc.surgery.l1_prune(teacher, 0.5)
-    _assert_plain(pruned)
-    assert pruned.get_layer("stem_conv").filters == 4
-    assert pruned.get_layer("block1_conv1").filters == 16
-    stem = np.abs(teacher.get_layer("stem_conv").kernel.numpy()).sum((0, 1, 2))
-    kept = np.sort(np.argsort(stem)[-4:])
-    np.testing.assert_allclose(
-        pruned.get_layer("stem_conv").kernel.numpy(),
-        teacher.get_layer("stem_conv").kernel.numpy()[..., kept],
-    )
-    with pytest.raises(ValueError, match="keep_ratio"):
-        tgc.surgery.l1_prune(teacher, 0.0)
+def test_gate_names_and_producers():
+    model = tgc.models.patchgan_discriminator(ndf=4, gated=True)
+    layers = tgc.surgery.gate_layers(model)
+    assert list(layers) == [f"layer{i}_conv_gate" for i in (1, 2, 3, 4)]
+    assert layers["layer2_conv_gate"] is model.get_layer("layer2_conv").gate
+    producers = tgc.surgery.gate_producers(model)
+    assert producers["layer3_conv_gate"] is model.get_layer("layer3_conv").conv
+    resnet = tgc.models.resnet_generator(ngf=4, n_blocks=1, gated="binary")
+    producers = tgc.surgery.gate_producers(resnet)
+    assert producers["up1_gate"] is resnet.get_layer("up1_conv")
+    assert producers["block1_gate2"] is resnet.get_layer("block1_conv2")
+    mobile = tgc.models.mobile_resnet_generator(ngf=4, n_blocks=1, gated="binary")
+    producers = tgc.surgery.gate_producers(mobile)
+    assert producers["block1_gate1"] is mobile.get_layer("block1_pwconv1")

@@ -9,14 +9,18 @@ print(tgc.profile(teacher, (256, 256, 3)))
 """
 
 from tfgancompress import (
+    cost,
     data,
     export,
     latency,
     metrics,
     models,
+    pruning,
     quantization,
     reconstruction,
     schedules,
+    search,
+    surgery,
 )
 from tfgancompress.profile import LayerProfile, ModelProfile, profile
 from tfgancompress.surgery import live_channels, slim
@@ -24,6 +28,7 @@ from tfgancompress.surgery import live_channels, slim
 __all__ = [
     "LayerProfile",
     "ModelProfile",
+    "cost",
     "data",
     "export",
     "latency",
@@ -31,8 +36,11 @@ __all__ = [
     "metrics",
     "models",
     "profile",
+    "pruning",
     "quantization",
     "reconstruction",
     "schedules",
+    "search",
     "slim",
+    "surgery",
 ]

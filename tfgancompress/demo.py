@@ -24,6 +24,7 @@ from absl import app, flags, logging
 
 import tfgancompress as tgc
 from tfgancompress import export, latency, reports
+from tfgancompress.atomic import atomic_path
 
 FLAGS = flags.FLAGS
 
@@ -89,13 +90,14 @@ def run(output_dir: str, keep_ratio: float, size: int, runs: int, threads: int):
     teacher = tgc.models.pretrained("vintage")
 
     print(f"[2/5] pruning to {keep_ratio:.0%} of the filters and slimming", flush=True)
-    gated = tgc.surgery.add_gates(teacher, "binary")
-    tgc.surgery.prune_gates_by_l1(gated, keep_ratio)
+    gated = tgc.pruning.add_gates(teacher, "binary")
+    tgc.pruning.prune_gates_by_l1(gated, keep_ratio)
     student = tgc.slim(gated)
     photos = _photos(size)
     gated_out = np.asarray(gated(photos, training=False))
     student_out = np.asarray(student(photos, training=False))
-    student.save(os.path.join(output_dir, "student.keras"))
+    with atomic_path(os.path.join(output_dir, "student.keras")) as temporary:
+        student.save(temporary)
     models = {"teacher": teacher, "student": student}
 
     print("[3/5] profiling", flush=True)

@@ -5,7 +5,9 @@ ops): Android's runtime lacks them. The conversion path is Keras
 `ExportArchive` (the model's inference-mode call at a fixed input shape) ->
 SavedModel -> `tf.lite.TFLiteConverter.from_saved_model`, the path Keras's
 own LiteRT export takes. (`from_concrete_functions` gives NaN outputs on
-this stack: weights stay unfrozen variables.)
+this stack: weights stay unfrozen variables.) Every file is written
+atomically (`tfgancompress.atomic`): a failed or killed export leaves the
+destination as it was, never half-written.
 
 Quantization (`to_litert(..., quantization=...)`):
 
@@ -117,6 +119,7 @@ import tensorflow as tf
 from keras_layers.norm import InstanceNormalization
 from keras_layers.quant import FakeQuant
 from tfgancompress import quantization as _quantization
+from tfgancompress.atomic import atomic_path, atomic_write
 from tfgancompress.quantization import (
     MAX_CALIBRATION_SAMPLES as MAX_CALIBRATION_SAMPLES,
 )
@@ -138,6 +141,10 @@ except ImportError:  # pragma: no cover - ai-edge-litert is a dependency
 QUANTIZATIONS = (None, "fp16", "dynamic", "int8")
 
 CONTRACT_METADATA = "tfgancompress.io"
+
+# Permission checks as the process acts (a root process dropped to a user's
+# effective id must not be told that root could write there).
+_EFFECTIVE_IDS = os.access in os.supports_effective_ids
 
 _BUILTIN_NAMES = {
     code: name
@@ -177,7 +184,7 @@ def _check_parent(path: str) -> None:
         raise FileNotFoundError(
             f"Cannot write {path!r}: the directory {parent!r} does not exist."
         )
-    if not os.access(parent, os.W_OK):
+    if not os.access(parent, os.W_OK, effective_ids=_EFFECTIVE_IDS):
         raise PermissionError(
             f"Cannot write {path!r}: the directory {parent!r} is not writable."
         )
@@ -674,9 +681,10 @@ def to_litert(
     ]
     contract = _contract(flatbuffer, quantization, names)
     text = json.dumps(contract, indent=2)
-    with open(path, "wb") as file:
+    with atomic_write(path, "wb") as file:
         file.write(_with_metadata(flatbuffer, CONTRACT_METADATA, text.encode()))
-    with open(os.path.splitext(path)[0] + ".json", "w", encoding="utf-8") as file:
+    contract_path = os.path.splitext(path)[0] + ".json"
+    with atomic_write(contract_path, "w", encoding="utf-8") as file:
         file.write(text + "\n")
     return path
 
@@ -819,12 +827,13 @@ def to_onnx(
             )
     else:
         shape = _fixed_input_shape(model, input_shape)
-    model.export(
-        path,
-        format="onnx",
-        verbose=False,
-        input_signature=[keras.InputSpec(shape=shape, dtype="float32")],
-    )
+    with atomic_path(path) as temporary:
+        model.export(
+            temporary,
+            format="onnx",
+            verbose=False,
+            input_signature=[keras.InputSpec(shape=shape, dtype="float32")],
+        )
     return path
 
 
@@ -855,7 +864,8 @@ def run_onnx(path: str | os.PathLike, inputs) -> np.ndarray | list[np.ndarray]:
 def to_saved_model(model: keras.Model, path: str | os.PathLike) -> str:
     """Exports the inference-mode model as a TensorFlow SavedModel directory.
 
-    Reload with `tf.saved_model.load(path).serve(images)`.
+    Reload with `tf.saved_model.load(path).serve(images)`. An existing
+    folder at `path` is replaced as a whole.
 
     Args:
         model: A Keras model.
@@ -870,5 +880,6 @@ def to_saved_model(model: keras.Model, path: str | os.PathLike) -> str:
     """
     path = os.fspath(path)
     _check_parent(path)
-    model.export(path, format="tf_saved_model", verbose=False)
+    with atomic_path(path, directory=True) as temporary:
+        model.export(temporary, format="tf_saved_model", verbose=False)
     return path

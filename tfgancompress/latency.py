@@ -59,6 +59,7 @@ import numpy as np
 from absl import app, flags, logging
 
 from tfgancompress import export
+from tfgancompress.atomic import atomic_write
 
 RUNNERS = ("compiled_model", "litert-benchmark")
 
@@ -976,7 +977,7 @@ def compare_latency(
 
 
 def write_report(report, path_prefix: str) -> tuple[str, str]:
-    """Writes a `LatencyResult` or `Comparison` as `.md` and `.json`.
+    """Writes a `LatencyResult` or `Comparison` as `.md` and `.json`, atomically.
 
     Args:
         report: A `LatencyResult` or `Comparison`.
@@ -986,9 +987,9 @@ def write_report(report, path_prefix: str) -> tuple[str, str]:
         The Markdown and JSON paths.
     """
     markdown, json_path = f"{path_prefix}.md", f"{path_prefix}.json"
-    with open(markdown, "w", encoding="utf-8") as file:
+    with atomic_write(markdown) as file:
         file.write(report.to_markdown() + "\n")
-    with open(json_path, "w", encoding="utf-8") as file:
+    with atomic_write(json_path) as file:
         json.dump(report.to_dict(), file, indent=2)
     return markdown, json_path
 

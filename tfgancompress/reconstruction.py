@@ -14,8 +14,8 @@ around whatever the student adds outside it (a colour skip). No gradient
 steps: one ridge-regularised normal-equation solve per layer.
 
 ```python
-gated = tgc.surgery.add_gates(teacher, "binary")
-tgc.surgery.prune_gates_by_l1(gated, 0.25)
+gated = tgc.pruning.add_gates(teacher, "binary")
+tgc.pruning.prune_gates_by_l1(gated, 0.25)
 student = tgc.slim(gated)
 tgc.reconstruction.reconstruct(
     student, teacher, images, tgc.surgery.kept_channels(gated)

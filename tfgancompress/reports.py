@@ -1,4 +1,7 @@
-"""What people would rather see than read: image grids, channel charts, reports."""
+"""What people would rather see than read: image grids, channel charts, reports.
+
+Every file is written atomically (`tfgancompress.atomic`): complete or absent.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,8 @@ import os
 from collections.abc import Sequence
 
 import numpy as np
+
+from tfgancompress.atomic import atomic_path, atomic_write
 
 
 def save_image_grid(path: str, columns: Sequence[np.ndarray]) -> None:
@@ -22,7 +27,8 @@ def save_image_grid(path: str, columns: Sequence[np.ndarray]) -> None:
     rows = [np.concatenate(images, axis=1) for images in zip(*columns, strict=True)]
     grid = np.concatenate(rows, axis=0)
     pixels = np.clip((grid + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
-    Image.fromarray(pixels).save(path)
+    with atomic_path(path) as temporary:
+        Image.fromarray(pixels).save(temporary)
 
 
 def plot_channels(channels, path: str, title: str = "") -> None:
@@ -49,8 +55,11 @@ def plot_channels(channels, path: str, title: str = "") -> None:
     axis.set_title(title)
     axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    try:
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, dpi=100)
+    finally:
+        plt.close(figure)
 
 
 def write_report(output_dir: str, stem: str, report: dict, markdown: str) -> None:
@@ -63,8 +72,8 @@ def write_report(output_dir: str, stem: str, report: dict, markdown: str) -> Non
         markdown: The human-readable version.
     """
     path = os.path.join(output_dir, stem)
-    with open(f"{path}.json", "w", encoding="utf-8") as file:
+    with atomic_write(f"{path}.json") as file:
         json.dump(report, file, indent=2)
-    with open(f"{path}.md", "w", encoding="utf-8") as file:
+    with atomic_write(f"{path}.md") as file:
         file.write(markdown)
     print(markdown)

@@ -21,8 +21,9 @@
 The result computes the same function as the gated model in inference mode,
 up to float rounding.
 
-Supersets (`SuperConv2D`, ...) are sliced at their active width, so `slim`
-also extracts a sub-network from a once-for-all supernet.
+Super layers (`SuperConv2D`, ..., and the super norms after them) are
+sliced at their active width, so `slim` also extracts a sub-network from a
+once-for-all supernet.
 """
 
 from __future__ import annotations
@@ -65,11 +66,6 @@ _CONV_LAYERS = (
     keras.layers.SeparableConv2D,
 )
 _POSITIVELY_HOMOGENEOUS = ("relu", "leaky_relu", "linear")
-_PLAIN_CLASSES = {
-    keras_layers.SuperConv2D: keras.layers.Conv2D,
-    keras_layers.SuperConv2DTranspose: keras.layers.Conv2DTranspose,
-    keras_layers.SuperSeparableConv2D: keras.layers.SeparableConv2D,
-}
 
 
 class SurgeryError(ValueError):
@@ -232,16 +228,15 @@ def _lower_conv(graph, layer, tensor, name) -> int:
 
 def _lower_norm(graph, layer, tensor, name) -> int:
     channels = graph.channels[tensor]
+    mask = _output_mask(layer, channels)
+    gamma = (_numpy(layer.gamma) if layer.scale else np.ones(channels)) * mask
+    beta = (_numpy(layer.beta) if layer.center else np.zeros(channels)) * mask
     if isinstance(layer, keras_layers.InstanceNormalization):
-        gamma = _numpy(layer.gamma) if layer.scale else np.ones(channels)
-        beta = _numpy(layer.beta) if layer.center else np.zeros(channels)
         return graph.add(
             "instance_norm", name, [tensor], channels, layer, gamma=gamma, beta=beta
         )
     if layer.axis not in (-1, 3):
         raise SurgeryError(f"Layer {layer.name!r}: BatchNormalization axis must be -1.")
-    gamma = _numpy(layer.gamma) if layer.scale else np.ones(channels)
-    beta = _numpy(layer.beta) if layer.center else np.zeros(channels)
     return graph.add(
         "batch_norm",
         name,
@@ -621,7 +616,7 @@ def _channel_groups(graph: _Graph) -> tuple[_Classes, list[np.ndarray]]:
         groups[tensor] = classes.fresh(graph.channels[tensor])
     for op in graph.ops:
         inputs = [groups[t] for t in op.inputs]
-        if op.kind in _SAME_CHANNEL_KINDS:
+        if op.kind in _SAME_CHANNEL_KINDS + ("gate",):
             groups[op.output] = inputs[0]
         elif op.kind == "add":
             for other in inputs[1:]:
@@ -752,7 +747,7 @@ def _merge_carriers(kernel, in_axis, keep_in, carriers, const: _Const):
 
 def _plain_class(layer) -> type:
     """The plain Keras class a (possibly Super) layer is rebuilt as."""
-    return _PLAIN_CLASSES.get(type(layer), type(layer))
+    return keras_layers.conv.plain_class(layer)
 
 
 def _clone(layer, name: str, **overrides) -> keras.layers.Layer:
@@ -919,7 +914,7 @@ def kept_channels(model: keras.Model) -> dict[str, np.ndarray]:
 
     Args:
         model: A model as accepted by `slim` (e.g. a gated teacher after
-            `prune_gates_by_l1`).
+            `tgc.pruning.prune_gates_by_l1`).
 
     Returns:
         `{layer name: sorted int indices}` for every convolution and dense
@@ -927,8 +922,7 @@ def kept_channels(model: keras.Model) -> dict[str, np.ndarray]:
 
     Example:
 
-    >>> gated = tgc.surgery.add_gates(teacher, "binary")
-    >>> tgc.surgery.prune_gates_by_l1(gated, 0.25)
+    >>> gated = tgc.pruning.l1_gated(teacher, 0.25)
     >>> kept = tgc.surgery.kept_channels(gated)
     >>> student = tgc.slim(gated)
     """
@@ -940,187 +934,145 @@ def kept_channels(model: keras.Model) -> dict[str, np.ndarray]:
     }
 
 
-def _anchor_conv(graph: _Graph, gate: _Op) -> _Op | None:
-    """The convolution whose output channels a gate decides, if any."""
+def _gate_ops(graph: _Graph) -> list[_Op]:
+    return [op for op in graph.ops if op.kind == "gate"]
+
+
+def gate_layers(model: keras.Model) -> dict[str, keras_layers.ChannelGate]:
+    """Every gate of a model, by the name the cost and pruning tools use.
+
+    A gate's name is its layer name; inside a `SelectiveActivationConv2D`
+    it is `<layer name>_gate`, inside a nested model `<model name>_<name>`.
+    `channel_groups`, `gate_producers`, `tgc.pruning.l1_importance` and
+    `tgc.cost` key their results by these names.
+
+    Args:
+        model: A model as accepted by `slim`.
+
+    Returns:
+        `{name: ChannelGate}` in graph order.
+
+    Example:
+
+    >>> d = tgc.models.patchgan_discriminator(ndf=8, gated=True)
+    >>> list(tgc.surgery.gate_layers(d))
+    ['layer1_conv_gate', 'layer2_conv_gate', 'layer3_conv_gate', 'layer4_conv_gate']
+    """
+    return {op.name: op.layer for op in _gate_ops(_trace(model))}
+
+
+@dataclasses.dataclass(frozen=True)
+class ChannelGroups:
+    """Which gate channels `slim` keeps or removes together.
+
+    Channels joined by a residual `Add` are one group: `slim` keeps a group
+    whole if any member channel is needed (an open gate on any of them),
+    and removes it whole otherwise. Every other gate channel is a group of
+    its own.
+
+    Attributes:
+        ids: `{gate name: (C,) int array}`: channel `c` of gate `a` and
+            channel `d` of gate `b` are tied iff `ids[a][c] == ids[b][d]`.
+            Ids run over `0..count-1`, numbered in graph order.
+        count: The number of distinct groups over all gate channels.
+        tied: The sets of two or more gates that share groups, each a tuple
+            of gate names in graph order (e.g. a ResNet's residual stream:
+            `("down2_gate", "block1_gate2", ..., "block9_gate2")`).
+    """
+
+    ids: dict[str, np.ndarray]
+    count: int
+    tied: tuple[tuple[str, ...], ...]
+
+
+def _tied_sets(ids: dict[str, np.ndarray]) -> tuple[tuple[str, ...], ...]:
+    """Connected components (of two or more gates) of the shares-a-group graph."""
+    names = list(ids)
+    classes = _Classes()
+    classes.fresh(len(names))
+    owner: dict[int, int] = {}
+    for index, name in enumerate(names):
+        for group in ids[name]:
+            classes.union(index, owner.setdefault(int(group), index))
+    components: dict[int, list[str]] = {}
+    for index, name in enumerate(names):
+        components.setdefault(classes.find(index), []).append(name)
+    return tuple(tuple(c) for c in components.values() if len(c) > 1)
+
+
+def channel_groups(model: keras.Model) -> ChannelGroups:
+    """The residual channel groups of a gated model, as `slim` sees them.
+
+    Methods that prune the residual stream need the same groups `slim`
+    uses: DMAD's cross-block group sparsity, GCC's shared residual mask,
+    filter-L1 ranking (`tgc.pruning.l1_importance`) and the MACs estimate
+    of `tgc.cost` all read them from here.
+
+    Args:
+        model: A model as accepted by `slim`.
+
+    Returns:
+        A `ChannelGroups` keyed by the names of `gate_layers(model)`.
+
+    Example:
+
+    >>> g = tgc.models.resnet_generator(ngf=8, n_blocks=2, gated="binary")
+    >>> groups = tgc.surgery.channel_groups(g)
+    >>> groups.tied
+    (('down2_gate', 'block1_gate2', 'block2_gate2'),)
+    >>> bool((groups.ids["down2_gate"] == groups.ids["block2_gate2"]).all())
+    True
+    """
+    graph = _trace(model)
+    classes, groups = _channel_groups(graph)
+    numbering: dict[int, int] = {}
+    ids = {}
+    for gate in _gate_ops(graph):
+        roots = [classes.find(group) for group in groups[gate.output]]
+        ids[gate.name] = np.array(
+            [numbering.setdefault(root, len(numbering)) for root in roots], np.int64
+        )
+    return ChannelGroups(ids=ids, count=len(numbering), tied=_tied_sets(ids))
+
+
+def _producer(graph: _Graph, gate: _Op) -> _Op:
+    """The convolution whose output channels a gate decides."""
     producers = graph.producers()
     op = producers.get(gate.inputs[0])
     while op is not None and op.kind not in _CONV_KINDS + ("depthwise",):
         if op.kind not in _SAME_CHANNEL_KINDS + ("gate",):
-            return None
+            op = None
+            break
         op = producers.get(op.inputs[0])
+    if op is None:
+        raise SurgeryError(
+            f"Gate {gate.name!r} has no convolution before it (through norms, "
+            "activations and padding only)."
+        )
     return op
 
 
-def _filter_l1(op: _Op) -> np.ndarray:
-    if op.kind == "separable":
-        return np.abs(op.params["pointwise"]).sum(0)
-    if op.kind == "conv_t":
-        return np.abs(op.params["kernel"]).sum((0, 1, 3))
-    if op.kind == "depthwise":
-        return np.abs(op.params["kernel"]).sum((0, 1))
-    return np.abs(op.params["kernel"]).sum((0, 1, 2))
+def gate_producers(model: keras.Model) -> dict[str, keras.layers.Layer]:
+    """Per gate: the convolution (or Dense) layer whose output channels it gates.
 
-
-def l1_importance(model: keras.Model) -> dict[str, np.ndarray]:
-    """Filter-L1 importance of each gate's channels, shared across residual groups.
-
-    A gate's channel importance is the L1 norm of the filter that produces it
-    (the nearest convolution before the gate). Channels joined by residual
-    adds are one group: each gets the sum over the group's producers, so every
-    gate of a group ranks the channels alike and keeps the same ones.
+    The producer is found by walking back from the gate through norms,
+    activations, padding and other gates. For a `SelectiveActivationConv2D`
+    gate it is that layer's inner `conv`.
 
     Args:
-        model: A gated model as accepted by `slim`.
+        model: A model as accepted by `slim`.
 
     Returns:
-        `{gate layer name: importance vector}`; gates inside
-        `SelectiveActivationConv2D` are named `<layer>_gate`.
-    """
-    graph = _trace(model)
-    classes, groups = _channel_groups(graph)
-    gates = [op for op in graph.ops if op.kind == "gate"]
-    totals: dict[int, float] = {}
-    local = {}
-    for gate in gates:
-        anchor = _anchor_conv(graph, gate)
-        if anchor is None:
-            raise SurgeryError(f"Gate {gate.name!r} has no convolution before it.")
-        local[gate.name] = _filter_l1(anchor)
-        for group, value in zip(groups[gate.output], local[gate.name], strict=True):
-            root = classes.find(group)
-            totals[root] = totals.get(root, 0.0) + value
-    return {
-        gate.name: np.array([totals[classes.find(g)] for g in groups[gate.output]])
-        for gate in gates
-    }
+        `{gate name: layer}`, keyed like `gate_layers(model)`.
 
-
-_NORM_LAYERS = (keras_layers.InstanceNormalization, keras.layers.BatchNormalization)
-
-
-def add_gates(model: keras.Model, mode: str = "binary") -> keras.Model:
-    """A copy of `model` with a `ChannelGate` after every normalization layer.
-
-    The copy has the same layer names and weights (gates are named
-    `<norm name>_gate`) and, with all gates open, computes the same function.
-    It is how any trained generator (a zoo model, an imported PyTorch
-    checkpoint or your own functional model) becomes a prunable student.
-    In `"scale"` mode (GAN Slimming) each affine norm is made non-affine and
-    its gamma/beta move into the gate.
-
-    Args:
-        model: A functional or Sequential Keras model.
-        mode: A `ChannelGate` mode: `"binary"`, `"dmad"`, `"scale"` or
-            `"gumbel"`.
-
-    Returns:
-        The gated copy; `model` is left untouched.
+    Raises:
+        SurgeryError: If a gate has no convolution before it.
 
     Example:
 
-    >>> gated = add_gates(tgc.models.pretrained("vintage"), "binary")
-    >>> tgc.slim(gated).count_params()  # all gates open: same size
-    11388675
+    >>> g = tgc.models.mobile_resnet_generator(ngf=8, n_blocks=2, gated="binary")
+    >>> tgc.surgery.gate_producers(g)["block1_gate1"].name
+    'block1_pwconv1'
     """
-    if mode not in keras_layers.gates.MODES:
-        raise ValueError(
-            f"mode must be one of {keras_layers.gates.MODES}, got {mode!r}."
-        )
-
-    def clone(layer):
-        config = layer.get_config()
-        if mode == "scale" and isinstance(layer, _NORM_LAYERS):
-            config.update(center=False, scale=False)
-        return layer.__class__.from_config(config)
-
-    def call(layer, *args, **kwargs):
-        outputs = layer(*args, **kwargs)
-        if isinstance(layer, _NORM_LAYERS):
-            gate = keras_layers.ChannelGate(mode=mode, name=f"{layer.name}_gate")
-            outputs = gate(outputs)
-        return outputs
-
-    gated = keras.models.clone_model(model, clone_function=clone, call_function=call)
-    for layer in model.layers:
-        target = gated.get_layer(layer.name)
-        if mode == "scale" and isinstance(layer, _NORM_LAYERS):
-            _move_affine_to_gate(layer, target, gated.get_layer(f"{layer.name}_gate"))
-        else:
-            target.set_weights(layer.get_weights())
-    return gated
-
-
-def _move_affine_to_gate(norm, new_norm, gate) -> None:
-    """Copies a norm into its non-affine clone plus the scale gate after it."""
-    channels = gate.channels
-    gamma = norm.gamma.numpy() if norm.scale else np.ones(channels, np.float32)
-    beta = norm.beta.numpy() if norm.center else np.zeros(channels, np.float32)
-    if isinstance(norm, keras.layers.BatchNormalization):
-        new_norm.set_weights([norm.moving_mean.numpy(), norm.moving_variance.numpy()])
-    gate.gamma.assign(gamma)
-    gate.beta.assign(beta)
-
-
-def prune_gates_by_l1(gated: keras.Model, keep_ratio: float) -> None:
-    """Sets every gate of `gated` to keep its top filters by `l1_importance`.
-
-    Args:
-        gated: A gated model (e.g. from `add_gates`).
-        keep_ratio: Fraction of filters kept per gate, in (0, 1].
-
-    Raises:
-        ValueError: If `keep_ratio` is outside (0, 1].
-    """
-    from tfgancompress import schedules
-
-    if not 0.0 < keep_ratio <= 1.0:
-        raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}.")
-    importance = l1_importance(gated)
-    for layer in gated.layers:
-        if isinstance(layer, keras_layers.ChannelGate):
-            schedules.apply_sparsity(layer, 1.0 - keep_ratio, importance[layer.name])
-
-
-def l1_gated(model: keras.Model, keep_ratio: float) -> keras.Model:
-    """A binary-gated copy of `model` keeping each layer's top filters by L1.
-
-    `slim` of it is `l1_prune(model, keep_ratio)`; `kept_channels` of it maps
-    that student's channels to `model`'s.
-
-    Args:
-        model: A trained functional generator.
-        keep_ratio: Fraction of filters kept per gated layer, in (0, 1].
-
-    Returns:
-        The gated copy; `model` is left untouched.
-
-    Raises:
-        ValueError: If `keep_ratio` is outside (0, 1].
-    """
-    if not 0.0 < keep_ratio <= 1.0:
-        raise ValueError(f"keep_ratio must be in (0, 1], got {keep_ratio}.")
-    gated = add_gates(model, "binary")
-    prune_gates_by_l1(gated, keep_ratio)
-    return gated
-
-
-def l1_prune(model: keras.Model, keep_ratio: float) -> keras.Model:
-    """`model` cut to `keep_ratio` of each layer's filters by filter L1 norm.
-
-    Gates go after every norm (`add_gates`), each keeps its top filters by
-    `l1_importance` (residual channels ranked together), and `slim` removes
-    the rest: the plain student GAN Compression starts from.
-
-    Args:
-        model: A trained functional generator.
-        keep_ratio: Fraction of filters kept per gated layer, in (0, 1].
-
-    Returns:
-        The slimmed model, initialised from `model`'s weights.
-
-    Raises:
-        ValueError: If `keep_ratio` is outside (0, 1].
-    """
-    pruned = slim(l1_gated(model, keep_ratio))
-    pruned.name = f"{model.name}_l1_pruned"
-    return pruned
+    graph = _trace(model)
+    return {gate.name: _producer(graph, gate).layer for gate in _gate_ops(graph)}

@@ -70,7 +70,7 @@ class UpdateCompressionStep(keras.callbacks.Callback):
     Args:
         schedule: The pruning schedule, called with the training step.
         importance: Optional callable `network -> {gate name: scores}`, e.g.
-            `tgc.surgery.l1_importance`, evaluated at each update.
+            `tgc.pruning.l1_importance`, evaluated at each update.
         freeze_gates: Make the gates non-trainable for the run, so that the
             schedule alone decides them (an optimizer step could otherwise
             push a gate parameter across its keep threshold).

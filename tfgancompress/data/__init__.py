@@ -7,10 +7,14 @@ first, bad files named and skipped or, with `strict=True`, an error):
   folders matched by file name -> `(input, target)` batches.
 * `unpaired_dataset(dir_a, dir_b)`: independently shuffled domains.
 
-Built-in, offline (scikit-image, scikit-learn, matplotlib sample photos and
-Debian's opencv-doc photos when installed; hold evaluation photos out by
-source with `split_by_source`):
+Built-in, offline: 400 colour photos from 12 sources (scikit-image,
+scikit-learn, matplotlib sample photos; Debian's opencv-doc and eight Debian
+packages the set-up unpacks, GCompris's among them; see `builtin`). Hold
+evaluation photos out by source with `split_by_source`; `count_by_source`
+tells how many photos each source gave a split:
 
+* `builtin_photos()`: the photos that are there, as `Photo` records;
+  `load_photo`/`open_photo` read one upright in RGB.
 * `photos(split)`: random zoom crops of the colour photos.
 * `vintage_pairs(split)`: (view of a photo, the pretrained vintage
   teacher's output on exactly that view), computed once and cached on disk;
@@ -24,19 +28,26 @@ import tfgancompress as tgc
 
 train = tgc.data.vintage_pairs("train", crop_size=128, batch_size=4, seed=0)
 held_out = tgc.data.vintage_pairs("eval", crop_size=256)
+train_photos, held_out_photos = tgc.data.split_by_source(tgc.data.builtin_photos())
+print(len(train_photos), tgc.data.count_by_source(train_photos))
 ```
 """
 
 from tfgancompress.data.builtin import (
+    DEBIAN_SOURCES,
     DEFAULT_HOLDOUT,
     OPENCV_DOC_DIR,
     SOURCES,
     Photo,
     builtin_photos,
+    count_by_source,
+    default_photo_dir,
     load_photo,
+    open_photo,
     photos,
     split_by_source,
 )
+from tfgancompress.data.duplicates import near_duplicates, perceptual_hash
 from tfgancompress.data.folders import (
     IMAGE_EXTENSIONS,
     BadImageError,
@@ -54,6 +65,7 @@ from tfgancompress.data.pairs import (
 )
 
 __all__ = [
+    "DEBIAN_SOURCES",
     "DEFAULT_HOLDOUT",
     "IMAGE_EXTENSIONS",
     "OPENCV_DOC_DIR",
@@ -63,10 +75,15 @@ __all__ = [
     "ImageInfo",
     "Photo",
     "builtin_photos",
+    "count_by_source",
     "default_cache_dir",
+    "default_photo_dir",
     "edges2photos",
     "load_photo",
+    "near_duplicates",
+    "open_photo",
     "paired_dataset",
+    "perceptual_hash",
     "photos",
     "pseudo_pairs",
     "scan_images",

@@ -3,110 +3,108 @@
 Sources (each photo carries its source; hold evaluation photos out **by
 source**, never by crop, see `split_by_source`):
 
-| source | folder | photos |
+| source | where | photos |
 |---|---|---|
-| `opencv-doc` | `/usr/share/doc/opencv-doc/examples/data` (Debian) | 28 |
+| `opencv-doc` | `/usr/share/doc/opencv-doc/examples/data` (Debian, installed) | 28 |
 | `scikit-image` | `skimage/data` | 9 |
 | `scikit-learn` | `sklearn/datasets/images` (`load_sample_images`) | 2 |
 | `matplotlib` | `mpl-data/sample_data` (`cbook.get_sample_data`) | 1 |
+| `gcompris-qt-data` | `usr/share/gcompris-qt/rcc/*.rcc` (WebP in Qt bundles) | 234 |
+| `scratch` | `usr/share/scratch/Media/Backgrounds` (480x360) | 51 |
+| `kphotoalbum` | `usr/share/kphotoalbum/demo` (800x600, people) | 23 |
+| `tuxpaint-data` | `usr/share/tuxpaint/templates` | 17 |
+| `lomiri-wallpapers-16.04` | `usr/share/backgrounds` | 13 |
+| `lxqt-themes` | `usr/share/lxqt/wallpapers` | 9 |
+| `plasma-workspace-wallpapers` | `usr/share/wallpapers/*/contents/images` | 8 |
+| `palapeli-data` | `usr/share/palapeli/collection` | 5 |
+| **all** | | **400** |
 
-opencv-doc is used when present (the project's set-up installs it where
-apt-get exists); the others come with the pip packages of the `data` extra.
+opencv-doc is installed by the project's set-up where apt-get exists (as
+root). The last eight are Debian packages the set-up (`make system-deps`)
+*unpacks* with `apt-get download` + `dpkg-deb -x`, without installing them
+(no dependencies: a full `scratch` install pulls a virtual machine, and
+`kphotoalbum` a desktop), into `default_photo_dir()`, one folder per
+package (its own file tree, `usr/share/doc/<package>/copyright` included:
+several licences are share-alike, so the photos are never committed). The
+pip sources come with the `data` extra. A source that is not there is left
+out (logged). `builtin_photos()` lists what is there; `count_by_source`
+counts a list by source.
 
-The photos are chosen **by name** (the lists below): real colour camera
-photographs only. Left out: grayscale files (opencv-doc's 28 calibration
-chessboards `left01..14`/`right01..14`, `basketball*`, `box*`; skimage's
-`camera`, `coins`, `moon`, ...), drawings, logos, charts and renders
-(`HappyFish`, `*Logo*`, `ml`, `pic1..6`, `detect_blob`, `cards`,
-`Blender_Suzanne*`, `blox`, `gradient`, skimage `color`/`logo`, matplotlib
-`logo2`/`Minduka_Present_Blue_Pack`), text scans (`text_*`, `imageText*`,
-`notes`, `sudoku`), a painting (`starry_night`), masks and ground truth
-(`aloeGT`, `mask`, `templ`, `tmpl`), `pca_test1` (drawn shapes). Each kept
-photo's Hasler-Suesstrunk colourfulness is >= 13 (a gray image scores 0).
-Stereo/viewpoint pairs (`aloeL/R`, `left/right`, `leuvenA/B`, `graf1/3`,
-`rubberwhale1/2`, `ela_original/modified`, skimage `motorcycle_left/right`)
-are kept: they are different photographs of one scene, and a split by source
-keeps both of a pair on the same side.
+GCompris keeps its images as WebP files inside Qt resource bundles: a photo
+of it is `Photo(path=<bundle>.rcc, member=<resource path>)`, read with
+`tfgancompress.data.rcc`.
 
-Default split: train on opencv-doc + scikit-learn + matplotlib (31 photos),
-evaluate on the 9 scikit-image photos (astronaut, cat, coffee, rocket,
-motorcycle stereo pair, and three scientific images: Hubble deep field,
-immunohistochemistry, retina), which none of the training sources resemble
-closely. Without opencv-doc only 3 training photos remain: install it
-(`apt-get install opencv-doc`) for real training.
+The photos are chosen **by name** (`catalogue.py`, where each source's
+exclusions are named), after looking at every image: real colour camera
+photographs only, whole scenes or objects in their surroundings. Left out:
+
+* drawings, paintings, logos, charts, renders and abstract wallpapers;
+* text (scans, signs, toy blocks with letters);
+* grayscale images: a kept photo's Hasler-Suesstrunk colourfulness at a
+  256-pixel short side is > 12 (a gray image scores 0);
+* cut-outs: objects on a blank background (of the Debian photos, none has
+  60 % or more of its border pixels pure white, all channels >= 245);
+* small images: a Debian photo's short side is >= 200 pixels;
+* near-duplicates across sources and activities: a photo whose perceptual
+  hash (`duplicates.perceptual_hash`) is within 10 of 63 bits of a kept
+  photo's; the smaller copy goes (GCompris `categorization`'s `colosseum`,
+  `greatPyramid`, `brandenburgGate` and `details`' `Neuschwanstein`, copies
+  of `explore_monuments` photos). Unrelated photos differ in 20-40 bits.
+
+Stereo/viewpoint pairs of one source (opencv-doc's `aloeL/R`, `left/right`,
+`leuvenA/B`, `graf1/3`, `rubberwhale1/2`, `ela_original/modified`,
+scikit-image's `motorcycle_left/right`, KPhotoAlbum's `bar55`/`bar55_2`) are
+kept: different photographs of one scene, always on the same side of a
+split by source.
+
+Photos are read with their EXIF orientation applied, plus the rotations
+KPhotoAlbum's album keeps in its database (`catalogue.ROTATIONS`); palette,
+grayscale (16-bit scaled to 8), CMYK and alpha images are converted to RGB
+(alpha dropped, as `folders` does).
+
+Default split: evaluate on the 9 scikit-image photos (astronaut, cat,
+coffee, rocket, motorcycle stereo pair, and three scientific images: Hubble
+deep field, immunohistochemistry, retina), as the earlier 31-photo runs did,
+so results stay comparable; train on all the other sources (391 photos with
+every source present; 31 with only opencv-doc and the pip packages, 3
+without opencv-doc).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import importlib.util
+import io
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
 import tensorflow as tf
 from absl import logging
-from PIL import Image
+from PIL import Image, ImageOps
 
-from tfgancompress.data import pipeline
+from tfgancompress.data import catalogue, pipeline, rcc
 
 OPENCV_DOC_DIR = Path("/usr/share/doc/opencv-doc/examples/data")
-SOURCES = ("opencv-doc", "scikit-image", "scikit-learn", "matplotlib")
+SOURCES = tuple(catalogue.PHOTOS)
+DEBIAN_SOURCES = tuple(catalogue.FOLDERS)
 DEFAULT_HOLDOUT = ("scikit-image",)
+_PHOTO_DIR_ENV = "TFGANCOMPRESS_PHOTOS"
 
-_PHOTOS = {
-    "opencv-doc": (
-        "aero1.jpg",
-        "aero3.jpg",
-        "aloeL.jpg",
-        "aloeR.jpg",
-        "apple.jpg",
-        "baboon.jpg",
-        "board.jpg",
-        "building.jpg",
-        "butterfly.jpg",
-        "chicky_512.png",
-        "ela_modified.jpg",
-        "ela_original.jpg",
-        "fruits.jpg",
-        "graf1.png",
-        "graf3.png",
-        "home.jpg",
-        "left.jpg",
-        "leuvenA.jpg",
-        "leuvenB.jpg",
-        "licenseplate_motion.jpg",
-        "messi5.jpg",
-        "orange.jpg",
-        "right.jpg",
-        "rubberwhale1.png",
-        "rubberwhale2.png",
-        "smarties.png",
-        "squirrel_cls.jpg",
-        "stuff.jpg",
-    ),
-    "scikit-image": (
-        "astronaut.png",
-        "chelsea.png",
-        "coffee.png",
-        "hubble_deep_field.jpg",
-        "ihc.png",
-        "motorcycle_left.png",
-        "motorcycle_right.png",
-        "retina.jpg",
-        "rocket.jpg",
-    ),
-    "scikit-learn": ("china.jpg", "flower.jpg"),
-    "matplotlib": ("grace_hopper.jpg",),
-}
-# Folder of each pip source inside its installed package.
-_PACKAGE_DIRS = {
-    "scikit-image": ("skimage", "data"),
-    "scikit-learn": ("sklearn", "datasets/images"),
-    "matplotlib": ("matplotlib", "mpl-data/sample_data"),
-}
+
+def default_photo_dir() -> Path:
+    """Where the set-up unpacks the Debian photo packages.
+
+    `$TFGANCOMPRESS_PHOTOS`, else `$XDG_DATA_HOME/tfgancompress/photos`, else
+    `~/.local/share/tfgancompress/photos` (the Makefile's `PHOTO_DIR`).
+    """
+    if os.environ.get(_PHOTO_DIR_ENV):
+        return Path(os.environ[_PHOTO_DIR_ENV])
+    base = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return Path(base) / "tfgancompress" / "photos"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,29 +113,49 @@ class Photo:
 
     Attributes:
         source: Where it comes from, one of `SOURCES`.
-        name: File name without extension (`"astronaut"`).
-        path: The image file.
+        name: Its name, unique within the source (`"astronaut"`).
+        path: The image file, or the Qt resource bundle holding it.
+        member: The image's resource path inside the bundle `path`, or
+            `None` for a plain file.
+        rotation: Degrees (0, 90, 180, 270) to turn the image clockwise
+            after its EXIF orientation is applied.
     """
 
     source: str
     name: str
     path: Path
+    member: str | None = None
+    rotation: int = 0
+
+    def read_bytes(self) -> bytes:
+        """The encoded image (the file, or the bundle's member)."""
+        if self.member is None:
+            return self.path.read_bytes()
+        return rcc.read_file(self.path, self.member)
 
     def digest(self) -> str:
-        """A short hash of the file's bytes (cache keys follow the content)."""
-        return hashlib.sha1(self.path.read_bytes()).hexdigest()[:10]
+        """A short hash of the image's bytes (cache keys follow the content)."""
+        content = hashlib.sha1(self.read_bytes())
+        if self.rotation:
+            content.update(f"rotation={self.rotation}".encode())
+        return content.hexdigest()[:10]
 
 
-def _source_dir(source: str, opencv_dir: str | os.PathLike) -> Path | None:
-    """The folder holding a source's photos, or None if not installed."""
+def _source_dir(
+    source: str, opencv_dir: str | os.PathLike, photo_dir: str | os.PathLike
+) -> Path | None:
+    """The folder holding a source's photos, or None if not there."""
     if source == "opencv-doc":
         folder = Path(opencv_dir)
-        return folder if folder.is_dir() else None
-    package, sub = _PACKAGE_DIRS[source]
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    return Path(list(spec.submodule_search_locations)[0]) / sub
+    elif source in catalogue.FOLDERS:
+        folder = Path(photo_dir) / source / catalogue.FOLDERS[source]
+    else:
+        package, sub = catalogue.PACKAGE_DIRS[source]
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        folder = Path(list(spec.submodule_search_locations)[0]) / sub
+    return folder if folder.is_dir() else None
 
 
 def _check_sources(sources: Sequence[str]) -> None:
@@ -146,22 +164,67 @@ def _check_sources(sources: Sequence[str]) -> None:
         raise ValueError(f"Unknown photo source(s) {unknown}; known: {SOURCES}.")
 
 
+def _bundle_files(bundle: Path) -> set[str] | None:
+    """The resource paths in a Qt bundle; None (logged) if it is unreadable."""
+    try:
+        return set(rcc.list_files(bundle))
+    except (OSError, rcc.ResourceError) as e:
+        logging.warning("Photo bundle %s is unreadable (%s): left out.", bundle, e)
+        return None
+
+
+def _source_photos(source: str, folder: Path) -> list[Photo]:
+    """The catalogued photos of one source found in `folder` (missing: logged)."""
+    photos, bundles, missing = [], {}, []
+    for name, location in catalogue.PHOTOS[source].items():
+        rotation = catalogue.ROTATIONS.get((source, name), 0)
+        if ".rcc:" in location:
+            bundle_name, member = location.split(":", 1)
+            bundle = folder / bundle_name
+            if bundle not in bundles:
+                bundles[bundle] = _bundle_files(bundle) if bundle.is_file() else None
+            found = bundles[bundle] is not None and member in bundles[bundle]
+            photo = Photo(source, name, bundle, member, rotation)
+            where = f"{bundle}:{member}"
+        else:
+            photo = Photo(source, name, folder / location, None, rotation)
+            found, where = photo.path.is_file(), photo.path
+        if found:
+            photos.append(photo)
+        else:
+            missing.append(str(where))
+    if missing:
+        shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+        logging.warning(
+            "Photo source %s: %d of its %d catalogued photos are missing, left out: %s",
+            source,
+            len(missing),
+            len(catalogue.PHOTOS[source]),
+            shown,
+        )
+    return photos
+
+
 def builtin_photos(
     sources: Sequence[str] | None = None,
     *,
     opencv_dir: str | os.PathLike = OPENCV_DOC_DIR,
+    photo_dir: str | os.PathLike | None = None,
 ) -> list[Photo]:
-    """The built-in colour photos of the installed sources.
+    """The built-in colour photos of the sources that are there.
 
-    A source that is not installed is left out (logged); so is a listed file
-    missing from an installed source (logged with its path).
+    A source that is not there is left out (logged); so are catalogued
+    files missing from a source that is (one warning per source, with their
+    count and the first paths).
 
     Args:
         sources: Sources to include (default: all of `SOURCES`).
         opencv_dir: Where Debian's `opencv-doc` puts its example images.
+        photo_dir: Where the set-up unpacked the Debian photo packages
+            (default: `default_photo_dir()`).
 
     Returns:
-        The photos, ordered by source (as in `SOURCES`) and name.
+        The photos, ordered by source (as in `SOURCES`) and as catalogued.
 
     Raises:
         ValueError: If a source name is unknown, or no photo is found.
@@ -169,31 +232,41 @@ def builtin_photos(
     Example:
 
     >>> photos = builtin_photos()
-    >>> sorted({p.source for p in photos})
-    ['matplotlib', 'opencv-doc', 'scikit-image', 'scikit-learn']
+    >>> count_by_source(photos)["scikit-image"]
+    9
     """
     sources = SOURCES if sources is None else tuple(sources)
     _check_sources(sources)
+    photo_dir = default_photo_dir() if photo_dir is None else photo_dir
     photos = []
     for source in SOURCES:
         if source not in sources:
             continue
-        folder = _source_dir(source, opencv_dir)
+        folder = _source_dir(source, opencv_dir, photo_dir)
         if folder is None:
             logging.info("Photo source %s is not installed: left out.", source)
             continue
-        for file_name in _PHOTOS[source]:
-            path = folder / file_name
-            if path.is_file():
-                photos.append(Photo(source, path.stem, path))
-            else:
-                logging.warning("Built-in photo %s is missing: left out.", path)
+        photos.extend(_source_photos(source, folder))
     if not photos:
         raise ValueError(
             f"No built-in photos found for sources {sources}: install the data "
-            "extra (`pip install tfgancompress[data]`) or Debian's opencv-doc."
+            "extra (`pip install tfgancompress[data]`) or run `make system-deps`."
         )
     return photos
+
+
+def count_by_source(photos: Sequence[Photo]) -> dict[str, int]:
+    """How many of `photos` each source gave, in `SOURCES` order.
+
+    Example:
+
+    >>> train, held_out = split_by_source(builtin_photos())
+    >>> print(len(train), "training photos:", count_by_source(train))
+    """
+    counts = {source: 0 for source in SOURCES}
+    for photo in photos:
+        counts[photo.source] += 1
+    return {source: count for source, count in counts.items() if count}
 
 
 def split_by_source(
@@ -276,6 +349,44 @@ def fit_size(width: int, height: int, short_side: int) -> tuple[int, int]:
     )
 
 
+_HIGH_DEPTH_GRAY = ("I;16", "I;16B", "I;16L", "I;16N", "I")
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """A Pillow image as 8-bit RGB, upright.
+
+    The EXIF orientation is applied; 16-bit grayscale is scaled to 8 bits
+    (Pillow's own conversion clips it at 255); alpha is dropped; palette,
+    grayscale and CMYK images are converted.
+    """
+    image = ImageOps.exif_transpose(image)
+    if image.mode in _HIGH_DEPTH_GRAY:
+        values = np.asarray(image, np.float64) / 257.0
+        image = Image.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8))
+    return image.convert("RGB")
+
+
+def open_photo(photo: Photo | str | os.PathLike) -> Image.Image:
+    """A photo as an upright 8-bit RGB Pillow image at its full size.
+
+    Applies `to_rgb` and the photo's own `rotation`.
+
+    Raises:
+        OSError: If the image cannot be read or decoded (the message names
+            the file and, for a bundle, the member).
+    """
+    photo = photo if isinstance(photo, Photo) else Photo("file", "", Path(photo))
+    where = photo.path if photo.member is None else f"{photo.path}:{photo.member}"
+    try:
+        with Image.open(io.BytesIO(photo.read_bytes())) as image:
+            image = to_rgb(image)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise OSError(f"Cannot read the photo {where}: {e}") from e
+    if photo.rotation:
+        image = image.rotate(-photo.rotation, expand=True)
+    return image
+
+
 def load_photo(photo: Photo | str | os.PathLike, short_side: int) -> np.ndarray:
     """An RGB `uint8 (H, W, 3)` photo resized so its short side is `short_side`.
 
@@ -285,13 +396,11 @@ def load_photo(photo: Photo | str | os.PathLike, short_side: int) -> np.ndarray:
             multiples of 4, see `fit_size`).
 
     Returns:
-        The resized photo (Pillow, Lanczos).
+        The upright photo (`open_photo`), resized with Pillow's Lanczos.
     """
-    path = photo.path if isinstance(photo, Photo) else Path(photo)
-    with Image.open(path) as image:
-        image = image.convert("RGB")
-        size = fit_size(image.width, image.height, short_side)
-        return np.asarray(image.resize(size, Image.Resampling.LANCZOS))
+    image = open_photo(photo)
+    size = fit_size(image.width, image.height, short_side)
+    return np.asarray(image.resize(size, Image.Resampling.LANCZOS))
 
 
 def crops_dataset(
@@ -336,25 +445,51 @@ def crops_dataset(
                 f"{array.shape[1]}x{array.shape[0]}: raise the size it is "
                 "loaded at or lower crop_size."
             )
+    return _crops(
+        lambda i: arrays[i],
+        len(arrays),
+        arrays[0].shape[-1],
+        crop_size=crop_size,
+        crops_per_photo=crops_per_photo,
+        batch_size=batch_size,
+        training=training,
+        seed=seed,
+        repeat=repeat,
+        drop_remainder=drop_remainder,
+    )
+
+
+def _crops(
+    image: Callable[[int], np.ndarray],
+    images: int,
+    channels: int,
+    *,
+    crop_size: int,
+    crops_per_photo: int,
+    batch_size: int,
+    training: bool,
+    seed: int | None,
+    repeat: bool,
+    drop_remainder: bool | None,
+) -> tf.data.Dataset:
+    """`crops_dataset` of `images` images, the `i`-th given by `image(i)`.
+
+    `image` runs in `tf.data` (as a NumPy function) when a crop needs it, so
+    images can be loaded on first use instead of all up front.
+    """
     drop_remainder = training if drop_remainder is None else drop_remainder
-    channels = arrays[0].shape[-1]
-    height = max(a.shape[0] for a in arrays)
-    width = max(a.shape[1] for a in arrays)
-    padded = np.zeros((len(arrays), height, width, channels), np.uint8)
-    for i, array in enumerate(arrays):
-        padded[i, : array.shape[0], : array.shape[1]] = array
-    images = tf.constant(padded)
-    shapes = tf.constant([a.shape[:2] for a in arrays], tf.int32)
-    count = len(arrays) * (crops_per_photo if training else 1)
+    count = images * (crops_per_photo if training else 1)
     indices = tf.data.Dataset.range(count)
     if training:
         indices = indices.shuffle(count, seed=seed, reshuffle_each_iteration=True)
 
     def crop(index, element_seed):
-        i = tf.cast(index % len(arrays), tf.int32)
-        image = images[i, : shapes[i, 0], : shapes[i, 1]]
+        pixels = tf.numpy_function(
+            lambda i: image(int(i)), [index % images], tf.uint8, stateful=False
+        )
+        pixels.set_shape([None, None, channels])
         out = pipeline.zoom_crop(
-            pipeline.to_float(image), element_seed, crop_size, training
+            pipeline.to_float(pixels), element_seed, crop_size, training
         )
         if channels == 3:
             return out
@@ -386,7 +521,9 @@ def photos(
     is a square of random side between `crop_size` and `load_size` (a detail
     at full resolution up to the whole scene's height), resized to
     `crop_size` and flipped at random. Evaluation: the central square of the
-    whole short side, resized, one per photo.
+    whole short side, resized, one per photo. A photo is loaded the first
+    time a crop needs it, then kept: a few crops of a large split read only
+    a few photos.
 
     Args:
         split: `"train"`, `"eval"` (the sources in `holdout`), `"all"`, or an
@@ -419,11 +556,19 @@ def photos(
     """
     if crop_size > load_size:
         raise ValueError(f"crop_size={crop_size} exceeds load_size={load_size}.")
+    if crops_per_photo < 1:
+        raise ValueError(f"crops_per_photo must be >= 1, got {crops_per_photo}.")
     training = split != "eval" if training is None else training
     chosen = select(split, holdout, opencv_dir)
-    arrays = [load_photo(photo, load_size) for photo in chosen]
-    return crops_dataset(
-        arrays,
+
+    @functools.cache
+    def image(i: int) -> np.ndarray:
+        return load_photo(chosen[i], load_size)
+
+    return _crops(
+        image,
+        len(chosen),
+        3,
         crop_size=crop_size,
         crops_per_photo=crops_per_photo,
         batch_size=batch_size,

@@ -17,7 +17,10 @@ header, format and size, plus a full decode at 1/8 scale for JPEG and the
 chunk checksums for PNG, so a truncated file is found here, named, and
 skipped (counted and logged) instead of stopping training mid-epoch;
 `strict=True` turns every skip into an error. Grayscale, palette and RGBA
-images are converted to RGB (alpha dropped) and counted in the log.
+images are converted to RGB (alpha dropped), 16-bit PNGs to 8 bits (the high
+byte of each sample, as TensorFlow decodes them); both are counted in the
+log. A folder (or subfolder) that cannot be listed is an error naming it,
+never silently empty.
 """
 
 from __future__ import annotations
@@ -54,12 +57,14 @@ class ImageInfo:
         width: Width in pixels.
         height: Height in pixels.
         mode: Pillow mode before conversion (`"RGB"`, `"L"`, `"RGBA"`, ...).
+        bit_depth: Bits per sample in the file (16 for 16-bit PNGs, else 8).
     """
 
     path: Path
     width: int
     height: int
     mode: str
+    bit_depth: int = 8
 
 
 @dataclasses.dataclass
@@ -71,8 +76,9 @@ class FolderScan:
         images: Usable images, sorted by path.
         skipped: Unusable image files and why, in scan order.
         ignored: Files without an image extension (not read).
-        converted: How many usable images will be converted to RGB, per kind
-            (`"grayscale"`, `"alpha"`, `"palette"`, `"CMYK"`).
+        converted: How many usable images will be converted to 8-bit RGB,
+            per kind (`"grayscale"`, `"alpha"`, `"palette"`, `"CMYK"`,
+            `"16-bit"`; an image may count under two kinds).
     """
 
     folder: Path
@@ -82,6 +88,15 @@ class FolderScan:
     converted: dict[str, int]
 
 
+def _png_bit_depth(path: Path) -> int:
+    """The bit depth in a PNG's IHDR chunk (8 if the header is unusual)."""
+    with open(path, "rb") as file:
+        head = file.read(25)
+    if len(head) == 25 and head[12:16] == b"IHDR":
+        return head[24]
+    return 8
+
+
 def _inspect(path: Path) -> ImageInfo:
     """Opens and checks one file with Pillow.
 
@@ -89,6 +104,7 @@ def _inspect(path: Path) -> ImageInfo:
         BadImageError: If it is unreadable, truncated, or in a format
             TensorFlow cannot decode.
     """
+    bit_depth = 8
     try:
         with Image.open(path) as image:
             fmt, mode, (width, height) = image.format, image.mode, image.size
@@ -98,6 +114,7 @@ def _inspect(path: Path) -> ImageInfo:
                 image.load()
             elif fmt == "PNG":
                 image.verify()
+                bit_depth = _png_bit_depth(path)
             else:
                 image.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -109,26 +126,41 @@ def _inspect(path: Path) -> ImageInfo:
         )
     if fmt == "BMP" and mode == "1":
         raise BadImageError("1-bit BMP: TensorFlow cannot decode it; convert to PNG")
-    return ImageInfo(path, width, height, mode)
+    return ImageInfo(path, width, height, mode, bit_depth)
 
 
-def _conversion(mode: str) -> str | None:
-    """The kind of conversion to RGB a Pillow mode needs, or None."""
-    if mode in _ALPHA_MODES:
-        return "alpha"
-    if mode in _GRAY_MODES:
-        return "grayscale"
-    if mode == "P":
-        return "palette"
-    if mode == "CMYK":
-        return "CMYK"
-    return None
+def _conversions(info: ImageInfo) -> list[str]:
+    """The kinds of conversion to 8-bit RGB an image needs."""
+    kinds = []
+    if info.mode in _ALPHA_MODES:
+        kinds.append("alpha")
+    elif info.mode in _GRAY_MODES:
+        kinds.append("grayscale")
+    elif info.mode == "P":
+        kinds.append("palette")
+    elif info.mode == "CMYK":
+        kinds.append("CMYK")
+    if info.bit_depth > 8:
+        kinds.append(f"{info.bit_depth}-bit")
+    return kinds
+
+
+def _unlistable(error: OSError) -> None:
+    """`os.walk`'s error handler: a folder it cannot list is an error."""
+    raise PermissionError(
+        f"Cannot list image folder {error.filename}: {error.strerror}. Fix its "
+        "permissions or move it out; its images would otherwise be missed."
+    ) from error
 
 
 def _list_files(folder: Path) -> tuple[list[Path], list[Path]]:
-    """Image-extension files and other files under `folder`, recursively."""
+    """Image-extension files and other files under `folder`, recursively.
+
+    Raises:
+        PermissionError: If `folder` or a subfolder cannot be listed.
+    """
     images, others = [], []
-    for root, dirs, files in os.walk(folder):
+    for root, dirs, files in os.walk(folder, onerror=_unlistable):
         dirs[:] = sorted(d for d in dirs if not d.startswith("."))
         for name in sorted(files):
             if name.startswith("."):
@@ -166,7 +198,7 @@ def _log_scan(scan: FolderScan) -> None:
         )
     if scan.converted:
         kinds = ", ".join(f"{n} {kind}" for kind, n in sorted(scan.converted.items()))
-        logging.info("%s: converting to RGB: %s image(s)", scan.folder, kinds)
+        logging.info("%s: converting to 8-bit RGB: %s image(s)", scan.folder, kinds)
 
 
 def scan_images(
@@ -190,6 +222,7 @@ def scan_images(
     Raises:
         FileNotFoundError: If the folder does not exist.
         NotADirectoryError: If it is a file.
+        PermissionError: If it or a subfolder cannot be listed.
         ValueError: If it holds no image file, or no usable one.
         BadImageError: With `strict=True`, naming the first unusable file.
 
@@ -224,9 +257,7 @@ def scan_images(
             skipped[path] = str(e)
             continue
         images.append(info)
-        kind = _conversion(info.mode)
-        if kind:
-            converted[kind] += 1
+        converted.update(_conversions(info))
     scan = FolderScan(folder, images, skipped, others, dict(converted))
     _log_scan(scan)
     if not images:
@@ -425,6 +456,7 @@ def paired_dataset(
 
     Raises:
         FileNotFoundError: If a folder does not exist.
+        PermissionError: If a folder or subfolder cannot be listed.
         ValueError: If a folder is empty or has no usable image; if aligned
             images differ in size (both files named); if aligned folders
             share no name (or, with `strict`, any name is unmatched); on bad
@@ -542,6 +574,7 @@ def unpaired_dataset(
 
     Raises:
         FileNotFoundError: If a folder does not exist.
+        PermissionError: If a folder or subfolder cannot be listed.
         ValueError: If a folder is empty or has no usable image; on bad
             arguments.
         BadImageError: With `strict=True`, naming the first unusable file.

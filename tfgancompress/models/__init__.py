@@ -5,14 +5,17 @@ Every builder returns a flat functional `keras.Model` with stable layer names
 are addressed by name.
 """
 
+from tfgancompress.models import supernet
 from tfgancompress.models.discriminator import patchgan_discriminator
-from tfgancompress.models.layers import TorchConv2DTranspose
-from tfgancompress.models.pytorch import (
+from tfgancompress.models.layers import SuperTorchConv2DTranspose, TorchConv2DTranspose
+from tfgancompress.models.pth import (
     CheckpointError,
     UnsafeCheckpointError,
+    load_pytorch_state_dict,
+)
+from tfgancompress.models.pytorch import (
     infer_architecture,
     load_pytorch_generator,
-    load_pytorch_state_dict,
     pretrained,
 )
 from tfgancompress.models.resnet import mobile_resnet_generator, resnet_generator
@@ -22,6 +25,7 @@ from tfgancompress.models.unet import unet_generator
 
 __all__ = [
     "CheckpointError",
+    "SuperTorchConv2DTranspose",
     "TorchConv2DTranspose",
     "UnsafeCheckpointError",
     "fit_colour_map",
@@ -32,6 +36,7 @@ __all__ = [
     "patchgan_discriminator",
     "pretrained",
     "resnet_generator",
+    "supernet",
     "tap_names",
     "unet_generator",
     "with_colour_skip",

@@ -42,13 +42,22 @@ from tfgancompress.models.layers import (
 _INIT = keras.initializers.RandomNormal(mean=0.0, stddev=0.02)
 
 
-def _check_args(ngf: int, n_blocks: int, norm: str, gated: str | None) -> None:
+def _check_args(
+    ngf: int, n_blocks: int, norm: str, gated: str | None, input_shape
+) -> None:
     if ngf < 1:
         raise ValueError(f"ngf must be >= 1, got {ngf}.")
     if n_blocks < 0:
         raise ValueError(f"n_blocks must be >= 0, got {n_blocks}.")
     check_choice("norm", norm, NORMS)
     check_choice("gated", gated, (None, *GATE_MODES))
+    for size in (input_shape or (None, None))[:2]:
+        if size is not None and size % 4:
+            raise ValueError(
+                "A ResNet generator halves the image twice and doubles it back, "
+                "so height and width must be divisible by 4 (else its output "
+                f"differs in size from its input); got input_shape {input_shape}."
+            )
 
 
 def _conv(filters: int, kernel: int, name: str, strides: int = 1, bias: bool = True):
@@ -92,7 +101,7 @@ def _build(
     input_shape,
     name: str,
 ) -> keras.Model:
-    _check_args(ngf, n_blocks, norm, gated)
+    _check_args(ngf, n_blocks, norm, gated, input_shape)
     bias = norm == "instance"
     affine = norm == "batch" if affine is None else affine
     residual_gate = gated if gate_residual and gated != "scale" else None
@@ -174,8 +183,8 @@ def resnet_generator(
             `"scale"`, `"gumbel"`): adds gates after the norms (see the
             module docstring for which).
         gate_residual: Also gate the residual stream (not in `"scale"` mode).
-        input_shape: `(height, width, input_channels)`; defaults to
-            `(None, None, input_channels)`.
+        input_shape: `(height, width, input_channels)`, height and width
+            divisible by 4; defaults to `(None, None, input_channels)`.
         name: Model name.
 
     Returns:
@@ -183,8 +192,9 @@ def resnet_generator(
         in [-1, 1].
 
     Raises:
-        ValueError: On an unknown `norm`/`gated`, a non-positive `ngf` or an
-            `input_shape` that does not end in `input_channels`.
+        ValueError: On an unknown `norm`/`gated`, a non-positive `ngf`, or an
+            `input_shape` that does not end in `input_channels` or whose
+            height or width is not divisible by 4.
 
     Example:
 
@@ -237,8 +247,8 @@ def mobile_resnet_generator(
             affine for `"batch"`, not for `"instance"`.
         gated: `None` or a `ChannelGate` mode, as in `resnet_generator`.
         gate_residual: Also gate the residual stream (not in `"scale"` mode).
-        input_shape: `(height, width, input_channels)`; defaults to
-            `(None, None, input_channels)`.
+        input_shape: `(height, width, input_channels)`, height and width
+            divisible by 4; defaults to `(None, None, input_channels)`.
         name: Model name.
 
     Returns:

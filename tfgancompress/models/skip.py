@@ -81,7 +81,7 @@ def with_colour_skip(
 
     Example:
 
-    >>> core = tgc.surgery.l1_prune(tgc.models.pretrained("vintage"), 0.25)
+    >>> core = tgc.pruning.l1_prune(tgc.models.pretrained("vintage"), 0.25)
     >>> student = with_colour_skip(core, fit_colour_map(photos, teacher_outputs))
     """
     if generator.input_shape[-1] != 3 or generator.output_shape[-1] != 3:

@@ -46,7 +46,7 @@ def keep_ratio_for_budget(
         raise ValueError(f"macs_budget must be > 0, got {macs_budget}.")
 
     def macs(ratio: float) -> int:
-        return tgc.profile(tgc.surgery.l1_prune(teacher, ratio), input_shape).macs
+        return tgc.profile(tgc.pruning.l1_prune(teacher, ratio), input_shape).macs
 
     if macs(1.0) <= macs_budget:
         return 1.0
@@ -85,7 +85,7 @@ def l1_pruned_student(
     Returns:
         A plain, slimmed Keras model initialised from the teacher.
     """
-    gated = tgc.surgery.l1_gated(teacher, keep_ratio)
+    gated = tgc.pruning.l1_gated(teacher, keep_ratio)
     student = tgc.slim(gated)
     student.name = f"{teacher.name}_l1_pruned"
     if colour_map is not None:
