@@ -449,7 +449,35 @@ def _float_layers(
         for layer in model._flatten_layers()
         if isinstance(layer, InstanceNormalization)
     ]
-    return norms + [model.get_layer(name) for name in float_layers]
+    convolutions = [model.get_layer(name) for name in float_layers]
+    if any(isinstance(c, keras.layers.Conv2DTranspose) for c in convolutions):
+        # LiteRT's quantizer keeps transposed convolutions float32 by op
+        # type only (see `_convert_int8_float_layers`): all of them.
+        convolutions += [
+            layer
+            for layer in model.layers
+            if isinstance(layer, keras.layers.Conv2DTranspose)
+            and layer not in convolutions
+        ]
+    return norms + convolutions + _activations_after(convolutions)
+
+
+def _activations_after(layers: list) -> list:
+    """The activation layers that alone consume `layers`' outputs.
+
+    A convolution kept float32 keeps its activation float32 too, so the
+    int8 rounding comes after it: before a ReLU, the rounding would span
+    the negative tail the ReLU discards (the outliers that made the
+    convolution float in the first place).
+    """
+    found = []
+    for layer in layers:
+        consumers = [node.operation for node in layer._outbound_nodes]
+        if len(consumers) == 1 and isinstance(
+            consumers[0], keras.layers.ReLU | keras.layers.Activation
+        ):
+            found.append(consumers[0])
+    return found
 
 
 def _converter_error(error: Exception) -> ValueError:
@@ -677,7 +705,7 @@ def to_litert(
     names = [
         layer.name
         for layer in kept_float
-        if not isinstance(layer, InstanceNormalization)
+        if isinstance(layer, keras.layers.Conv2D | keras.layers.Conv2DTranspose)
     ]
     contract = _contract(flatbuffer, quantization, names)
     text = json.dumps(contract, indent=2)
