@@ -162,3 +162,35 @@ def test_export_keeps_the_planned_convolution_float(planted, calibration, tmp_pa
         export.to_litert(
             planted, tmp_path / "x.tflite", "int8", calibration, float_layers=["nope"]
         )
+
+
+def test_a_float_convolution_keeps_its_relu_float(planted, calibration, tmp_path):
+    # Norm frozen into the convolution: the outliers now meet a ReLU, and
+    # the int8 rounding must come after it.
+    folded = export.fold_instance_norms(planted, calibration)
+    held_out = _images(4, seed=3)
+    expected = folded.predict(held_out, verbose=0)
+    agreement = {}
+    for name, kept in (("auto", "auto"), ("none", ())):
+        path = export.to_litert(
+            folded,
+            tmp_path / f"{name}.tflite",
+            "int8",
+            calibration,
+            (1, SIZE, SIZE, 3),
+            float_layers=kept,
+        )
+        actual = np.concatenate([export.run_litert(path, x[None]) for x in held_out])
+        agreement[name] = _psnr(actual, expected)
+    print(f"folded int8 vs float: {agreement}")
+    assert export.litert_contract(tmp_path / "auto.tflite")["float32_convolutions"] == [
+        "outlier_conv"
+    ]
+    graph = export.litert_graph(tmp_path / "auto.tflite")
+    floats = [
+        op.name
+        for op in graph
+        if op.output_dtypes == ("float32",) and op.name != "DEQUANTIZE"
+    ]
+    assert floats == ["CONV_2D"]  # the ReLU fused into it, rounding after
+    assert agreement["auto"] > agreement["none"] + 6.0
