@@ -174,7 +174,7 @@ def _default_model(keep_ratio: float, size: int):
     import tfgancompress as tgc
 
     teacher = tgc.models.pretrained("vintage")
-    student = tgc.surgery.l1_prune(teacher, keep_ratio)
+    student = tgc.pruning.l1_prune(teacher, keep_ratio)
     images = photos(("rocket", "coffee", "chelsea", "astronaut"), size)
     outputs = np.asarray(teacher.predict(images, verbose=0))
     return tgc.models.with_colour_skip(
