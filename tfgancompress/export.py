@@ -702,13 +702,17 @@ def to_litert(
                 flatbuffer = converter.convert()
         except Exception as error:
             raise _converter_error(error) from error
+    if not _schema.Model.ModelBufferHasIdentifier(flatbuffer, 0):
+        # Not a LiteRT model (a stand-in converter's bytes): written as given.
+        with atomic_write(path, "wb") as file:
+            file.write(flatbuffer)
+        return path
     names = [
         layer.name
         for layer in kept_float
         if isinstance(layer, keras.layers.Conv2D | keras.layers.Conv2DTranspose)
     ]
-    contract = _contract(flatbuffer, quantization, names)
-    text = json.dumps(contract, indent=2)
+    text = json.dumps(_contract(flatbuffer, quantization, names), indent=2)
     with atomic_write(path, "wb") as file:
         file.write(_with_metadata(flatbuffer, CONTRACT_METADATA, text.encode()))
     contract_path = os.path.splitext(path)[0] + ".json"
