@@ -336,13 +336,18 @@ def plot_latency_vs_macs(
         linewidth=1,
         label="speed-up = MACs ratio",
     )
-    markers = {}
-    for point in points:
-        marker = markers.setdefault(point.kind, "osD^v<>"[len(markers) % 7])
+    styles = {}
+    for index, point in enumerate(points):
+        # Points of equal MACs (fp32 and int8 of one model) get stacked labels.
+        stacked = sum(p.macs == point.macs for p in points[:index])
+        marker, color = styles.setdefault(
+            point.kind, ("osD^v<>"[len(styles) % 7], f"C{len(styles) % 10}")
+        )
         axis.scatter(
             point.macs / 1e9,
             point.latency_ms,
             marker=marker,
+            color=color,
             label=point.kind,
         )
         note = point.name
@@ -352,7 +357,7 @@ def plot_latency_vs_macs(
             note,
             (point.macs / 1e9, point.latency_ms),
             fontsize=7,
-            xytext=(4, 4),
+            xytext=(5, 4 - 11 * stacked),
             textcoords="offset points",
         )
     handles, labels = axis.get_legend_handles_labels()
