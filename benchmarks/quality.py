@@ -34,8 +34,9 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 import tfgancompress as tgc
-from training import evaluation, vintage
-from training.methods import baselines
+from training import budget as budget_lib
+from training import evaluation, methods, pipeline, vintage
+from training.methods import base
 
 FLAGS = flags.FLAGS
 flags.DEFINE_list("rows", None, "Rows to run (default: all, in table order).")
@@ -79,6 +80,7 @@ class Views:
 ZOOM_128 = Views()
 CENTRAL_256 = Views(crop=256, photo_size=256, central=True)
 ZOOM_256 = Views(crop=256, per_photo=1, photo_size=384)
+MAIN_128 = Views(per_photo=12)  # the main job's training views
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +106,9 @@ class Recipe:
         learning_rate: Adam's initial rate (cosine-decayed to 0).
         loss: `"mse"` or `"l1"` (pixel fine-tune).
         eval_every: Held-out PSNR every this many steps (pixel fine-tune).
+        fold_norms: Freeze the student's instance norms at the calibration
+            views' statistics and fold them into its convolutions
+            (`tgc.export.fold_instance_norms`) before the fine-tune.
     """
 
     note: str
@@ -119,6 +124,7 @@ class Recipe:
     learning_rate: float = 5e-4
     loss: str = "mse"
     eval_every: int = 100
+    fold_norms: bool = False
 
     def student_key(self) -> str:
         """Names the initialised student (rows sharing it reuse it)."""
@@ -129,6 +135,21 @@ class Recipe:
 
 
 ROWS = {
+    "long_mse": Recipe(
+        "cheap step, the main job's 4692 128-px views, MSE, Adam 1e-3, 1500 steps",
+        train_views=(MAIN_128,),
+        steps=1500,
+        learning_rate=1e-3,
+        eval_every=250,
+    ),
+    "long_fold": Recipe(
+        "as long_mse, instance norms frozen and folded before the fine-tune",
+        train_views=(MAIN_128,),
+        steps=1500,
+        learning_rate=1e-3,
+        eval_every=250,
+        fold_norms=True,
+    ),
     "main_job": Recipe(
         "main job's fine-tune: distill + GAN, online teacher, 150 steps at 128",
         finetune="distill",
@@ -250,8 +271,8 @@ class Task:
         inputs, targets = self.held_out
         self.identity_psnr = tgc.metrics.psnr(targets, inputs)
         self.macs_budget = int(macs_budget * 1e9)
-        self.keep_ratio = baselines.keep_ratio_for_budget(
-            self.teacher, self.macs_budget
+        self.keep_ratio, _ = budget_lib.keep_ratio_for_budget(
+            self.teacher, budget_lib.Budget(self.macs_budget), "l1"
         )
         self._views: dict[Views, tuple[np.ndarray, np.ndarray]] = {}
 
@@ -263,6 +284,15 @@ class Task:
     def psnr(self, student) -> np.ndarray:
         inputs, targets = self.held_out
         return tgc.metrics.psnr(targets, student.predict(inputs, 2, verbose=0))
+
+    def train_psnr(self, student, count: int = 45) -> float:
+        """Mean PSNR on central views of training photos (fit, not quality)."""
+        inputs, targets = (
+            images[:: len(images) // count][:count] for images in self.reference
+        )
+        return float(
+            np.mean(tgc.metrics.psnr(targets, student.predict(inputs, 3, verbose=0)))
+        )
 
 
 def _as_uint8(images: np.ndarray) -> np.ndarray:
@@ -388,34 +418,60 @@ def pixel_finetune(task: Task, student, recipe: Recipe) -> list[tuple[int, float
         return loss
 
     rng = np.random.default_rng(task.seed)
-    curve = []
+    curve = [(0, float(np.mean(task.psnr(student))), task.train_psnr(student))]
+    logging.info(
+        "step 0: held-out PSNR %.2f dB, training views %.2f dB", *curve[-1][1:]
+    )
+    start = time.perf_counter()
     for k in range(recipe.steps):
         inputs, targets = sets[k % len(sets)]
         chosen = rng.choice(len(inputs), recipe.batch_size, replace=False)
         step(_as_float(inputs[chosen]), _as_float(targets[chosen]))
         if (k + 1) % recipe.eval_every == 0 or k + 1 == recipe.steps:
-            curve.append((k + 1, float(np.mean(task.psnr(student)))))
-            logging.info("step %d: held-out PSNR %.2f dB", *curve[-1])
+            seconds = time.perf_counter() - start
+            curve.append(
+                (k + 1, float(np.mean(task.psnr(student))), task.train_psnr(student))
+            )
+            logging.info(
+                "step %d: held-out PSNR %.2f dB, training views %.2f dB (%.2f s/step)",
+                *curve[-1],
+                seconds / recipe.eval_every,
+            )
+            start = time.perf_counter()
     return curve
 
 
-def distill_finetune(task: Task, student, recipe: Recipe, work_dir: str):
-    """The main job's fine-tune (`training.vintage.train_student`)."""
+def distill_finetune(task: Task, student, recipe: Recipe):
+    """The main job's fine-tune: the `distill` method's trainer on its pairs."""
+    views = recipe.train_views[0]
     config = {
         **vintage.DEFAULTS,
-        "steps": recipe.steps,
-        "learning_rate": recipe.learning_rate,
         "batch_size": recipe.batch_size,
-        "crop_size": recipe.train_views[0].crop,
-        "crops_per_photo": recipe.train_views[0].per_photo,
-        "photo_size": recipe.train_views[0].photo_size,
-        "colour_jitter": recipe.train_views[0].jitter,
+        "crop_size": views.crop,
+        "crops_per_photo": views.per_photo,
+        "photo_size": views.photo_size,
+        "colour_jitter": views.jitter,
         "seed": task.seed,
-        "verbose": 0,
-        "output_dir": work_dir,
     }
-    vintage.train_student(student, task.teacher, config, task.held_out)
-    return [(recipe.steps, float(np.mean(task.psnr(student))))]
+    setup = methods.Setup(
+        budget_lib.Budget(task.macs_budget),
+        learning_rate=recipe.learning_rate,
+        ndf=config["ndf"],
+        seed=task.seed,
+    )
+    pair = methods.Student(student, base.discriminator(setup, 3))
+    pipeline.finetune(
+        methods.get("distill"),
+        pair,
+        task.teacher,
+        setup,
+        vintage.training_data(config),
+        recipe.steps,
+        verbose=0,
+    )
+    return [
+        (recipe.steps, float(np.mean(task.psnr(student))), task.train_psnr(student))
+    ]
 
 
 def run_row(task: Task, name: str, recipe: Recipe, work_dir: str) -> dict:
@@ -425,11 +481,17 @@ def run_row(task: Task, name: str, recipe: Recipe, work_dir: str) -> dict:
     untrained = float(np.mean(untrained_per_photo))
     logging.info("row %s: untrained student %.2f dB", name, untrained)
     start = time.perf_counter()
+    if recipe.fold_norms:
+        inputs, _ = task.views(recipe.calibration)
+        student = tgc.export.fold_instance_norms(
+            student, _as_float(inputs[: recipe.calibration_count])
+        )
+        folded = float(np.mean(task.psnr(student)))
+        logging.info("row %s: norms folded %.2f dB", name, folded)
     if recipe.finetune == "pixel":
         curve = pixel_finetune(task, student, recipe)
     else:
-        backup = os.path.join(work_dir, f"{name}_trainer")
-        curve = distill_finetune(task, student, recipe, backup)
+        curve = distill_finetune(task, student, recipe)
     finetune_seconds = time.perf_counter() - start
     inputs, _ = task.held_out
     outputs = np.asarray(student.predict(inputs, 2, verbose=0))

@@ -1,5 +1,6 @@
 """The pipeline: each phase alone, the baselines end to end at 1/20, resume."""
 
+import dataclasses
 import os
 
 import keras
@@ -192,6 +193,56 @@ def test_search_phase_checkpoints_and_resume(task, tmp_path):
         pipeline.compress(
             _Gradual(), teacher, pairs, setup, **{**arguments, "steps": 6}
         )
+
+
+@pytest.mark.parametrize("mode", ["paired", "unpaired"])
+def test_match_phase_learns_the_teachers_outputs(task, mode):
+    teacher, x, y, pairs = task
+    setup = dataclasses.replace(_setup(teacher), mode=mode)
+    method = methods.get("uniform")  # fresh weights: far from the teacher
+    student = method.slim(method.build(teacher, setup))
+    data = pairs if mode == "paired" else pairs.map(lambda inputs, _: inputs)
+    before = _psnr(student.generator, x, y)
+    history = pipeline.match(
+        student, teacher, setup, data, 40, learning_rate=3e-3, steps_per_epoch=20
+    )
+    assert len(history["loss"]) == 2 and history["loss"][1] < history["loss"][0]
+    assert _psnr(student.generator, x, y) > before + 2.0
+    assert getattr(student.generator, "optimizer", None) is None  # not compiled
+    assert pipeline.match(student, teacher, setup, data, 0) is None
+
+
+def test_match_phase_in_the_pipeline_checkpoints_and_resumes(task, tmp_path):
+    teacher, x, y, pairs = task
+    setup = _setup(teacher)
+    arguments = {
+        "steps": 2,
+        "steps_per_epoch": 2,
+        "calibration": x[:4],
+        "match_steps": 4,
+        "checkpoint_dir": str(tmp_path / "run"),
+        "verbose": 0,
+    }
+    phases, scores = [], {}
+
+    def score(phase, student):
+        phases.append(phase)
+        scores[phase] = _psnr(student.generator, x, y)
+
+    method = methods.get("distill")
+    result = pipeline.compress(
+        method, teacher, pairs, setup, after_phase=score, **arguments
+    )
+    assert phases == ["build", "slim", "refit", "match", "finetune"]
+    assert len(result.histories["match"]["loss"]) == 2
+    assert scores["match"] != scores["refit"]
+    matched = tmp_path / "run" / "matched" / "generator.keras"
+    assert matched.exists()
+
+    again = pipeline.compress(method, teacher, pairs, setup, **arguments)
+    assert sorted(again.seconds) == ["finetune"]  # resumed after the match
+    saved = keras.models.load_model(matched)
+    assert _psnr(saved, x, y) == pytest.approx(scores["match"], abs=1e-3)
 
 
 def test_budget_errors(task):

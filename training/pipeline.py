@@ -14,6 +14,10 @@ one step budget:
 4. `refit`: least-squares refit of the student's convolutions to the
    teacher (`tgc.reconstruction`) on calibration images, when the student
    inherits the teacher's channels; skipped without calibration images;
+   then `match` (`match_steps`, off by default): the student alone learns
+   to reproduce the teacher's outputs (MSE, Adam, no teacher features, no
+   discriminator): a step costs a fraction of a distillation step, so many
+   more fit in the same time;
 5. `finetune`: the method's objective for the rest of the steps;
 6. ship: export, score and time (`training.train`, `training.bench`).
 
@@ -43,7 +47,7 @@ import tfgancompress as tgc
 from training import callbacks as callbacks_lib
 from training.methods import Method, Setup, Student
 
-PHASES = ("build", "search", "slim", "refit", "finetune")
+PHASES = ("build", "search", "slim", "refit", "match", "finetune")
 
 
 @dataclasses.dataclass
@@ -241,6 +245,87 @@ def refit(
     )
 
 
+class OutputMatcher(keras.Model):
+    """A generator, trained alone on `(input, target image)` batches.
+
+    The model `match` compiles with a mean-squared-error loss: `fit` trains
+    the wrapped generator in place; the generator itself stays uncompiled.
+
+    Args:
+        generator: The student generator.
+    """
+
+    def __init__(self, generator: keras.Model, **kwargs):
+        super().__init__(name="output_matcher", **kwargs)
+        self.generator = generator
+        self.built = True  # the generator is (BackupAndRestore needs it)
+
+    def call(self, inputs, training=False):
+        return self.generator(inputs, training=training)
+
+
+def _teacher_targets(data, teacher: keras.Model):
+    """`(x, teacher(x))` batches from a dataset of `x` or `(x, anything)`."""
+
+    def pair(x, *_):
+        return x, teacher(x, training=False)
+
+    return data.map(pair)
+
+
+def match(
+    student: Student,
+    teacher: keras.Model,
+    setup: Setup,
+    data,
+    steps: int,
+    *,
+    learning_rate: float = 1e-3,
+    steps_per_epoch: int = 50,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    backup_dir: str | None = None,
+    verbose: int = 1,
+) -> dict | None:
+    """Phase 4b: the student alone learns the teacher's outputs (MSE).
+
+    Adam at `learning_rate`, cosine-decayed to 0 over `steps`, on the
+    task's batches. Measured on the vintage task at 1/20 of the teacher's
+    MACs (see README, "Student quality"): per step about a seventh of the
+    distillation step's cost, which runs the teacher's feature taps and a
+    discriminator.
+
+    Args:
+        student: A slimmed (and maybe refitted) student; its generator is
+            trained in place.
+        teacher: The teacher: in `"unpaired"` mode the targets are its
+            outputs; in `"paired"` mode the batches' targets are used.
+        setup: Mode, seed and XLA.
+        data: A repeating dataset of training batches (as `search`).
+        steps: Steps of this phase; 0 skips it.
+        learning_rate: Adam's initial learning rate.
+        steps_per_epoch: Steps between checkpoints and epoch callbacks.
+        callbacks: More callbacks (e.g. `training.callbacks.Evaluate`).
+        backup_dir: Where `BackupAndRestore` keeps this phase's backup.
+        verbose: `fit`'s verbosity.
+
+    Returns:
+        The `fit` history, or `None` when `steps` is 0.
+    """
+    if steps <= 0:
+        return None
+    keras.utils.set_random_seed(setup.seed)
+    if setup.mode == "unpaired":
+        data = _teacher_targets(data, teacher)
+    matcher = OutputMatcher(student.generator)
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps)
+    matcher.compile(
+        optimizer=keras.optimizers.Adam(schedule),
+        loss="mse",
+        jit_compile=setup.jit_compile,
+    )
+    return _fit(matcher, data, steps, steps_per_epoch, callbacks, backup_dir, verbose)
+
+
 def finetune(
     method: Method,
     student: Student,
@@ -328,6 +413,8 @@ def compress(
     steps_per_epoch: int = 50,
     calibration: np.ndarray | Callable[[], np.ndarray] | None = None,
     colour_map: tuple[np.ndarray, np.ndarray] | None = None,
+    match_steps: int = 0,
+    match_learning_rate: float = 1e-3,
     callbacks: Sequence[keras.callbacks.Callback] = (),
     checkpoint_dir: str | None = None,
     after_phase: Callable[[str, Student], None] | None = None,
@@ -350,7 +437,10 @@ def compress(
             least-squares refit; `None` turns the refit off.
         colour_map: `(matrix, bias)` of a global colour skip around the
             student (see `slim`).
-        callbacks: More callbacks for both training phases (e.g.
+        match_steps: Steps of the `match` phase after the refit (the
+            student alone against the target images; on top of `steps`).
+        match_learning_rate: Its Adam learning rate.
+        callbacks: More callbacks for all training phases (e.g.
             `training.callbacks.Evaluate`).
         checkpoint_dir: Where to keep backups and finished phases; rerun
             the same call to resume. `None`: no checkpoints.
@@ -387,11 +477,20 @@ def compress(
                 "steps": steps,
                 "seed": setup.seed,
                 "colour_skip": colour_map is not None,
+                "match_steps": match_steps,
+                "match_learning_rate": match_learning_rate,
             },
         )
         directories = {
             name: os.path.join(checkpoint_dir, name)
-            for name in ("searched", "refitted", "backup_search", "backup_finetune")
+            for name in (
+                "searched",
+                "refitted",
+                "matched",
+                "backup_search",
+                "backup_match",
+                "backup_finetune",
+            )
         }
 
     def log(text: str) -> None:
@@ -452,6 +551,27 @@ def compress(
             finished("refit", student)
         if directories:
             _save(student, directories["refitted"])
+    matched = _load(directories["matched"]) if match_steps and directories else None
+    if matched is not None:
+        log("resuming from the matched student")
+        student = matched
+    elif match_steps:
+        log(f"matching the teacher's outputs, {match_steps} steps")
+        histories["match"] = timed(
+            "match",
+            match,
+            student,
+            teacher,
+            setup,
+            data,
+            match_steps,
+            learning_rate=match_learning_rate,
+            backup_dir=directories.get("backup_match"),
+            **training_kwargs,
+        )
+        finished("match", student)
+        if directories:
+            _save(student, directories["matched"])
     macs = tgc.profile(student.generator, setup.budget.input_shape).macs
     setup.budget.check_met(macs, f"Method {method.name!r}'s student")
     if split["finetune"]:

@@ -23,10 +23,10 @@ least-squares colour map of the training photos
 Training checkpoints to `<output_dir>/checkpoints/` every epoch and after
 each phase; run the same command again after an interruption and it resumes
 there. Writes `student.keras`, `student.tflite` (fp32),
-`student_int8.tflite`, `samples.png` (input | teacher | student | colour
-map) and `report.md`/`report.json` (MACs, params, LiteRT latency teacher vs
-student, PSNR/SSIM/FD vs the teacher on photos held out by source, next to
-the identity and colour-map references).
+`student_int8.tflite`, `samples.png` (input | teacher | student |
+|teacher - student| x 4) and `report.md`/`report.json` (MACs, params,
+LiteRT latency teacher vs student, PSNR/SSIM/FD vs the teacher on photos
+held out by source, next to the identity and colour-map references).
 """
 
 from __future__ import annotations
@@ -81,6 +81,18 @@ def define_flags() -> None:
         "Training views on which a student that inherits the teacher's channels "
         "is refitted to it by least squares before fine-tuning (0: off).",
         lower_bound=0,
+    )
+    flags.DEFINE_integer(
+        "match_steps",
+        vintage.DEFAULTS["match_steps"],
+        "Steps after the refit in which the student alone learns the teacher's "
+        "outputs (MSE; a fraction of a distillation step's cost); 0: off.",
+        lower_bound=0,
+    )
+    flags.DEFINE_float(
+        "match_learning_rate",
+        vintage.DEFAULTS["match_learning_rate"],
+        "Adam learning rate of the match phase, cosine-decayed to 0.",
     )
     flags.DEFINE_integer(
         "steps",
@@ -199,6 +211,15 @@ def _report_markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
+def difference_image(teacher: np.ndarray, student: np.ndarray) -> np.ndarray:
+    """`|teacher - student| x 4` as an image in [-1, 1] (black: equal).
+
+    On [0, 1] intensities the difference is `|teacher - student| / 2`;
+    times 4 and back to [-1, 1], clipped.
+    """
+    return np.clip(4.0 * np.abs(teacher - student) - 1.0, -1.0, 1.0)
+
+
 def run(**overrides) -> dict:
     """The whole job; returns the report (also written to `output_dir`).
 
@@ -288,7 +309,12 @@ def run(**overrides) -> dict:
         rows[name]["latency_ms"] = timed.median_ms
     reports.save_image_grid(
         os.path.join(output_dir, "samples.png"),
-        [inputs, targets, outputs["student"], outputs["colour_map"]],
+        [
+            inputs,
+            targets,
+            outputs["student"],
+            difference_image(targets, outputs["student"]),
+        ],
     )
     report = {
         **{k: config[k] for k in ("method", "steps", "batch_size", "crop_size")},

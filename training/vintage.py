@@ -31,6 +31,8 @@ DEFAULTS = {
     "macs_budget": None,
     "colour_skip": True,
     "reconstruction_views": 64,
+    "match_steps": 0,
+    "match_learning_rate": 1e-3,
     "steps": 150,
     "steps_per_epoch": 50,
     "batch_size": 8,
@@ -110,6 +112,8 @@ def training_data(config: dict):
 _RUN_KEYS = (
     "colour_skip",
     "reconstruction_views",
+    "match_steps",
+    "match_learning_rate",
     "steps",
     "steps_per_epoch",
     "batch_size",
@@ -176,6 +180,8 @@ def compress(
         steps_per_epoch=config["steps_per_epoch"],
         calibration=(lambda: training_views(config, views)) if views else None,
         colour_map=colour_map,
+        match_steps=config["match_steps"],
+        match_learning_rate=config["match_learning_rate"],
         callbacks=[callbacks.Evaluate(*held_out)] if held_out else [],
         checkpoint_dir=os.path.join(
             config["output_dir"], "checkpoints", run_key(method, budget, config)
