@@ -16,7 +16,7 @@ teacher outputs).
 
 Finished rows are saved one by one under `--work_dir/rows/`; a killed run
 resumes at the first unfinished row (refitted students are cached under
-`--work_dir/students/`). Writes `quality.md` and `quality.json` to
+`--work_dir/students/`). Writes `quality.md`, `quality.json` and `quality.png` to
 `--output_dir` after every row.
 """
 
@@ -493,6 +493,15 @@ def run_row(task: Task, name: str, recipe: Recipe, work_dir: str) -> dict:
     else:
         curve = distill_finetune(task, student, recipe)
     finetune_seconds = time.perf_counter() - start
+    student.save(os.path.join(work_dir, "students", f"{name}-trained.keras"))
+    folded_after = None
+    if not recipe.fold_norms:
+        calibration, _ = task.views(recipe.calibration)
+        folded = tgc.export.fold_instance_norms(
+            student, _as_float(calibration[: recipe.calibration_count])
+        )
+        folded_after = float(np.mean(task.psnr(folded)))
+        logging.info("row %s: norms folded after training %.2f dB", name, folded_after)
     inputs, _ = task.held_out
     outputs = np.asarray(student.predict(inputs, 2, verbose=0))
     per_photo = tgc.metrics.psnr(task.held_out[1], outputs)
@@ -504,6 +513,7 @@ def run_row(task: Task, name: str, recipe: Recipe, work_dir: str) -> dict:
         "macs": tgc.profile(student, (256, 256, 3)).macs,
         "refit_psnr": info["refit_psnr"],
         "untrained_psnr": untrained,
+        "folded_after_psnr": folded_after,
         "psnr": scores["psnr"],
         "ssim": scores["ssim"],
         "fd": scores["fd"],
@@ -516,6 +526,10 @@ def run_row(task: Task, name: str, recipe: Recipe, work_dir: str) -> dict:
     }
 
 
+def _optional(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
 def _markdown(rows: list[dict], task_info: dict) -> str:
     lines = [
         "# Student quality at 20x fewer MACs: ablation",
@@ -526,12 +540,17 @@ def _markdown(rows: list[dict], task_info: dict) -> str:
         f"source (256x256; identity {task_info['identity_psnr']:.2f} dB). "
         "`refit`: after the least-squares refit; `init`: after block-wise "
         "reconstruction too (when the row has it); then the row's fine-tune. "
+        "`train views`: PSNR on 45 central views of training photos after the "
+        "fine-tune (fit, not quality); `folded`: held-out PSNR once the trained "
+        "student's instance norms are frozen and folded "
+        "(`tgc.export.fold_instance_norms`). "
         "Seconds are wall time on the shared 2-core machine (noisy: compare "
         "within a run).",
         "",
         "| row | G MACs | refit dB | init dB | PSNR dB | SSIM | FD | > identity "
-        "| select s | refit s | blocks s | fine-tune s | what |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
+        "| train views dB | folded dB | select s | refit s | blocks s "
+        "| fine-tune s | what |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
         seconds = row["seconds"]
@@ -543,6 +562,8 @@ def _markdown(rows: list[dict], task_info: dict) -> str:
             f"{row['ssim']:.3f}",
             f"{row['fd']:.1f}",
             f"{row['above_identity']}/{task_info['held_out']}",
+            _optional(row["curve"][-1][2] if len(row["curve"][-1]) > 2 else None),
+            _optional(row.get("folded_after_psnr")),
             *(
                 f"{seconds[k]:.0f}" if k in seconds else ""
                 for k in ("select", "refit", "blocks", "finetune")
@@ -553,8 +574,41 @@ def _markdown(rows: list[dict], task_info: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _plot(rows: list[dict], task_info: dict, path: str) -> None:
+    """Held-out PSNR along each row's fine-tune (and on training views)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(8, 5))
+    for row in rows:
+        steps = [point[0] for point in row["curve"]]
+        line = axes.plot(
+            steps, [point[1] for point in row["curve"]], "o-", label=row["name"]
+        )[0]
+        if len(row["curve"][-1]) > 2:
+            axes.plot(
+                steps,
+                [point[2] for point in row["curve"]],
+                ":",
+                color=line.get_color(),
+            )
+    axes.axhline(task_info["identity_psnr"], color="grey", lw=1, label="identity")
+    axes.set_xlabel("fine-tune steps")
+    axes.set_ylabel("PSNR vs teacher (dB)")
+    axes.set_title(
+        "1/20 student: held-out photos (solid), training views (dotted)", fontsize=10
+    )
+    axes.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
 def _write(rows: list[dict], task_info: dict, output_dir: str) -> None:
     os.makedirs(output_dir, exist_ok=True)
+    _plot(rows, task_info, os.path.join(output_dir, "quality.png"))
     with open(os.path.join(output_dir, "quality.json"), "w") as file:
         json.dump({"task": task_info, "rows": rows}, file, indent=1)
     with open(os.path.join(output_dir, "quality.md"), "w") as file:
@@ -593,13 +647,19 @@ def main(argv):
         logging.info(
             "row %s: %.2f dB (untrained %.2f)", name, row["psnr"], row["untrained_psnr"]
         )
-        done = []
-        for other in ROWS:
-            other_path = os.path.join(rows_dir, f"{other}.json")
-            if os.path.exists(other_path):
-                with open(other_path) as file:
-                    done.append(json.load(file))
-        _write(done, task_info, FLAGS.output_dir)
+        write_tables(rows_dir, task_info, FLAGS.output_dir)
+    write_tables(rows_dir, task_info, FLAGS.output_dir)
+
+
+def write_tables(rows_dir: str, task_info: dict, output_dir: str) -> None:
+    """Writes the table, JSON and plot of every finished row, in table order."""
+    done = []
+    for name in ROWS:
+        path = os.path.join(rows_dir, f"{name}.json")
+        if os.path.exists(path):
+            with open(path) as file:
+                done.append(json.load(file))
+    _write(done, task_info, output_dir)
 
 
 if __name__ == "__main__":

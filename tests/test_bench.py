@@ -12,6 +12,7 @@ def test_bench_rows_and_files(tmp_path):
         ["teacher", "identity", "colour_map", "uniform"],
         str(tmp_path),
         steps=1,
+        match_steps=1,
         steps_per_epoch=1,
         batch_size=2,
         crop_size=32,

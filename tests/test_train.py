@@ -33,6 +33,7 @@ def test_teacher_comparison_scores():
 
 SMALL = {
     "steps": 2,
+    "match_steps": 2,
     "steps_per_epoch": 1,
     "batch_size": 2,
     "crop_size": 32,

@@ -31,7 +31,7 @@ DEFAULTS = {
     "macs_budget": None,
     "colour_skip": True,
     "reconstruction_views": 64,
-    "match_steps": 0,
+    "match_steps": 1000,
     "match_learning_rate": 1e-3,
     "steps": 150,
     "steps_per_epoch": 50,
