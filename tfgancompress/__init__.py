@@ -9,6 +9,7 @@ print(tgc.profile(teacher, (256, 256, 3)))
 """
 
 from tfgancompress import (
+    cost,
     data,
     export,
     latency,
@@ -18,6 +19,7 @@ from tfgancompress import (
     pruning,
     reconstruction,
     schedules,
+    search,
     surgery,
 )
 from tfgancompress.profile import LayerProfile, ModelProfile, profile
@@ -26,6 +28,7 @@ from tfgancompress.surgery import live_channels, slim
 __all__ = [
     "LayerProfile",
     "ModelProfile",
+    "cost",
     "data",
     "export",
     "latency",
@@ -37,6 +40,7 @@ __all__ = [
     "pruning",
     "reconstruction",
     "schedules",
+    "search",
     "slim",
     "surgery",
 ]
