@@ -48,7 +48,7 @@ import numpy as np
 
 import keras_layers
 from keras_layers.gates import dmad_mask
-from tfgancompress import pruning, surgery
+from tfgancompress import cost, pruning, surgery
 
 _NORMS = (keras_layers.InstanceNormalization, keras.layers.BatchNormalization)
 # Layers a mask can fold into: its scale multiplies their output channels.
@@ -244,6 +244,81 @@ def freeze(model: keras.Model, min_open: int = 1, keep: dict | None = None) -> d
     return decided
 
 
+def open_macs(model: keras.Model, input_shape, opened: dict | None = None) -> int:
+    """MACs of `tgc.slim(model)` if every open channel were kept.
+
+    The cost of the network the masks compute with now (`open_channels`,
+    the residual keep rule of `slim` for residual groups), read with
+    `tgc.cost.MacsEstimator` without slimming. Once the band is closed it
+    equals `tgc.cost.gate_macs(model, input_shape)` (up to `slim` carrying
+    a removed nonzero constant, see `tgc.cost`).
+
+    Args:
+        model: A model with DMAD gates.
+        input_shape: `(H, W, C)` as for `tgc.profile`.
+        opened: `{gate name: bool (C,)}`; defaults to `open_channels(model)`.
+
+    Returns:
+        The MACs per image, an int.
+    """
+    opened = open_channels(model) if opened is None else opened
+    keeps = {name: np.asarray(keep, np.float32) for name, keep in opened.items()}
+    return int(round(float(cost.MacsEstimator(model, input_shape)(keeps))))
+
+
+def _keep_above(opened: dict, weights: dict, threshold: float) -> dict:
+    """Open channels with `w > threshold`, at least each gate's top one."""
+    keep = {}
+    for name, weight in weights.items():
+        kept = opened[name] & (weight > threshold)
+        if not kept.any():
+            kept = np.zeros_like(kept)
+            kept[int(np.argmax(np.where(opened[name], weight, -np.inf)))] = True
+        keep[name] = kept
+    return keep
+
+
+def freeze_to_budget(model: keras.Model, macs: int, input_shape, min_open: int = 1):
+    """`freeze`, first closing the lowest masks if the open channels cost too much.
+
+    The end of DMAD's search when its sparsity did not reach the budget on
+    its own: open channels whose weight is at most a threshold close (each
+    mask keeps at least its highest channel); the threshold is the lowest
+    that meets `macs`, found by bisection over the open weights. Then the
+    masks are frozen (`freeze`): `tgc.cost.gate_macs(model, input_shape)`
+    is at most `macs` afterwards unless even one channel per mask costs
+    more (or `slim` carries a removed nonzero constant, see `tgc.cost`).
+
+    Args:
+        model: A model with DMAD gates.
+        macs: The budget: MACs of `tgc.slim(model)` at `input_shape`.
+        input_shape: `(H, W, C)`.
+        min_open: The residual keep rule's threshold (see `residual_keep`).
+
+    Returns:
+        `{gate name: bool (C,)}`: the open channels of every mask.
+    """
+    opened = open_channels(model)
+    opened.update(
+        {n: k & opened[n] for n, k in residual_keep(model, min_open, opened).items()}
+    )
+    if open_macs(model, input_shape, opened) <= macs:
+        kept = freeze(model, min_open)
+    else:
+        weights = {name: _values(g)[0] for name, g in dmad_gates(model).items()}
+        candidates = np.unique(np.concatenate([weights[n][opened[n]] for n in weights]))
+        low, high = 0, len(candidates) - 1  # keep above candidates[high]: cheapest
+        while low < high:
+            middle = (low + high) // 2
+            keep = _keep_above(opened, weights, candidates[middle])
+            if open_macs(model, input_shape, keep) <= macs:
+                high = middle
+            else:
+                low = middle + 1
+        kept = freeze(model, keep=_keep_above(opened, weights, candidates[low]))
+    return kept
+
+
 def _affine_copy(model: keras.Model) -> keras.Model:
     """`model` with every norm affine (gamma 1, beta 0 where it had none)."""
 
@@ -328,7 +403,9 @@ __all__ = [
     "anneal",
     "dmad_gates",
     "freeze",
+    "freeze_to_budget",
     "mask_values",
     "open_channels",
+    "open_macs",
     "residual_keep",
 ]
