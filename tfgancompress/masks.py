@@ -43,6 +43,8 @@ if due:
 
 from __future__ import annotations
 
+import weakref
+
 import keras
 import numpy as np
 
@@ -55,6 +57,10 @@ _NORMS = (keras_layers.InstanceNormalization, keras.layers.BatchNormalization)
 _CONVS = (keras.layers.Conv2D, keras.layers.Conv2DTranspose)
 
 
+# Per model, its DMAD gates (a functional model's graph does not change).
+_GATES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
 def dmad_gates(model: keras.Model) -> dict[str, keras_layers.ChannelGate]:
     """The `ChannelGate(mode="dmad")` layers of a model, by gate name.
 
@@ -64,11 +70,13 @@ def dmad_gates(model: keras.Model) -> dict[str, keras_layers.ChannelGate]:
     Returns:
         `{name: gate}` in graph order (names as `tgc.surgery.gate_layers`).
     """
-    return {
-        name: gate
-        for name, gate in surgery.gate_layers(model).items()
-        if gate.mode == "dmad"
-    }
+    if model not in _GATES:
+        _GATES[model] = {
+            name: gate
+            for name, gate in surgery.gate_layers(model).items()
+            if gate.mode == "dmad"
+        }
+    return dict(_GATES[model])
 
 
 def _values(gate: keras_layers.ChannelGate) -> tuple[np.ndarray, float]:
@@ -248,10 +256,9 @@ def open_macs(model: keras.Model, input_shape, opened: dict | None = None) -> in
     """MACs of `tgc.slim(model)` if every open channel were kept.
 
     The cost of the network the masks compute with now (`open_channels`,
-    the residual keep rule of `slim` for residual groups), read with
-    `tgc.cost.MacsEstimator` without slimming. Once the band is closed it
-    equals `tgc.cost.gate_macs(model, input_shape)` (up to `slim` carrying
-    a removed nonzero constant, see `tgc.cost`).
+    with `slim`'s rules, e.g. for residual groups): `tgc.cost.gate_macs`
+    with the gates' weights set to those decisions for the count (and put
+    back). Once the band is closed it is `gate_macs` of the model as is.
 
     Args:
         model: A model with DMAD gates.
@@ -262,8 +269,15 @@ def open_macs(model: keras.Model, input_shape, opened: dict | None = None) -> in
         The MACs per image, an int.
     """
     opened = open_channels(model) if opened is None else opened
-    keeps = {name: np.asarray(keep, np.float32) for name, keep in opened.items()}
-    return int(round(float(cost.MacsEstimator(model, input_shape)(keeps))))
+    gates = dmad_gates(model)
+    saved = {name: gate.weight.numpy() for name, gate in gates.items()}
+    try:
+        for name, gate in gates.items():
+            gate.weight.assign(np.where(opened[name], 1.0, -1.0).astype(np.float32))
+        return cost.gate_macs(model, input_shape)
+    finally:
+        for name, gate in gates.items():
+            gate.weight.assign(saved[name])
 
 
 def _keep_above(opened: dict, weights: dict, threshold: float) -> dict:
@@ -287,7 +301,7 @@ def freeze_to_budget(model: keras.Model, macs: int, input_shape, min_open: int =
     that meets `macs`, found by bisection over the open weights. Then the
     masks are frozen (`freeze`): `tgc.cost.gate_macs(model, input_shape)`
     is at most `macs` afterwards unless even one channel per mask costs
-    more (or `slim` carries a removed nonzero constant, see `tgc.cost`).
+    more.
 
     Args:
         model: A model with DMAD gates.

@@ -152,9 +152,10 @@ class DmadSearchTrainer(AdversarialTrainer):
             names.append("binarise")
         return names
 
-    def _sparsity(self):
+    def mask_losses(self) -> dict:
+        """The weighted mask terms: `"sparsity"` (and `"binarise"`)."""
         bound = self.gates[next(iter(self.gates))].bound
-        total = [
+        sparsity = [
             losses.mask_sparsity_loss(self.gates[name].weight, bound)
             for name in self.mask_groups["prunable"]
         ]
@@ -165,15 +166,11 @@ class DmadSearchTrainer(AdversarialTrainer):
                 coefficients = self.lambda_group * losses.group_sparsity_coefficients(
                     keras.ops.stack(weights), bound
                 )
-            total += [
+            sparsity += [
                 losses.mask_sparsity_loss(weight, bound, coefficients)
                 for weight in weights
             ]
-        return self.lambda_sparsity * tf.add_n(total), bound
-
-    def generator_losses(self, step):
-        terms = super().generator_losses(step)
-        terms["sparsity"], bound = self._sparsity()
+        terms = {"sparsity": self.lambda_sparsity * tf.add_n(sparsity)}
         if "binarise" in self.generator_loss_names():
             binarise = tf.add_n(
                 [
@@ -183,6 +180,9 @@ class DmadSearchTrainer(AdversarialTrainer):
             )
             terms["binarise"] = self.lambda_sparsity * self.lambda_binarise * binarise
         return terms
+
+    def generator_losses(self, step):
+        return {**super().generator_losses(step), **self.mask_losses()}
 
     def prepare_step(self, x, y):
         step = super().prepare_step(x, y)
