@@ -81,12 +81,19 @@ def plot_mask_trajectory(
 
     steps = [r["step"] for r in history]
     figure, (channels, macs) = plt.subplots(2, 1, figsize=(7.0, 6.0), sharex=True)
-    channels.plot(steps, [r["open_channels"] for r in history], color="#1f77b4")
+    step_style = {"drawstyle": "steps-post"}
+    channels.plot(
+        steps, [r["open_channels"] for r in history], color="#1f77b4", **step_style
+    )
     channels.set_ylabel("live channels")
     band = channels.twinx()
-    band.plot(steps, [r["bound"] for r in history], color="#aaaaaa", ls="--")
+    band.plot(
+        steps, [r["bound"] for r in history], color="#aaaaaa", ls="--", **step_style
+    )
     band.set_ylabel("band half-width b")
-    macs.plot(steps, [r["open_macs"] / 1e9 for r in history], color="#d62728")
+    macs.plot(
+        steps, [r["open_macs"] / 1e9 for r in history], color="#d62728", **step_style
+    )
     if budget_macs is not None:
         macs.axhline(budget_macs / 1e9, color="black", lw=0.8, label="budget")
         macs.legend()

@@ -453,7 +453,7 @@ class Dmad(base.Method):
         anneal_fraction: float = 0.75
         band_power: float = 1.0 / 3.0
         band_updates: int = 150
-        mask_travel: float = 37.0
+        mask_travel: float = 4.0
         initial_stddev: float = 0.2
         min_open: int = 1
         lambda_recon: float | None = None
