@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import pathlib
+import re
+
 import keras
 import numpy as np
 import pytest
@@ -14,6 +17,16 @@ from training.budget import Budget
 from training.methods import dmad
 
 SHAPE = (256, 256, 3)
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _readme_block(section: str) -> str:
+    """The one python block of the README section titled `section`."""
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    parts = re.split(r"^## ", readme, flags=re.MULTILINE)
+    (text,) = [part for part in parts if part.startswith(section + "\n")]
+    (block,) = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    return block
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +44,26 @@ def _setup(teacher, jit_compile=False, **budget):
     return methods.Setup(
         Budget.resolve(teacher, **budget), ndf=8, jit_compile=jit_compile
     )
+
+
+def _eager(get):
+    """`methods.get` whose trainers run eagerly (tracing a step costs more
+    than the example's few steps)."""
+
+    def eager_get(*args, **kwargs):
+        method = get(*args, **kwargs)
+        for phase in ("search_trainer", "finetune_trainer"):
+            make = getattr(method, phase)
+
+            def eager(*trainer_args, make=make, **trainer_kwargs):
+                trainer = make(*trainer_args, **trainer_kwargs)
+                trainer.run_eagerly = True
+                return trainer
+
+            setattr(method, phase, eager)
+        return method
+
+    return eager_get
 
 
 def _close(generator, fraction, seed=0):
@@ -188,3 +221,28 @@ def test_pipeline_gives_a_plain_student_within_budget(task):
     assert all(r["open_macs"] > setup.budget.macs for r in checks)
     assert trajectory[-1]["event"] == "frozen" and trajectory[-1]["bound"] == 0.0
     assert trajectory[0]["open_channels"] > trajectory[-1]["open_channels"]
+
+
+def test_readme_model_fit_example(task, tmp_path, monkeypatch):
+    teacher, x, _, pairs = task
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(methods, "get", _eager(methods.get))
+    namespace = {"teacher": teacher, "pairs": pairs, "views": x, "steps": 4}
+    block = _readme_block("DMAD: differentiable masks and co-attention distillation")
+    exec(compile(block, "README.md", "exec"), namespace)
+    generator, setup = namespace["generator"], namespace["setup"]
+    assert namespace["split"] == {"search": 2, "finetune": 2}
+    assert not [
+        layer
+        for layer in generator._flatten_layers(include_self=False)
+        if isinstance(layer, keras_layers.ChannelGate)
+    ]
+    macs = tgc.profile(generator, SHAPE).macs
+    assert macs <= setup.budget.macs
+    assert tgc.profile(teacher, SHAPE).macs / macs >= 20
+    history = namespace["trainer"].history.history
+    assert {"attention", "teacher_d", "teacher_d_gan"} <= set(history)
+    assert (tmp_path / "masks.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    trajectory = namespace["student"].state["trajectory"]
+    assert trajectory[-1]["event"] == "frozen"
+    assert trajectory[-1]["open_macs"] <= setup.budget.macs
