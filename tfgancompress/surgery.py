@@ -182,7 +182,6 @@ def _activation_name(layer) -> str:
 def _lower_conv(graph, layer, tensor, name, kernel=None) -> int:
     """Adds a convolution; `kernel` overrides the layer's (fake-quantized)."""
     _check_conv(layer)
-    kernel = _numpy(layer.kernel if kernel is None else kernel)
     activation = _activation_name(layer)
     if isinstance(layer, keras.layers.SeparableConv2D):
         depthwise = _numpy(layer.depthwise_kernel)[:, :, :, 0]
@@ -199,6 +198,7 @@ def _lower_conv(graph, layer, tensor, name, kernel=None) -> int:
             bias=_bias(layer, pointwise.shape[1]) * mask,
             activation=activation,
         )
+    kernel = _numpy(layer.kernel if kernel is None else kernel)
     if isinstance(layer, keras.layers.DepthwiseConv2D):
         kernel = kernel[:, :, :, 0]
         return graph.add(
