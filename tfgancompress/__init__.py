@@ -9,6 +9,7 @@ print(tgc.profile(teacher, (256, 256, 3)))
 """
 
 from tfgancompress import (
+    cost,
     data,
     export,
     latency,
@@ -19,6 +20,7 @@ from tfgancompress import (
     quantization,
     reconstruction,
     schedules,
+    search,
     surgery,
 )
 from tfgancompress.profile import LayerProfile, ModelProfile, profile
@@ -27,6 +29,7 @@ from tfgancompress.surgery import live_channels, slim
 __all__ = [
     "LayerProfile",
     "ModelProfile",
+    "cost",
     "data",
     "export",
     "latency",
@@ -39,6 +42,7 @@ __all__ = [
     "quantization",
     "reconstruction",
     "schedules",
+    "search",
     "slim",
     "surgery",
 ]
