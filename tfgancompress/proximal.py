@@ -19,7 +19,7 @@ that decays to the budget (`tgc.schedules.MacsBudget`), lowers it below.
 zeroes the smallest `|gamma|` until `slim(model)` fits the budget.
 
 ```python
-schedule = MacsBudget(gated_macs(model, (256, 256, 3)), budget, 0, 800)
+schedule = MacsBudget(gate_macs(model, (256, 256, 3)), budget, 0, 800)
 controller = RhoController(model, schedule, (256, 256, 3), rho=1e-3)
 for step in range(1000):
     train_step()
@@ -40,9 +40,11 @@ import numpy as np
 from keras import ops
 
 from keras_layers import ChannelGate
-from tfgancompress.profile import profile
+from tfgancompress.cost import gate_macs
 from tfgancompress.schedules import MacsBudget
-from tfgancompress.surgery import channel_groups, gate_layers, slim
+from tfgancompress.surgery import channel_groups, gate_layers
+
+_RHO_RANGE = (1e-6, 1e3)
 
 
 def soft_threshold(values, threshold):
@@ -104,11 +106,6 @@ def proximal_step(gates: Iterable[ChannelGate], threshold) -> None:
         gate.proximal_step(threshold)
 
 
-def gated_macs(model: keras.Model, input_shape: Sequence[int]) -> int:
-    """MACs of `slim(model)`: the cost the gates' current decisions give."""
-    return profile(slim(model), tuple(input_shape)).macs
-
-
 class RhoController:
     """Adjusts GAN Slimming's `rho` so the MACs follow a budget schedule.
 
@@ -133,7 +130,7 @@ class RhoController:
             the steps between updates).
         gain: Exponent of the correction (larger: faster, more overshoot).
         rho_range: `(low, high)` bounds of `rho`.
-        macs: `macs(model, input_shape) -> int`, default `gated_macs`.
+        macs: `macs(model, input_shape) -> int`, default `tgc.cost.gate_macs`.
 
     Raises:
         ValueError: On a model without scale gates, a non-positive `rho`,
@@ -154,8 +151,8 @@ class RhoController:
         rho: float,
         horizon: int = 20,
         gain: float = 1.0,
-        rho_range: tuple[float, float] = (1e-6, 1e3),
-        macs=gated_macs,
+        rho_range: tuple[float, float] = _RHO_RANGE,
+        macs=gate_macs,
     ):
         low, high = (float(v) for v in rho_range)
         if not 0 < low < high:
@@ -176,6 +173,45 @@ class RhoController:
         self.gain = float(gain)
         self.rho_range = (low, high)
         self.macs = macs
+
+    @classmethod
+    def for_budget(
+        cls,
+        model: keras.Model,
+        schedule: MacsBudget,
+        input_shape: Sequence[int],
+        learning_rate,
+        **kwargs,
+    ) -> RhoController:
+        """A controller whose starting `rho` is set from the budget.
+
+        `rho` starts where the proximal steps of the schedule's steps
+        would, without any gradient, zero exactly the `|gamma|`s below
+        `budget_threshold(model, schedule.target_macs)`:
+        `rho = threshold / sum(learning_rate(step))` over those steps.
+
+        Args:
+            model: The model with scale gates.
+            schedule: The MACs target per step.
+            input_shape: `(H, W, C)` at which MACs are counted.
+            learning_rate: The gates' learning rate: a float or a callable
+                of the step (a Keras learning-rate schedule).
+            **kwargs: More `RhoController` arguments (`horizon`, `gain`,
+                `rho_range`, `macs`).
+
+        Returns:
+            The controller.
+        """
+        macs = kwargs.get("macs", gate_macs)
+        threshold = budget_threshold(model, schedule.target_macs, input_shape, macs)
+        steps = range(schedule.begin_step, schedule.end_step)
+        rates = [
+            float(learning_rate(s)) if callable(learning_rate) else float(learning_rate)
+            for s in steps
+        ]
+        low, high = kwargs.get("rho_range", _RHO_RANGE)
+        rho = float(np.clip(threshold / max(sum(rates), 1e-12), low, high))
+        return cls(model, schedule, input_shape, rho, **kwargs)
 
     def target(self, step: int) -> float:
         """The schedule's MACs target at `step`."""
@@ -208,27 +244,25 @@ def _zero_below(gates, gammas, threshold: float) -> None:
         gate.gamma.assign(np.where(np.abs(gamma) < threshold, 0.0, gamma))
 
 
-def prune_to_budget(
+def budget_threshold(
     model: keras.Model,
     macs_budget: float,
     input_shape: Sequence[int],
-    macs=gated_macs,
-) -> int:
-    """Zeroes the smallest `|gamma|` of the scale gates until MACs fit.
+    macs=gate_macs,
+) -> float:
+    """The smallest `t` such that zeroing every `|gamma| < t` fits the budget.
 
-    The end of a proximal search: if `slim(model)` still costs more than
-    `macs_budget`, the channels with the smallest `|gamma|` over all scale
-    gates are switched off (`gamma = 0`; their `beta` stays for `slim` to
-    fold) at the lowest `|gamma|` threshold that fits, found by bisection.
+    Over the prunable scale gates (`scale_gates`); the model is left as it
+    was. `t` is 0 when the model already fits.
 
     Args:
-        model: A model with scale gates, changed in place.
+        model: A model with scale gates.
         macs_budget: The MACs it may cost.
         input_shape: `(H, W, C)` at which MACs are counted.
-        macs: `macs(model, input_shape) -> int`, default `gated_macs`.
+        macs: `macs(model, input_shape) -> int`, default `tgc.cost.gate_macs`.
 
     Returns:
-        The MACs after pruning.
+        The threshold (a float; `inf` when every gate must close).
 
     Raises:
         ValueError: If the model has no scale gates, or the budget cannot
@@ -237,29 +271,64 @@ def prune_to_budget(
     gates = scale_gates(model)
     if not gates:
         raise ValueError(f"{model.name!r} has no ChannelGate(mode='scale').")
-    current = macs(model, input_shape)
-    if current <= macs_budget:
-        return current
     gammas = _gamma_values(gates)
-    levels = np.unique(np.concatenate([np.abs(g) for g in gammas]))
-    levels = np.append(levels[levels > 0], np.inf)
-    low, high = -1, len(levels) - 1  # levels[high] fits, levels[low] does not
-    _zero_below(gates, gammas, levels[high])
-    fitting = macs(model, input_shape)
-    if fitting > macs_budget:
+
+    def cost(threshold: float) -> int:
+        _zero_below(gates, gammas, threshold)
+        return macs(model, input_shape)
+
+    try:
+        if cost(0.0) <= macs_budget:
+            return 0.0
+        levels = np.unique(np.concatenate([np.abs(g) for g in gammas]))
+        levels = np.append(levels[levels > 0], np.inf)
+        closed = cost(np.inf)
+        if closed > macs_budget:
+            raise ValueError(
+                f"{model.name!r} costs {closed} MACs at {tuple(input_shape)} with "
+                f"every scale gate closed, over the budget of {int(macs_budget)}: "
+                "the ungated layers alone exceed it."
+            )
+        low, high = -1, len(levels) - 1  # levels[high] fits, levels[low] not
+        while high - low > 1:
+            middle = (low + high) // 2
+            if cost(levels[middle]) <= macs_budget:
+                high = middle
+            else:
+                low = middle
+        return float(levels[high])
+    finally:
         _zero_below(gates, gammas, 0.0)
-        raise ValueError(
-            f"{model.name!r} costs {fitting} MACs at {tuple(input_shape)} with "
-            f"every scale gate closed, over the budget of {int(macs_budget)}: "
-            "the ungated layers alone exceed it."
-        )
-    while high - low > 1:
-        middle = (low + high) // 2
-        _zero_below(gates, gammas, levels[middle])
-        cost = macs(model, input_shape)
-        if cost <= macs_budget:
-            high, fitting = middle, cost
-        else:
-            low = middle
-    _zero_below(gates, gammas, levels[high])
-    return fitting
+
+
+def prune_to_budget(
+    model: keras.Model,
+    macs_budget: float,
+    input_shape: Sequence[int],
+    macs=gate_macs,
+) -> int:
+    """Zeroes the smallest `|gamma|` of the scale gates until MACs fit.
+
+    The end of a proximal search: if `slim(model)` still costs more than
+    `macs_budget`, the channels with the smallest `|gamma|` over all
+    prunable scale gates are switched off (`gamma = 0`; their `beta` stays
+    for `slim` to fold), at the lowest threshold that fits
+    (`budget_threshold`).
+
+    Args:
+        model: A model with scale gates, changed in place.
+        macs_budget: The MACs it may cost.
+        input_shape: `(H, W, C)` at which MACs are counted.
+        macs: `macs(model, input_shape) -> int`, default `tgc.cost.gate_macs`.
+
+    Returns:
+        The MACs after pruning.
+
+    Raises:
+        ValueError: If the model has no scale gates, or the budget cannot
+            be met with every scale gate closed.
+    """
+    threshold = budget_threshold(model, macs_budget, input_shape, macs)
+    gates = scale_gates(model)
+    _zero_below(gates, _gamma_values(gates), threshold)
+    return macs(model, input_shape)
