@@ -316,6 +316,15 @@ def _center_pre_norm_convs(model, quantized, quantizer: _Quantizer, batches) -> 
         copy.bias.assign(copy.bias.numpy() - (total / len(batches)).astype(np.float32))
 
 
+def is_quantized(model: keras.Model) -> bool:
+    """Whether a model carries `FakeQuant` ranges (so its int8 LiteRT file
+    needs no calibration data: `to_litert(model, path, "int8")`)."""
+    return any(
+        isinstance(layer, FakeQuant | FakeQuantWeights | FakeQuantInstanceNormalization)
+        for layer in model._flatten_layers()
+    )
+
+
 def calibrate(model: keras.Model, images) -> None:
     """Sets the moving ranges of a model's `FakeQuant` layers from images.
 

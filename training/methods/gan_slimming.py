@@ -305,8 +305,9 @@ class GanSlimming(base.Method):
                     "gamma",
                     keras.optimizers.SGD(rate, momentum=self.options.gamma_momentum),
                     variables=lambda: trainer.gammas,
-                    losses=lambda step: {"gamma_objective": _sum(step.g_terms)},
-                    loss_names=["gamma_objective"],
+                    losses=lambda step: {},
+                    loss_names=[],
+                    when="generator",
                 )
             )
         trainer.compile(
@@ -370,6 +371,3 @@ class GanSlimmingInt8(GanSlimming):
     class Options(GanSlimming.Options):
         quantize: bool = True
 
-
-def _sum(terms: dict):
-    return tf.add_n([tf.cast(value, tf.float32) for value in terms.values()])
