@@ -173,6 +173,7 @@ class RhoController:
         self.gain = float(gain)
         self.rho_range = (low, high)
         self.macs = macs
+        self.history: list[tuple[int, float, int, int]] = []
 
     @classmethod
     def for_budget(
@@ -228,10 +229,15 @@ class RhoController:
                 gate.gamma.assign(gamma)
 
     def update(self, step: int, learning_rate: float) -> float:
-        """Corrects `rho` at `step` (the gates' learning rate now); returns it."""
-        ratio = self.forecast(float(learning_rate)) / self.target(step)
-        rho = self.rho * math.pow(ratio, self.gain)
+        """Corrects `rho` at `step` (the gates' learning rate now); returns it.
+
+        Each update is recorded in `history` as `(step, rho, forecast MACs,
+        target MACs)`.
+        """
+        forecast, target = self.forecast(float(learning_rate)), self.target(step)
+        rho = self.rho * math.pow(forecast / target, self.gain)
         self.rho = float(np.clip(rho, *self.rho_range))
+        self.history.append((int(step), self.rho, int(forecast), int(target)))
         return self.rho
 
 
