@@ -10,12 +10,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from training.budget import Budget
 
 import keras_layers
 import tfgancompress as tgc
 from tfgancompress import proximal
 from training import methods
-from training.budget import Budget
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHAPE = (32, 32, 3)
@@ -130,7 +130,7 @@ def test_gs8_trains_quantization_aware_and_exports_without_data(
     teacher, pairs, tmp_path
 ):
     method, setup, student = _student(teacher, "gan_slimming_int8", "content=mse")
-    assert method.options.quantize
+    assert method.options.quantize == "search"
     assert tgc.quantization.is_quantized(student.generator)
     trainer = method.search_trainer(student, teacher, setup, steps=2)
     trainer.run_eagerly = True
@@ -156,7 +156,9 @@ def test_gs8_trains_quantization_aware_and_exports_without_data(
 
 def test_options_are_checked():
     assert methods.get("gan_slimming").options.beta == 20.0
-    assert not methods.get("gan_slimming").options.quantize
+    assert methods.get("gan_slimming").options.quantize == "none"
+    with pytest.raises(ValueError, match="needs fine-tuning steps"):
+        methods.get("gan_slimming", "quantize=finetune")
     with pytest.raises(ValueError, match="content must be one of"):
         methods.get("gan_slimming", "content=l2")
     with pytest.raises(ValueError, match="reach must be in"):

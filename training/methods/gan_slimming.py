@@ -5,9 +5,11 @@ GAN Slimming (Wang et al., ECCV 2020; METHODS.md section 2):
 1. build: the dense teacher itself, with a scale gate after every norm
    (`tgc.pruning.add_gates(teacher, "scale")`: each affine norm's gamma and
    beta move into the gate, so the student starts equal to the teacher);
-   with `quantize=True` (GS-8) it is also made quantization-aware
-   (`tgc.quantization.quantize_generator`: weights per-tensor `max|W|/127`,
-   ReLU outputs clamped to [0, 4], 8 bits, straight-through);
+   with `quantize="search"` (GS-8, the `gan_slimming_int8` method) it is
+   also made quantization-aware (`tgc.quantization.quantize_generator`:
+   weights per-tensor `max|W|/127`, ReLU outputs clamped to [0, 4], 8 bits,
+   straight-through; `quantize="finetune"` does it after extraction
+   instead);
 2. search: one objective, `L_G = beta * perceptual(G_s(x), G_t(x)) + LSGAN`
    on pseudo-pairs (the discriminator's real samples are the teacher's
    outputs); the scale gates' `gamma` train with their own SGD (lr 0.1,
@@ -52,6 +54,7 @@ from training.methods import base, register
 from training.trainer import AdversarialTrainer, OptimizerGroup
 
 CONTENTS = ("perceptual", "mse")
+QUANTIZE = ("none", "search", "finetune")
 _CONTENT_LAYER = "relu1_2"
 _STYLE_LAYERS = ("relu1_2", "relu2_2", "relu3_3", "relu4_3")
 _STYLE_WEIGHT = 1e5
@@ -201,8 +204,11 @@ class GanSlimming(base.Method):
         Attributes:
             beta: Weight of the content term against the LSGAN term.
             content: `"perceptual"` (VGG16 content + Gram) or `"mse"`.
-            quantize: GS-8: train quantization-aware in the same objective
-                (the int8 LiteRT file needs no calibration data).
+            quantize: `"none"`; `"search"` (GS-8): quantization-aware from
+                the first step, pruned in the same objective; `"finetune"`:
+                search in float, then the slimmed student is made
+                quantization-aware and fine-tuned (needs `search_share < 1`).
+                Either way its int8 LiteRT file needs no calibration data.
             rho: A fixed L1 weight (the paper's hand-set `rho`, ~0.01), or
                 `None`: driven by the MACs budget.
             reach: Fraction of the search after which the MACs target is
@@ -221,7 +227,7 @@ class GanSlimming(base.Method):
 
         beta: float = 20.0
         content: str = "perceptual"
-        quantize: bool = False
+        quantize: str = "none"
         rho: float | None = None
         reach: float = 0.7
         control_interval: int = 10
@@ -232,10 +238,16 @@ class GanSlimming(base.Method):
         refit: bool = False
 
         def __post_init__(self):
-            if self.content not in CONTENTS:
+            for key, choices in (("content", CONTENTS), ("quantize", QUANTIZE)):
+                if getattr(self, key) not in choices:
+                    raise ValueError(
+                        f"gan_slimming option {key} must be one of {choices}, got "
+                        f"{getattr(self, key)!r}."
+                    )
+            if self.quantize == "finetune" and self.search_share == 1:
                 raise ValueError(
-                    f"gan_slimming option content must be one of {CONTENTS}, got "
-                    f"{self.content!r}."
+                    "gan_slimming option quantize='finetune' needs fine-tuning "
+                    "steps: set search_share below 1."
                 )
             positive = ("beta", "gamma_learning_rate", "learning_rate_scale")
             for key in positive:
@@ -275,7 +287,7 @@ class GanSlimming(base.Method):
     def build(self, teacher, setup):
         generator = tgc.pruning.add_gates(teacher, "scale")
         generator.name = f"{teacher.name}_slimming"
-        if self.options.quantize:
+        if self.options.quantize == "search":
             generator = tgc.quantization.quantize_generator(generator)
         return base.Student(
             generator, base.discriminator(setup, teacher.output_shape[-1])
@@ -355,6 +367,9 @@ class GanSlimming(base.Method):
         student = super().slim(student)
         if not self.options.refit:
             student.kept = None
+        if self.options.quantize == "finetune":
+            # Its moving ranges start at the first fine-tuning batch.
+            student.generator = tgc.quantization.quantize_generator(student.generator)
         return student
 
     def finetune_trainer(self, student, teacher, setup, steps):
@@ -363,11 +378,10 @@ class GanSlimming(base.Method):
 
 @register
 class GanSlimmingInt8(GanSlimming):
-    """GS-8: GAN Slimming trained quantization-aware (`quantize=True`)."""
+    """GS-8: GAN Slimming trained quantization-aware (`quantize="search"`)."""
 
     name = "gan_slimming_int8"
 
     @dataclasses.dataclass(frozen=True)
     class Options(GanSlimming.Options):
-        quantize: bool = True
-
+        quantize: str = "search"
