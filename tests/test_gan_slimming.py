@@ -10,12 +10,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from training.budget import Budget
 
 import keras_layers
 import tfgancompress as tgc
 from tfgancompress import proximal
 from training import methods
+from training.budget import Budget
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHAPE = (32, 32, 3)

@@ -1,255 +1,196 @@
-"""Tests of GAN Slimming's quantizer: FakeQuantWeights, FakeQuantInstanceNormalization,
-tgc.quantization.quantize_generator, its int8 LiteRT file and `slim` of it."""
+"""int8 preparation: quantized tensors, ranges, sensitivity, float fallback, QAT.
+
+The planted model has one tensor like the refitted vintage student's last
+up-sampling convolution: sparse outliers 100x its bulk in every channel,
+feeding an instance norm that needs them. The sensitivity must single it
+out, the plan must keep that convolution in float32, and the LiteRT file
+must then agree with the float model far better.
+"""
+
+from __future__ import annotations
 
 import keras
 import numpy as np
 import pytest
-import tensorflow as tf
 
-import tfgancompress as tgc
-from keras_layers import (
-    ChannelGate,
-    FakeQuant,
-    FakeQuantInstanceNormalization,
-    FakeQuantWeights,
-    InstanceNormalization,
-    ReflectionPadding2D,
-)
+from keras_layers import FakeQuant, InstanceNormalization, ReflectionPadding2D
 from tfgancompress import export, quantization
-from tfgancompress.models.layers import TorchConv2DTranspose
+from tfgancompress.models import resnet_generator, with_colour_skip
 
 SIZE = 32
-SHAPE = (1, SIZE, SIZE, 3)
-OUTPUT_STEP = 1.0 / 128  # the grid of LiteRT's int8 TANH output
+
+
+def _psnr(a, b) -> float:
+    mse = np.mean((np.asarray(a, np.float64) - b) ** 2)
+    return float(10.0 * np.log10(4.0 / mse))
 
 
 def _images(count: int, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
-    return rng.uniform(-1.0, 1.0, (count, SIZE, SIZE, 3)).astype("float32")
+    smooth = rng.uniform(-1, 1, (count, SIZE // 4, SIZE // 4, 3))
+    images = np.repeat(np.repeat(smooth, 4, axis=1), 4, axis=2)
+    return (0.7 * images + 0.3 * rng.uniform(-1, 1, images.shape)).astype(np.float32)
 
 
-def _randomize_gates(model: keras.Model, seed: int) -> keras.Model:
-    rng = np.random.default_rng(seed)
-    for layer in model.layers:
-        if isinstance(layer, ChannelGate):
-            layer.gamma.assign(rng.uniform(0.5, 1.5, layer.gamma.shape))
-            layer.beta.assign(rng.uniform(-0.2, 0.2, layer.beta.shape))
+def _planted() -> keras.Model:
+    """`outlier_conv`'s output: bulk ~1, every channel ~1% pixels at -200."""
+    rng = np.random.default_rng(0)
+    inputs = keras.Input((SIZE, SIZE, 3), name="image")
+    a = keras.layers.Conv2D(8, 1, name="in_conv")(inputs)
+    a = InstanceNormalization(name="in_norm")(a)
+    a = keras.layers.ReLU(name="in_relu")(a)
+    tail = keras.layers.Conv2D(8, 1, name="tail_conv")(a)
+    tail = keras.layers.ReLU(name="tail_relu")(tail)
+    both = keras.layers.Concatenate(name="concat")([a, tail])
+    b = keras.layers.Conv2D(8, 1, name="outlier_conv")(both)
+    b = InstanceNormalization(center=True, scale=True, name="mid_norm")(b)
+    b = keras.layers.ReLU(name="mid_relu")(b)
+    b = ReflectionPadding2D(1, name="out_pad")(b)
+    b = keras.layers.Conv2D(3, 3, name="out_conv")(b)
+    outputs = keras.layers.Activation("tanh", name="out_tanh")(b)
+    model = keras.Model(inputs, outputs, name="planted")
+    model.get_layer("tail_conv").set_weights(
+        [np.eye(8, dtype=np.float32)[None, None], np.full(8, -2.5, np.float32)]
+    )
+    bulk = rng.normal(0, 0.4, (8, 8))
+    model.get_layer("outlier_conv").set_weights(
+        [
+            np.concatenate([bulk, -200.0 * np.eye(8)])[None, None].astype(np.float32),
+            np.zeros(8, np.float32),
+        ]
+    )
+    norm = model.get_layer("mid_norm")
+    norm.set_weights([rng.uniform(0.5, 1.5, 8), rng.uniform(0.0, 0.5, 8)])
     return model
 
 
-def _conv_block() -> keras.Model:
-    """conv -> norm -> gate -> ReLU, twice, then a 1x1 conv and tanh."""
-    inputs = keras.Input((SIZE, SIZE, 3))
-    x = inputs
-    for i in (1, 2):
-        x = ReflectionPadding2D(1)(x)
-        x = keras.layers.Conv2D(8, 3, name=f"conv{i}")(x)
-        x = InstanceNormalization(name=f"norm{i}")(x)
-        x = ChannelGate(mode="scale", name=f"gate{i}")(x)
-        x = keras.layers.ReLU(name=f"relu{i}")(x)
-    x = keras.layers.Conv2D(3, 1, name="conv3")(x)
-    outputs = keras.layers.Activation("tanh", name="tanh")(x)
-    return keras.Model(inputs, outputs, name="conv_block")
+@pytest.fixture(scope="module")
+def planted():
+    keras.utils.set_random_seed(1)
+    return _planted()
 
 
-@pytest.mark.parametrize(
-    "layer",
-    [
-        keras.layers.Conv2D(4, 3),
-        TorchConv2DTranspose(4, 3, strides=2, torch_padding=1, torch_output_padding=1),
-        keras.layers.DepthwiseConv2D(3),
-    ],
-    ids=["conv", "transposed", "depthwise"],
-)
-def test_fake_quant_weights_rounds_the_kernel_per_tensor(layer, tmp_path):
-    x = _images(2, seed=0)[:, :8, :8]
-    inputs = keras.Input((8, 8, 3))
-    wrapped = FakeQuantWeights(layer)
-    model = keras.Model(inputs, wrapped(inputs))
-    kernel = layer.kernel.numpy()
-    step = np.abs(kernel).max() / 127
-    quantized = wrapped.quantized_kernel()
-    np.testing.assert_allclose(quantized, np.round(kernel / step) * step, atol=1e-7)
-    plain = type(layer).from_config(layer.get_config())
-    plain.build((None, 8, 8, 3))
-    plain.set_weights([quantized, layer.bias.numpy()])
-    np.testing.assert_allclose(model(x), plain(x), atol=1e-6)
-    # Straight-through: the float kernel gets the gradient of the rounded one.
-    with tf.GradientTape() as tape:
-        loss = tf.reduce_sum(model(x, training=True))
-    with tf.GradientTape() as plain_tape:
-        plain_loss = tf.reduce_sum(plain(x))
+@pytest.fixture(scope="module")
+def calibration():
+    return _images(16, seed=2)
+
+
+def test_quantized_layers_follow_the_int8_file():
+    keras.utils.set_random_seed(0)
+    model = with_colour_skip(resnet_generator(ngf=4, n_blocks=1, affine=True))
+    names = quantization.quantized_layers(model)
+    assert names[0] == model.layers[0].name  # the input is rounded once
+    assert {"stem_conv", "stem_relu", "block1_norm2", "block1_add"} <= set(names)
+    assert {"out_tanh", "colour_skip", "colour_skip_add", "colour_skip_clip"} <= set(
+        names
+    )
+    # Norms feeding an activation are fused into it; copies keep their grid.
+    assert "stem_norm" not in names
+    assert not any("_pad" in name for name in names)
+
+
+def test_activation_ranges_are_the_calibration_extremes(planted, calibration):
+    ranges = quantization.activation_ranges(
+        planted, calibration, ["outlier_conv", "mid_relu"], batch_size=5
+    )
+    probe = keras.Model(planted.inputs[0], planted.get_layer("outlier_conv").output)
+    values = np.asarray(probe(calibration))
+    assert ranges["outlier_conv"] == pytest.approx(
+        (values.min(), max(values.max(), 0.0)), rel=1e-5
+    )
+    assert ranges["mid_relu"][0] == 0.0 and ranges["mid_relu"][1] > 0.0
+    # The planted tail: far beyond the bulk of every channel.
+    assert values.min() < -20.0 * np.median(np.abs(values))
+
+
+def test_fake_quantized_copy_rounds_to_the_grid(planted, calibration):
+    ranges = quantization.activation_ranges(planted, calibration)
+    simulated = quantization.fake_quantized(planted, ranges)
+    fakes = [layer for layer in simulated.layers if isinstance(layer, FakeQuant)]
+    assert len(fakes) == len(ranges)
+    low, high = ranges["out_tanh"]
+    levels = np.unique(simulated.predict(calibration[:2], verbose=0))
+    assert 10 < len(levels) <= 256
+    steps = np.diff(levels) / ((high - low) / 255.0)
+    np.testing.assert_allclose(steps, np.round(steps), atol=1e-2)
+    assert {layer.name for layer in planted.layers} <= {
+        layer.name for layer in simulated.layers
+    }
     np.testing.assert_allclose(
-        tape.gradient(loss, layer.kernel),
-        plain_tape.gradient(plain_loss, plain.kernel),
-        rtol=1e-5,
-        atol=1e-5,
-    )
-    path = tmp_path / "wrapped.keras"
-    model.save(path)
-    loaded = keras.saving.load_model(path)
-    np.testing.assert_array_equal(loaded(x), model(x))
-
-
-def test_weight_range_follows_training_and_stays_in_inference():
-    wrapped = FakeQuantWeights(keras.layers.Conv2D(2, 1))
-    x = np.ones((1, 2, 2, 3), np.float32)
-    wrapped(x)
-    wrapped.layer.kernel.assign(wrapped.layer.kernel * 3.0)
-    before = float(wrapped.kernel_quant.max_range.numpy())
-    wrapped(x, training=False)
-    assert float(wrapped.kernel_quant.max_range.numpy()) == before
-    wrapped(x, training=True)
-    expected = np.abs(wrapped.layer.kernel.numpy()).max()
-    np.testing.assert_allclose(wrapped.kernel_quant.max_range.numpy(), expected)
-
-
-def test_fake_quant_weights_refuses_other_layers():
-    with pytest.raises(ValueError, match="wraps a Conv2D.*got Dense"):
-        FakeQuantWeights(keras.layers.Dense(3))
-
-
-def test_fake_quant_instance_norm_rounds_its_mean_onto_the_input_grid(tmp_path):
-    rng = np.random.default_rng(1)
-    x = rng.normal(0.3, 1.0, (2, 8, 8, 4)).astype("float32")
-    norm = FakeQuantInstanceNormalization(center=True, scale=True)
-    norm(x, training=True)
-    norm.gamma.assign(rng.uniform(0.5, 2.0, 4))
-    norm.beta.assign(rng.uniform(-1.0, 1.0, 4))
-    quantized = norm.input_quant(x).numpy()
-    low = float(norm.input_quant.min_range.numpy())
-    step = (float(norm.input_quant.max_range.numpy()) - low) / 255
-    origin = round(-low / step) * -step  # 0 nudged onto the grid
-    mean = quantized.mean(axis=(1, 2), keepdims=True)
-    mean = np.round((mean - origin) / step) * step + origin
-    centered = quantized - mean
-    variance = (centered**2).mean(axis=(1, 2), keepdims=True)
-    expected = centered / np.sqrt(variance + 1e-5) * norm.gamma.numpy()
-    np.testing.assert_allclose(norm(x), expected + norm.beta.numpy(), atol=1e-4)
-    inputs = keras.Input((8, 8, 4))
-    model = keras.Model(inputs, norm(inputs))
-    model.save(tmp_path / "norm.keras")
-    loaded = keras.saving.load_model(tmp_path / "norm.keras")
-    np.testing.assert_array_equal(loaded(x), model(x))
-
-
-def test_quantize_generator_places_quantizers_where_litert_needs_them():
-    generator = tgc.models.resnet_generator(ngf=8, n_blocks=2, gated="scale")
-    quantized = quantization.quantize_generator(generator)
-    layers = {layer.name: layer for layer in quantized.layers}
-    kinds = [type(layer) for layer in layers.values()]
-    assert kinds.count(FakeQuantWeights) == 10
-    assert kinds.count(FakeQuantInstanceNormalization) == 9
-    # ReLUs that feed convolutions: unsigned [0, 4]; the stream start feeds an
-    # add too, so its convolution quantizes its own input.
-    relu = layers["stem_relu_quant"]
-    assert (relu.min_value, relu.max_value, relu.ranges) == (0.0, 4.0, "fixed")
-    assert "down2_relu_quant" not in layers
-    assert layers["block1_conv1_input_quant"].max_value == 4.0
-    assert layers["block2_conv1_input_quant"].ranges == "moving"  # a signed sum
-    assert "stem_conv_input_quant" not in layers  # the image is not quantized
-    assert layers["out_tanh_quant"].max_value == 127 / 128
-    assert generator.count_params() == sum(
-        int(np.prod(w.shape)) for w in quantized.trainable_weights
+        simulated.get_layer("outlier_conv").get_weights()[0],
+        planted.get_layer("outlier_conv").get_weights()[0],
     )
 
 
-def test_quantized_generator_computes_the_generator_on_a_fine_grid():
-    generator = _randomize_gates(
-        tgc.models.resnet_generator(ngf=8, n_blocks=1, gated="scale"), seed=2
-    )
-    images = _images(4, seed=3)
-    fine = quantization.quantize_generator(
-        generator, activation_max=64.0, num_bits=16, calibration=images
-    )
-    # Centring the biases before the norms leaves the function unchanged.
-    expected = generator.predict(images, verbose=0)
-    error = np.abs(fine.predict(images, verbose=0) - expected)
-    assert float(error.max()) < 2e-3, float(error.max())
+def test_sensitivity_finds_the_planted_tensor_and_the_plan_keeps_it_float(
+    planted, calibration
+):
+    plan = quantization.plan_int8(planted, calibration, samples=8)
+    worst = min(plan.sensitivity, key=plan.sensitivity.get)
+    print({k: round(v, 1) for k, v in plan.sensitivity.items()})
+    assert worst == "outlier_conv"
+    assert plan.sensitivity["outlier_conv"] < 40.0
+    others = [v for k, v in plan.sensitivity.items() if k != "outlier_conv"]
+    assert min(others) > plan.sensitivity["outlier_conv"] + 8.0
+    assert plan.float_layers == ["outlier_conv"]
+    assert plan.planned_psnr > plan.all_int8_psnr + 8.0
 
 
-def test_litert_int8_matches_the_fake_quant_model(tmp_path):
-    model = _randomize_gates(_conv_block(), seed=4)
-    images = _images(8, seed=5)
-    quantized = quantization.quantize_generator(
-        model, quantize_input=True, calibration=[images[:4], images[4:]]
-    )
-    path = export.to_litert(quantized, tmp_path / "q.tflite", "int8", input_shape=SHAPE)
-    graph = export.litert_graph(path)
-    convs = [op for op in graph if op.name == "CONV_2D"]
-    assert len(convs) == 3
-    assert all(op.input_dtypes[:2] == ("int8", "int8") for op in convs), convs
-    errors = []
-    for image in images[:2]:
-        keras_output = quantized.predict(image[None], verbose=0)
-        errors.append(np.abs(export.run_litert(path, image[None]) - keras_output))
-    steps = np.concatenate(errors) / OUTPUT_STEP
-    print(
-        f"conv block int8 vs Keras: max {steps.max():.1f} steps, "
-        f"{np.mean(steps > 1e-3):.4f} differ"
-    )
-    # Equal but for rare rounding ties (LiteRT's fixed-point rounding).
-    assert np.mean(steps <= 1.001) >= 0.99
-    assert np.mean(steps > 1e-3) <= 0.01
+def test_export_keeps_the_planned_convolution_float(planted, calibration, tmp_path):
+    held_out = _images(4, seed=3)
+    expected = planted.predict(held_out, verbose=0)
+
+    def agreement(name, **kwargs):
+        path = export.to_litert(
+            planted, tmp_path / name, "int8", calibration, (1, SIZE, SIZE, 3), **kwargs
+        )
+        actual = np.concatenate([export.run_litert(path, x[None]) for x in held_out])
+        return path, _psnr(actual, expected)
+
+    auto, auto_psnr = agreement("auto.tflite")
+    _, none_psnr = agreement("none.tflite", float_layers=())
+    print(f"int8 vs float: auto {auto_psnr:.1f} dB, no float convs {none_psnr:.1f}")
+    assert auto_psnr > none_psnr + 6.0
+    convs = [op for op in export.litert_graph(auto) if op.name == "CONV_2D"]
+    assert sorted(op.output_dtypes[0] for op in convs) == [
+        "float32",
+        "int8",
+        "int8",
+        "int8",
+    ]
+    with pytest.raises(ValueError, match="not layers of"):
+        export.to_litert(
+            planted, tmp_path / "x.tflite", "int8", calibration, float_layers=["nope"]
+        )
 
 
-def test_litert_int8_of_a_quantized_generator_stays_close(tmp_path):
-    generator = _randomize_gates(
-        tgc.models.resnet_generator(ngf=8, n_blocks=1, gated="scale"), seed=6
-    )
-    images = _images(8, seed=7)
-    quantized = quantization.quantize_generator(generator, calibration=images)
-    path = export.to_litert(quantized, tmp_path / "g.tflite", "int8", input_shape=SHAPE)
-    graph = export.litert_graph(path)
-    kernels = [op for op in graph if op.name in ("CONV_2D", "TRANSPOSE_CONV")]
-    # The first convolution reads the float image; every other one is int8.
-    assert [op.output_dtypes for op in kernels[1:]] == [("int8",)] * (len(kernels) - 1)
-    output = export.run_litert(path, images[:1])
-    psnr = float(tgc.metrics.psnr(output, quantized.predict(images[:1], verbose=0))[0])
-    print(f"generator int8 vs Keras: {psnr:.1f} dB")
-    assert psnr > 38.0
-
-
-def _with_closed_gates(model: keras.Model, seed: int, beta_sign: float) -> keras.Model:
-    rng = np.random.default_rng(seed)
-    for gate in tgc.proximal.scale_gates(model):
-        gamma = rng.uniform(0.5, 1.5, gate.channels)
-        gamma[rng.random(gate.channels) < 0.5] = 0.0
-        gate.gamma.assign(gamma)
-        gate.beta.assign(beta_sign * rng.uniform(0.05, 0.5, gate.channels))
-    return model
-
-
-def test_slim_removes_closed_channels_of_a_quantized_model():
-    generator = _with_closed_gates(
-        tgc.models.resnet_generator(ngf=8, n_blocks=2, gated="scale"), 8, -1.0
-    )
-    images = _images(4, seed=9)
-    quantized = quantization.quantize_generator(generator, calibration=images)
-    slim = tgc.slim(quantized)
-    shape = (SIZE, SIZE, 3)
-    macs = tgc.profile(slim, shape).macs
-    assert macs == tgc.cost.gate_macs(quantized, shape)
-    assert macs < 0.6 * tgc.profile(quantized, shape).macs
-    kinds = {type(layer) for layer in slim.layers}
-    assert {FakeQuant, FakeQuantWeights, FakeQuantInstanceNormalization} <= kinds
-    assert ChannelGate not in kinds
-    # Closed channels hold relu(beta) = 0: the same grids, the same outputs.
-    np.testing.assert_array_equal(
-        slim.predict(images, verbose=0), quantized.predict(images, verbose=0)
-    )
-
-
-def test_slim_folds_constant_channels_of_a_quantized_model_closely():
-    generator = _with_closed_gates(
-        tgc.models.resnet_generator(ngf=8, n_blocks=2, gated="scale"), 10, 1.0
-    )
-    images = _images(4, seed=11)
-    quantized = quantization.quantize_generator(generator, calibration=images)
-    slim = tgc.slim(quantized)
-    # relu(beta) > 0 channels are folded into biases (float sums in another
-    # order) or merged into a carrier's kernel (re-rounded onto its grid).
-    expected = quantized.predict(images, verbose=0)
-    psnr = tgc.metrics.psnr(slim.predict(images, verbose=0), expected)
-    print(f"slimmed vs quantized: {float(np.mean(psnr)):.1f} dB")
-    assert float(np.mean(psnr)) > 35.0
+def test_a_float_convolution_keeps_its_relu_float(planted, calibration, tmp_path):
+    # Norm frozen into the convolution: the outliers now meet a ReLU, and
+    # the int8 rounding must come after it.
+    folded = export.fold_instance_norms(planted, calibration)
+    held_out = _images(4, seed=3)
+    expected = folded.predict(held_out, verbose=0)
+    agreement = {}
+    for name, kept in (("auto", "auto"), ("none", ())):
+        path = export.to_litert(
+            folded,
+            tmp_path / f"{name}.tflite",
+            "int8",
+            calibration,
+            (1, SIZE, SIZE, 3),
+            float_layers=kept,
+        )
+        actual = np.concatenate([export.run_litert(path, x[None]) for x in held_out])
+        agreement[name] = _psnr(actual, expected)
+    print(f"folded int8 vs float: {agreement}")
+    assert export.litert_contract(tmp_path / "auto.tflite")["float32_convolutions"] == [
+        "outlier_conv"
+    ]
+    graph = export.litert_graph(tmp_path / "auto.tflite")
+    floats = [
+        op.name
+        for op in graph
+        if op.output_dtypes == ("float32",) and op.name != "DEQUANTIZE"
+    ]
+    assert floats == ["CONV_2D"]  # the ReLU fused into it, rounding after
+    assert agreement["auto"] > agreement["none"] + 6.0

@@ -33,8 +33,9 @@ by 1/255 to the magnitude of the paper's [0, 1]-input VGG (so that
 `beta = 20` weighs it against the GAN loss as in the paper).
 `content="mse"` is the paper's pixel-MSE variant.
 
-The method does not use the project's colour skip: the student *is* the
-teacher with gates, whose output layer the skip would reset.
+The project's colour skip (`with_colour_skip`, which resets the output
+layer) is used only with `refit=True`, which fits that layer again: without
+it the student keeps the output layer it trained.
 """
 
 from __future__ import annotations
@@ -221,8 +222,9 @@ class GanSlimming(base.Method):
                 setup's times this (paper: 1e-5, i.e. 0.05 x 2e-4).
             search_share: Fraction of the steps spent pruning; the rest
                 fine-tunes the slimmed student with the same objective.
-            refit: Let the pipeline refit the slimmed student to the
-                teacher by least squares before fine-tuning.
+            refit: Let the pipeline wrap the slimmed student in the colour
+                skip and refit it to the teacher by least squares before
+                fine-tuning.
         """
 
         beta: float = 20.0
@@ -271,7 +273,10 @@ class GanSlimming(base.Method):
                     f"{self.control_interval}."
                 )
 
-    colour_skip = False
+    @property
+    def colour_skip(self) -> bool:
+        """Only with the refit: the skip resets the output layer it refits."""
+        return self.options.refit
 
     def smallest_macs(self, teacher, input_shape) -> int:
         """The teacher with every prunable scale gate closed."""
