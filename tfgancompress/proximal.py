@@ -131,6 +131,7 @@ class RhoController:
         gain: Exponent of the correction (larger: faster, more overshoot).
         rho_range: `(low, high)` bounds of `rho`.
         macs: `macs(model, input_shape) -> int`, default `tgc.cost.gate_macs`.
+        residual: Also shrink the residual stream's gates (`scale_gates`).
 
     Raises:
         ValueError: On a model without scale gates, a non-positive `rho`,
@@ -153,6 +154,7 @@ class RhoController:
         gain: float = 1.0,
         rho_range: tuple[float, float] = _RHO_RANGE,
         macs=gate_macs,
+        residual: bool = False,
     ):
         low, high = (float(v) for v in rho_range)
         if not 0 < low < high:
@@ -162,7 +164,8 @@ class RhoController:
                 f"rho must be in rho_range {rho_range}, gain > 0 and horizon >= 1; "
                 f"got rho={rho}, gain={gain}, horizon={horizon}."
             )
-        self.gates = scale_gates(model)
+        self.gates = scale_gates(model, residual)
+        self.residual = residual
         if not self.gates:
             raise ValueError(f"{model.name!r} has no ChannelGate(mode='scale').")
         self.model = model
@@ -198,13 +201,18 @@ class RhoController:
             learning_rate: The gates' learning rate: a float or a callable
                 of the step (a Keras learning-rate schedule).
             **kwargs: More `RhoController` arguments (`horizon`, `gain`,
-                `rho_range`, `macs`).
+                `rho_range`, `macs`, `residual`).
 
         Returns:
             The controller.
         """
-        macs = kwargs.get("macs", gate_macs)
-        threshold = budget_threshold(model, schedule.target_macs, input_shape, macs)
+        threshold = budget_threshold(
+            model,
+            schedule.target_macs,
+            input_shape,
+            kwargs.get("macs", gate_macs),
+            kwargs.get("residual", False),
+        )
         steps = range(schedule.begin_step, schedule.end_step)
         rates = [
             float(learning_rate(s)) if callable(learning_rate) else float(learning_rate)
@@ -255,17 +263,19 @@ def budget_threshold(
     macs_budget: float,
     input_shape: Sequence[int],
     macs=gate_macs,
+    residual: bool = False,
 ) -> float:
     """The smallest `t` such that zeroing every `|gamma| < t` fits the budget.
 
-    Over the prunable scale gates (`scale_gates`); the model is left as it
-    was. `t` is 0 when the model already fits.
+    Over the prunable scale gates (`scale_gates(model, residual)`); the
+    model is left as it was. `t` is 0 when the model already fits.
 
     Args:
         model: A model with scale gates.
         macs_budget: The MACs it may cost.
         input_shape: `(H, W, C)` at which MACs are counted.
         macs: `macs(model, input_shape) -> int`, default `tgc.cost.gate_macs`.
+        residual: Also close the residual stream's gates.
 
     Returns:
         The threshold (a float; `inf` when every gate must close).
@@ -274,7 +284,7 @@ def budget_threshold(
         ValueError: If the model has no scale gates, or the budget cannot
             be met with every scale gate closed.
     """
-    gates = scale_gates(model)
+    gates = scale_gates(model, residual)
     if not gates:
         raise ValueError(f"{model.name!r} has no ChannelGate(mode='scale').")
     gammas = _gamma_values(gates)
@@ -312,6 +322,7 @@ def prune_to_budget(
     macs_budget: float,
     input_shape: Sequence[int],
     macs=gate_macs,
+    residual: bool = False,
 ) -> int:
     """Zeroes the smallest `|gamma|` of the scale gates until MACs fit.
 
@@ -326,6 +337,7 @@ def prune_to_budget(
         macs_budget: The MACs it may cost.
         input_shape: `(H, W, C)` at which MACs are counted.
         macs: `macs(model, input_shape) -> int`, default `tgc.cost.gate_macs`.
+        residual: Also close the residual stream's gates.
 
     Returns:
         The MACs after pruning.
@@ -334,7 +346,7 @@ def prune_to_budget(
         ValueError: If the model has no scale gates, or the budget cannot
             be met with every scale gate closed.
     """
-    threshold = budget_threshold(model, macs_budget, input_shape, macs)
-    gates = scale_gates(model)
+    threshold = budget_threshold(model, macs_budget, input_shape, macs, residual)
+    gates = scale_gates(model, residual)
     _zero_below(gates, _gamma_values(gates), threshold)
     return macs(model, input_shape)

@@ -94,6 +94,7 @@ class GanSlimmingTrainer(AdversarialTrainer):
             or `None` for the pixel-MSE content.
         rho: A non-trainable scalar variable: the L1 weight of the
             proximal step, or `None` for no pruning (fine-tuning).
+        prune_residual: Shrink the residual stream's gates too.
         **kwargs: More `AdversarialTrainer` arguments.
     """
 
@@ -106,6 +107,7 @@ class GanSlimmingTrainer(AdversarialTrainer):
         beta: float = 20.0,
         features: keras.Model | None = None,
         rho: keras.Variable | None = None,
+        prune_residual: bool = False,
         **kwargs,
     ):
         super().__init__(
@@ -114,7 +116,9 @@ class GanSlimmingTrainer(AdversarialTrainer):
         self.beta = float(beta)
         self.features = features
         self.rho = rho
-        self.gates = proximal.scale_gates(generator) if rho is not None else []
+        self.gates = []
+        if rho is not None:
+            self.gates = proximal.scale_gates(generator, prune_residual)
         self.gammas = [gate.gamma for gate in self.gates]
 
     def generator_variables(self) -> list:
@@ -188,7 +192,10 @@ class RhoControl(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         proximal.prune_to_budget(
-            self.model.generator, self.macs_budget, self.controller.input_shape
+            self.model.generator,
+            self.macs_budget,
+            self.controller.input_shape,
+            residual=self.controller.residual,
         )
 
 
@@ -222,6 +229,8 @@ class GanSlimming(base.Method):
                 setup's times this (paper: 1e-5, i.e. 0.05 x 2e-4).
             search_share: Fraction of the steps spent pruning; the rest
                 fine-tunes the slimmed student with the same objective.
+            prune_residual: Prune the residual stream too (the paper never
+                does): its channels go when every gate on them closes.
             refit: Let the pipeline wrap the slimmed student in the colour
                 skip and refit it to the teacher by least squares before
                 fine-tuning.
@@ -237,6 +246,7 @@ class GanSlimming(base.Method):
         gamma_momentum: float = 0.5
         learning_rate_scale: float = 0.05
         search_share: float = 1.0
+        prune_residual: bool = False
         refit: bool = False
 
         def __post_init__(self):
@@ -281,7 +291,7 @@ class GanSlimming(base.Method):
     def smallest_macs(self, teacher, input_shape) -> int:
         """The teacher with every prunable scale gate closed."""
         gated = tgc.pruning.add_gates(teacher, "scale")
-        for gate in proximal.scale_gates(gated):
+        for gate in proximal.scale_gates(gated, self.options.prune_residual):
             gate.gamma.assign(np.zeros(gate.channels, np.float32))
         return tgc.cost.gate_macs(gated, tuple(input_shape))
 
@@ -311,6 +321,7 @@ class GanSlimming(base.Method):
             beta=self.options.beta,
             features=features,
             rho=rho,
+            prune_residual=self.options.prune_residual,
         )
         groups = []
         if rho is not None:
@@ -344,15 +355,16 @@ class GanSlimming(base.Method):
         end = max(1, round(self.options.reach * steps))
         schedule = MacsBudget(full, min(setup.budget.macs, full), 0, end, frequency=1)
         horizon = 2 * self.options.control_interval
+        residual = self.options.prune_residual
         if self.options.rho is not None:  # the paper: a fixed rho
             return proximal.RhoController(
-                generator, schedule, shape, self.options.rho, horizon
+                generator, schedule, shape, self.options.rho, horizon, residual=residual
             )
         rate = keras.optimizers.schedules.CosineDecay(
             self.options.gamma_learning_rate, max(1, steps)
         )
         return proximal.RhoController.for_budget(
-            generator, schedule, shape, rate, horizon=horizon
+            generator, schedule, shape, rate, horizon=horizon, residual=residual
         )
 
     def search_trainer(self, student, teacher, setup, steps):
