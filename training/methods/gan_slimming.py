@@ -214,8 +214,9 @@ class GanSlimming(base.Method):
             content: `"perceptual"` (VGG16 content + Gram) or `"mse"`.
             quantize: `"none"`; `"search"` (GS-8): quantization-aware from
                 the first step, pruned in the same objective; `"finetune"`:
-                search in float, then the slimmed student is made
-                quantization-aware and fine-tuned (needs `search_share < 1`).
+                search in float, then the slimmed (and refitted) student is
+                made quantization-aware and fine-tuned (needs
+                `search_share < 1`).
                 Either way its int8 LiteRT file needs no calibration data.
             rho: A fixed L1 weight (the paper's hand-set `rho`, ~0.01), or
                 `None`: driven by the MACs budget.
@@ -384,12 +385,14 @@ class GanSlimming(base.Method):
         student = super().slim(student)
         if not self.options.refit:
             student.kept = None
-        if self.options.quantize == "finetune":
-            # Its moving ranges start at the first fine-tuning batch.
-            student.generator = tgc.quantization.quantize_generator(student.generator)
         return student
 
     def finetune_trainer(self, student, teacher, setup, steps):
+        if self.options.quantize == "finetune" and not (
+            tgc.quantization.is_quantized(student.generator)
+        ):
+            # After the refit; its moving ranges start at the first batch.
+            student.generator = tgc.quantization.quantize_generator(student.generator)
         return self._trainer(student, teacher, setup, steps)
 
 
