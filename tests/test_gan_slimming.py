@@ -4,7 +4,6 @@ trainer's proximal pruning of the prunable gates, GS-8 and the options."""
 import functools
 import pathlib
 import re
-import types
 
 import keras
 import numpy as np
@@ -66,18 +65,15 @@ def pairs(teacher):
     return views, dataset.batch(2, drop_remainder=True).repeat()
 
 
-def test_readme_model_fit_example_slims_to_the_budget(teacher, pairs):
+def test_readme_model_fit_example_slims_to_the_budget(teacher, pairs, monkeypatch):
     views, dataset = pairs
-    namespace = {
-        "teacher": teacher,
-        "pairs": dataset,
-        "steps": 4,
-        # Eager: tracing the step would take longer than its four runs.
-        "methods": types.SimpleNamespace(
-            get=_eager(methods.get),
-            Setup=functools.partial(methods.Setup, jit_compile=False),
-        ),
-    }
+    # The example imports `training.methods`: its steps run eagerly here
+    # (tracing and compiling a step takes longer than its four runs).
+    monkeypatch.setattr(methods, "get", _eager(methods.get))
+    monkeypatch.setattr(
+        methods, "Setup", functools.partial(methods.Setup, jit_compile=False)
+    )
+    namespace = {"teacher": teacher, "pairs": dataset, "steps": 4}
     exec(compile(_readme_block("GAN Slimming"), "README.md", "exec"), namespace)
     generator, trainer = namespace["generator"], namespace["trainer"]
     kinds = {type(layer) for layer in generator._flatten_layers(include_self=False)}
