@@ -15,7 +15,8 @@ one step budget:
 4. `refit`: least-squares refit of the student's convolutions to the
    teacher (`tgc.reconstruction`) on calibration images, when the student
    inherits the teacher's channels; skipped without calibration images;
-   then `match` (`match_steps`, off by default): the student alone learns
+   then `match` (`match_steps`; 0 here, 1000 in the vintage task's
+   defaults, `training.vintage.DEFAULTS`): the student alone learns
    to reproduce the teacher's outputs (MSE, Adam, no teacher features, no
    discriminator): a step costs a fraction of a distillation step, so many
    more fit in the same time;

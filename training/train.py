@@ -184,7 +184,8 @@ def _report_markdown(report: dict) -> str:
         f"`{report['description']}` at a budget of {report['budget']}.",
         "",
         f"{report['steps']} steps (search {steps['search']}, fine-tuning "
-        f"{steps['finetune']}), batch {report['batch_size']}, crops "
+        f"{steps['finetune']}) after {report['match_steps']} match steps, batch "
+        f"{report['batch_size']}, crops "
         f"{report['crop_size']}; {report['train_seconds']:.0f} s training, "
         f"{report['wall_seconds']:.0f} s in all. Quality vs the teacher on "
         f"{report['eval_images']} photos held out by source "
@@ -325,7 +326,10 @@ def run(**overrides) -> dict:
         ],
     )
     report = {
-        **{k: config[k] for k in ("method", "steps", "batch_size", "crop_size")},
+        **{
+            k: config[k]
+            for k in ("method", "steps", "match_steps", "batch_size", "crop_size")
+        },
         "description": method.description,
         "method_options": method.describe()["options"],
         "budget": budget.describe(),
@@ -343,7 +347,7 @@ def run(**overrides) -> dict:
         "eval_images": len(inputs),
         "threads": 2,
         "train_seconds": sum(
-            result.seconds.get(phase, 0.0) for phase in ("search", "finetune")
+            result.seconds.get(phase, 0.0) for phase in ("search", "match", "finetune")
         ),
         "wall_seconds": time.perf_counter() - start,
         "rows": rows,
