@@ -197,7 +197,14 @@ def test_search_phase_checkpoints_and_resume(task, tmp_path):
 
 @pytest.mark.parametrize("mode", ["paired", "unpaired"])
 def test_match_phase_learns_the_teachers_outputs(task, mode):
-    teacher, x, y, pairs = task
+    # Its own teacher: the fixture's is frozen by other tests' trainers, and
+    # a student built from a frozen teacher has frozen layers.
+    keras.utils.set_random_seed(1)
+    teacher = tgc.models.resnet_generator(ngf=16, n_blocks=1, name=f"live_{mode}")
+    x = task[1]
+    y = teacher.predict(x, verbose=0)
+    pairs = tf.data.Dataset.from_tensor_slices((x, y)).batch(2, drop_remainder=True)
+    pairs = pairs.repeat()
     setup = dataclasses.replace(_setup(teacher), mode=mode)
     method = methods.get("uniform")  # fresh weights: far from the teacher
     student = method.slim(method.build(teacher, setup))
@@ -243,6 +250,16 @@ def test_match_phase_in_the_pipeline_checkpoints_and_resumes(task, tmp_path):
     assert sorted(again.seconds) == ["finetune"]  # resumed after the match
     saved = keras.models.load_model(matched)
     assert _psnr(saved, x, y) == pytest.approx(scores["match"], abs=1e-3)
+
+
+def test_students_of_a_frozen_teacher_are_trainable(task):
+    teacher = task[0]
+    teacher.trainable = False  # as AdversarialTrainer(freeze_teacher=True) leaves it
+    for name in ("distill", "uniform"):
+        method = methods.get(name)
+        student = method.slim(method.build(teacher, _setup(teacher)))
+        generator = student.generator
+        assert len(generator.trainable_variables) == len(generator.weights) > 0, name
 
 
 def test_budget_errors(task):

@@ -140,6 +140,9 @@ def add_gates(model: keras.Model, mode: str = "binary") -> keras.Model:
 
     def clone(layer):
         config = layer.get_config()
+        # The copy is a student: trainable even when `model` was frozen (a
+        # trainer freezes its teacher), or every copy of it would be frozen.
+        config["trainable"] = True
         if mode == "scale" and isinstance(layer, _NORM_LAYERS):
             config.update(center=False, scale=False)
         return layer.__class__.from_config(config)
