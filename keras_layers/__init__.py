@@ -14,6 +14,7 @@ from keras_layers.conv import (
 from keras_layers.gates import ChannelGate, driven_gates, set_keeps
 from keras_layers.norm import InstanceNormalization, ReflectionPadding2D
 from keras_layers.quant import FakeQuant
+from keras_layers.subpixel import SubPixelConv2D
 
 __all__ = [
     "ChannelGate",
@@ -21,6 +22,7 @@ __all__ = [
     "InstanceNormalization",
     "ReflectionPadding2D",
     "SelectiveActivationConv2D",
+    "SubPixelConv2D",
     "SuperBatchNormalization",
     "SuperConv2D",
     "SuperConv2DTranspose",

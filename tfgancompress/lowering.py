@@ -44,7 +44,9 @@ class _SubPixelAxis:
         for phase in range(stride):
             first = math.ceil((phase + crop - kernel + 1) / stride)
             last = (phase + crop) // stride
-            offsets[phase] = {d: phase + crop - stride * d for d in range(first, last + 1)}
+            offsets[phase] = {
+                d: phase + crop - stride * d for d in range(first, last + 1)
+            }
         every = [d for taps in offsets.values() for d in taps] or [0]
         self.low, high = min(every), max(every)
         self.size = high - self.low + 1
@@ -56,23 +58,26 @@ class _SubPixelAxis:
 
 
 def _crops(layer: keras.layers.Conv2DTranspose, stride: int) -> tuple | None:
-    """Per axis, pixels cropped at the start, if the output is `stride`x."""
+    """Per axis, pixels cropped at the start, if the output is `stride`x.
+
+    Read off the layer's own output-size rules at one probe size (every
+    rule is affine in the input size, with slope `stride`): Keras's
+    `"same"` crops the start by half the excess of the full output
+    `(size - 1) * stride + kernel` over its output size (TensorFlow's rule,
+    also with `output_padding`), `"valid"` crops nothing, and
+    `TorchConv2DTranspose` crops `torch_padding` more.
+    """
+    probe = (1, 16, 17, layer.kernel.shape[-1])
+    keras_sizes = keras.layers.Conv2DTranspose.compute_output_shape(layer, probe)
+    sizes = layer.compute_output_shape(probe)
+    torch_crop = layer.torch_padding if type(layer) is TorchConv2DTranspose else 0
     crops = []
-    for kernel in layer.kernel_size:
-        if type(layer) is TorchConv2DTranspose:
-            size_change = (
-                kernel - stride - 2 * layer.torch_padding + layer.torch_output_padding
-            )
-            crop = layer.torch_padding
-        elif layer.output_padding is not None:
+    for axis, kernel in enumerate(layer.kernel_size, start=1):
+        if sizes[axis] != stride * probe[axis]:
             return None
-        elif layer.padding == "same":
-            size_change, crop = 0, max(kernel - stride, 0) // 2
-        else:
-            size_change, crop = max(kernel - stride, 0), 0
-        if size_change:
-            return None
-        crops.append(crop)
+        full = (probe[axis] - 1) * stride + kernel
+        excess = max(full - keras_sizes[axis], 0) if layer.padding == "same" else 0
+        crops.append(excess // 2 + torch_crop)
     return tuple(crops)
 
 
