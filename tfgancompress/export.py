@@ -9,6 +9,14 @@ this stack: weights stay unfrozen variables.) Every file is written
 atomically (`tfgancompress.atomic`): a failed or killed export leaves the
 destination as it was, never half-written.
 
+Before conversion `to_litert` applies `tfgancompress.lowering` (exact
+rewrites; `lowering=False` turns them off): transposed convolutions become
+sub-pixel convolutions (`CONV_2D` + `DEPTH_TO_SPACE`, which XNNPACK runs
+much faster per MAC than `TRANSPOSE_CONV`), and the 3-channel output
+convolution runs on a 2x coarser grid (`SPACE_TO_DEPTH` + `CONV_2D` to 12
+channels + `DEPTH_TO_SPACE`). Layer names are kept, so `float_layers` and
+the contract's `float32_convolutions` name the original layers.
+
 Quantization (`to_litert(..., quantization=...)`):
 
 | value       | weights         | activations | needs                 |
