@@ -10,7 +10,8 @@ layers are ("plain": `to_litert(..., lowering=False)`) and with the exact
 export-time rewrites ("lowered", the default: `tfgancompress.lowering`,
 transposed convolutions as sub-pixel convolutions, the few-channel output
 convolution on a coarser grid). Times the twelve files interleaved
-(`tgc.latency.compare_latency`), profiles each student file op by op
+(`tgc.latency.compare_latency`, `--repeats` runs, the ratios of each
+shown), profiles each student file op by op
 (`tgc.latency.op_profile`), scores each file's PSNR against the teacher on
 the held-out photos, and writes `ops.md`, `ops.json` and `ops.png`
 (latency vs MACs of the lowered files, with the line speed-up = MACs ratio)
@@ -168,6 +169,54 @@ def _summary_lines(report: dict) -> list[str]:
     return lines
 
 
+def run_ratios(medians: dict, macs: dict) -> dict[str, float]:
+    """The ratios one timing run gives, from its median ms per file.
+
+    `"<student>_fp32_<lowering> / MACs ratio"` (speed-up over the teacher's
+    fp32 file of the same lowering, over the MACs ratio), `"<model>
+    <lowering>: int8 / fp32"` and `"<model> <kind>: lowered / plain"`
+    (speed ratios).
+    """
+    found = {}
+    for model in STUDENTS:
+        for lowering in LOWERINGS:
+            name = file_name(model, "fp32", lowering)
+            teacher = file_name("teacher", "fp32", lowering)
+            speedup = medians[teacher] / medians[name]
+            found[f"{name} / MACs ratio"] = speedup * macs[name] / macs[teacher]
+    for model in MODELS:
+        for lowering in LOWERINGS:
+            fp32, int8 = (medians[file_name(model, k, lowering)] for k in KINDS)
+            found[f"{model} {lowering}: int8 / fp32"] = fp32 / int8
+    for model in MODELS:
+        for kind in KINDS:
+            plain, lowered = (
+                medians[file_name(model, kind, lowering)] for lowering in LOWERINGS
+            )
+            found[f"{model} {kind}: lowered / plain"] = plain / lowered
+    return found
+
+
+def _runs_lines(report: dict) -> list[str]:
+    """One column per timing run (the first is the one above)."""
+    first = {n: r["median_ms"] for n, r in report["timing"]["results"].items()}
+    runs = [first, *report.get("repeats", [])]
+    if len(runs) < 2:
+        return []
+    columns = [run_ratios(medians, report["macs"]) for medians in runs]
+    lines = [
+        "",
+        f"## The ratios in each of {len(runs)} interleaved timing runs",
+        "",
+        "| ratio | " + " | ".join(f"run {i + 1}" for i in range(len(runs))) + " |",
+        "|---|" + "---:|" * len(runs),
+    ]
+    for key in columns[0]:
+        cells = " | ".join(f"{column[key]:.2f}" for column in columns)
+        lines.append(f"| {key} | {cells} |")
+    return lines
+
+
 def to_markdown(report: dict) -> str:
     """The report as Markdown: summary table, then plain/lowered op tables."""
     kept = ", ".join(
@@ -191,6 +240,7 @@ def to_markdown(report: dict) -> str:
         f"{kept}.",
         "",
         *_summary_lines(report),
+        *_runs_lines(report),
     ]
     for model in STUDENTS:
         for kind in KINDS:
@@ -217,6 +267,7 @@ def run(
     runs: int,
     threads: int,
     description: str | None = None,
+    repeats: int = 1,
 ) -> dict:
     """Exports, times, profiles and scores; writes and returns the report."""
     import tfgancompress.models  # noqa: F401  (registers the zoo layers)
@@ -231,6 +282,10 @@ def run(
     exported = export_files(student, teacher, calibration, size, work)
     files = exported["files"]
     comparison = latency.compare_latency(files, num_threads=threads, runs=runs)
+    repeated = [
+        latency.compare_latency(files, num_threads=threads, runs=runs)
+        for _ in range(repeats - 1)
+    ]
     teachers_fp32 = {file_name("teacher", "fp32", lowering) for lowering in LOWERINGS}
     report = {
         "student": description or student_path,
@@ -245,6 +300,10 @@ def run(
             if name not in teachers_fp32
         },
         "timing": comparison.to_dict(),
+        "repeats": [
+            {name: result.median_ms for name, result in again.results.items()}
+            for again in repeated
+        ],
         "ops": {},
     }
     for name, path in files.items():
@@ -280,6 +339,9 @@ def _define_flags() -> None:
     flags.DEFINE_integer("size", 256, "Square input size.", lower_bound=16)
     flags.DEFINE_integer("runs", 10, "Interleaved timing rounds.", lower_bound=1)
     flags.DEFINE_integer("threads", 2, "LiteRT CPU threads.", lower_bound=1)
+    flags.DEFINE_integer(
+        "repeats", 1, "Interleaved timing runs (ratios of each shown).", lower_bound=1
+    )
     flags.DEFINE_string(
         "description", None, "How the student was made (default: its path)."
     )
@@ -296,6 +358,7 @@ def main(argv):
         FLAGS.runs,
         FLAGS.threads,
         FLAGS.description,
+        FLAGS.repeats,
     )
     print(to_markdown(report))
 

@@ -86,3 +86,19 @@ def test_markdown_states_speedups_ratios_and_op_tables():
     )
     assert "| TRANSPOSE_CONV | 2 | 50.00 | 50.0 | 0 | 0.00 | 0.0 |" in text
     assert text.count("| **total** |") == 4
+    assert "timing runs" not in text  # one run: no per-run table
+
+
+def test_markdown_gives_the_ratios_of_every_timing_run():
+    report = _report()
+    again = {
+        name: result["median_ms"]
+        for name, result in report["timing"]["results"].items()
+    }
+    again["folded_fp32_lowered"] = 36.0  # 900 / 36 = 25x: 1.25 of the MACs ratio
+    report["repeats"] = [again]
+    text = ops.to_markdown(report)
+    assert "## The ratios in each of 2 interleaved timing runs" in text
+    assert "| folded_fp32_lowered / MACs ratio | 1.00 | 1.25 |" in text
+    assert "| norms lowered: int8 / fp32 | 2.00 | 2.00 |" in text
+    assert "| folded fp32: lowered / plain | 1.33 | 1.67 |" in text
