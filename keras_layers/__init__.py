@@ -3,6 +3,7 @@
 Nothing here imports `tfgancompress` or `training`: these layers stand alone.
 """
 
+from keras_layers.agents import PruningAgent, gumbel_sigmoid, resource_loss
 from keras_layers.conv import (
     SelectiveActivationConv2D,
     SuperConv2D,
@@ -17,11 +18,14 @@ __all__ = [
     "ChannelGate",
     "FakeQuant",
     "InstanceNormalization",
+    "PruningAgent",
     "ReflectionPadding2D",
     "SelectiveActivationConv2D",
     "SuperConv2D",
     "SuperConv2DTranspose",
     "SuperSeparableConv2D",
     "driven_gates",
+    "gumbel_sigmoid",
+    "resource_loss",
     "set_keeps",
 ]
