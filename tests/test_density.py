@@ -82,10 +82,10 @@ def _pairs(n=6, size=16):
 
 
 def test_bank_returns_the_nearest_other_pairs():
-    x, y = _pairs()
+    x, y = _pairs(size=32)
     bank = NeighbourBank(neighbours=2, capacity=8, grid=4)
     x_nb, y_nb = bank(x, y)
-    assert x_nb.shape == (6, 2, 16, 16, 3) and y_nb.shape == (6, 2, 16, 16, 3)
+    assert x_nb.shape == (6, 2, 32, 32, 3) and y_nb.shape == (6, 2, 32, 32, 3)
     f = output_features(y, 4).numpy()
     distances = ((f[:, None] - f[None]) ** 2).mean(-1)
     np.fill_diagonal(distances, np.inf)

@@ -226,7 +226,7 @@ class NeighbourBank(keras.layers.Layer):
                     f"{shape}."
                 )
         output_features(tf.zeros((1, *targets_shape[1:])), self.grid)
-        cells = (targets_shape[1] // self.grid) * (targets_shape[2] // self.grid)
+        cells = self.grid * self.grid
         slots = (self.capacity,)
 
         def variable(name, shape, dtype="float32"):
