@@ -17,9 +17,11 @@ network (`tgc.pruning.add_gates` of a generator, a gated PatchGAN):
   the count equals `tgc.profile(tgc.slim(network))`;
 - `resource_loss(keeps)`: `2 log(|MACs / MACs0 - p| + 1)`;
 - `commit(max_macs=...)`: the agent's hard decisions written into the gates
-  (`keras_layers.set_keeps`), every unit keeping at least its best channel,
-  then trimmed by one global logit threshold until the network fits
-  `max_macs` (exact MACs, `tgc.cost.gate_macs`); `tgc.slim` follows.
+  (`keras_layers.set_keeps`), every unit keeping at least its best channel;
+  with a budget, one global threshold on the agent's logits is chosen
+  instead, the lowest whose network fits `max_macs` (exact MACs,
+  `tgc.cost.gate_macs`): the agent's ranking of the channels fills the
+  budget from above or below. `tgc.slim` follows.
 
 Example:
 
@@ -191,11 +193,12 @@ class GateAgent:
     def commit(self, state=None, max_macs: int | None = None) -> int:
         """Writes the agent's hard decisions into the gates; returns the MACs.
 
-        A channel is kept where `logit + offset > 0` (the agent's evaluation
-        decision), and every unit keeps at least its highest-logit channel.
-        With `max_macs`, the global logit threshold is then raised
-        (bisection over the logits) until the network costs at most
-        `max_macs`.
+        Without a budget a channel is kept where `logit + offset > 0` (the
+        agent's evaluation decision). With `max_macs`, a channel is kept
+        where its logit is above one global threshold, the lowest at which
+        the network costs at most `max_macs` (bisection over the logits):
+        the agent's ranking fills the budget. Either way every unit keeps
+        at least its highest-logit channel.
 
         Args:
             state: The state the agent decides on.
@@ -212,11 +215,9 @@ class GateAgent:
             np.asarray(keras.ops.convert_to_numpy(logit)) + self.agent.offset
             for logit in self.agent.logits(state)
         ]
-        self._write(logits, 0.0)
-        macs = self.hard_macs()
-        if max_macs is None or macs <= max_macs:
-            return macs
-        values = np.unique(np.concatenate(logits))
+        if max_macs is None:
+            self._write(logits, 0.0)
+            return self.hard_macs()
         self._write(logits, np.inf)
         smallest = self.hard_macs()
         if smallest > max_macs:
@@ -224,7 +225,9 @@ class GateAgent:
                 f"{self.network.name!r} costs {smallest} MACs with one channel per "
                 f"unit, over the budget of {max_macs}."
             )
-        low, high = 0, len(values) - 1  # threshold values[high] always fits
+        # Keep `logit > values[i]`; values[-1] (one channel per unit) fits.
+        values = np.concatenate([[-np.inf], np.unique(np.concatenate(logits))])
+        low, high = 0, len(values) - 1
         while low < high:
             middle = (low + high) // 2
             self._write(logits, values[middle])
