@@ -156,6 +156,26 @@ def test_masks_drive_the_gates_with_one_mask_per_unit():
     assert names["block2_norm2_gate"] is names["down2_norm_gate"]
 
 
+def test_start_from_a_ranking():
+    network = _generator()
+    agent = GateAgent(network, SHAPE, target_ratio=0.2, seed=0)
+    scores = tgc.pruning.l1_importance(network)
+    agent.start_from(scores, spread=2.0)
+    for unit, logit in zip(agent.units, agent.agent.logits(), strict=True):
+        logit = logit.numpy()
+        assert logit.max() + agent.agent.offset > 0  # still keeps all, mostly
+        ranked = np.argsort(scores[unit[0]])
+        # The bias dominates the small random kernel part of the logits.
+        assert np.corrcoef(logit, scores[unit[0]])[0, 1] > 0.8, unit
+        assert logit[ranked[-1]] > logit[ranked[0]]
+    agent.commit(max_macs=agent.full_macs // 4)
+    kept = network.get_layer("up1_norm_gate").keep_mask()
+    up1 = scores["up1_norm_gate"]
+    assert up1[kept].mean() > up1[~kept].mean()
+    with pytest.raises(ValueError, match="scores for gate 'stem_norm_gate'"):
+        agent.start_from({})
+
+
 def test_commit_writes_hard_decisions_and_meets_a_budget():
     network = _generator()
     agent = GateAgent(network, SHAPE, target_ratio=0.2, seed=0)

@@ -178,6 +178,35 @@ class GateAgent:
         """`(units,)`: the mean keep of each unit, without gradient."""
         return tf.stop_gradient(tf.stack([tf.reduce_mean(k) for k in keeps]))
 
+    def start_from(self, scores: dict, spread: float = 1.0) -> None:
+        """Starts the agent from a ranking of each unit's channels.
+
+        Each unit's head bias becomes its scores (by its first gate's name,
+        e.g. `tgc.pruning.l1_importance(network)`) standardised within the
+        unit, times `spread`: the agent still keeps every channel (the
+        offset dominates), and when the resource term lowers a unit's
+        logits, its lowest-scored channels go first, until training says
+        otherwise.
+
+        Args:
+            scores: `{gate name: (C,) scores}` covering each unit's first gate.
+            spread: Standard deviation of the biases within a unit.
+
+        Raises:
+            ValueError: If a unit's scores are missing or of the wrong shape.
+        """
+        for unit, head in zip(self.units, self.agent.heads, strict=True):
+            score = np.asarray(scores.get(unit[0], ()), np.float64)
+            if score.shape != (head.units,):
+                raise ValueError(
+                    f"start_from needs ({head.units},) scores for gate {unit[0]!r}, "
+                    f"got shape {score.shape}."
+                )
+            centred = score - score.mean()
+            scale = centred.std()
+            bias = spread * centred / scale if scale > 0 else np.zeros_like(centred)
+            head.bias.assign(bias.astype(np.float32))
+
     def hard_macs(self) -> int:
         """Exact MACs of `tgc.slim(network)` at the gates' current decisions."""
         return cost.gate_macs(self.network, self.input_shape)
