@@ -6,8 +6,10 @@ Nothing here imports `tfgancompress` or `training`: these layers stand alone.
 from keras_layers.agents import PruningAgent, gumbel_sigmoid, resource_loss
 from keras_layers.conv import (
     SelectiveActivationConv2D,
+    SuperBatchNormalization,
     SuperConv2D,
     SuperConv2DTranspose,
+    SuperInstanceNormalization,
     SuperSeparableConv2D,
 )
 from keras_layers.gates import ChannelGate, driven_gates, set_keeps
@@ -21,8 +23,10 @@ __all__ = [
     "PruningAgent",
     "ReflectionPadding2D",
     "SelectiveActivationConv2D",
+    "SuperBatchNormalization",
     "SuperConv2D",
     "SuperConv2DTranspose",
+    "SuperInstanceNormalization",
     "SuperSeparableConv2D",
     "driven_gates",
     "gumbel_sigmoid",

@@ -18,8 +18,10 @@ from tfgancompress import (
     metrics,
     models,
     pruning,
+    quantization,
     reconstruction,
     schedules,
+    search,
     surgery,
 )
 from tfgancompress.profile import LayerProfile, ModelProfile, profile
@@ -39,8 +41,10 @@ __all__ = [
     "models",
     "profile",
     "pruning",
+    "quantization",
     "reconstruction",
     "schedules",
+    "search",
     "slim",
     "surgery",
 ]
