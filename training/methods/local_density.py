@@ -52,8 +52,10 @@ loss, both from the previous step. `peer=False` (the
 **Local density terms** (generator, both phases; `tgc.density`): each
 training input is the centre of a neighbourhood whose `neighbours` members
 are the nearest earlier training pairs by their teacher outputs
-(`tgc.density.NeighbourBank`, no extra teacher forward); the student also
-runs on the neighbours' inputs. Then
+(`tgc.density.NeighbourBank`, no extra teacher forward), plus `augmented`
+members: the teacher's outputs on colour-jittered copies of the input
+(`tgc.density.augment`, one teacher forward each; none by default). The
+student also runs on the neighbours' inputs. Then
 
 - `density`: the KDE structure term, kernel similarities between centre
   and neighbours, teacher vs student, Gaussian kernel with a bandwidth per
@@ -121,7 +123,10 @@ class LocalDensityTrainer(AdversarialTrainer):
             (its agent needs `state_dim = peer units + 1`).
         local_discriminator: The neighbourhood-conditioned discriminator,
             or `None` without the `local_gan` term.
-        neighbours: Neighbours per centre.
+        neighbours: Nearest neighbours per centre (from the bank).
+        augmented: Augmented neighbours per centre (teacher outputs on
+            colour-jittered copies of the input).
+        augment_strength: Strength of that jitter (`tgc.density.augment`).
         bank_capacity: Training pairs the neighbour bank keeps.
         bank_grid: Pooled side of the teacher outputs the bank compares.
         kde_grid: Pooled side of the features of the KDE term.
@@ -142,6 +147,8 @@ class LocalDensityTrainer(AdversarialTrainer):
         peer: bool = True,
         local_discriminator: keras.Model | None = None,
         neighbours: int = 2,
+        augmented: int = 0,
+        augment_strength: float = 0.1,
         bank_capacity: int = 64,
         bank_grid: int = 8,
         kde_grid: int = 8,
@@ -159,6 +166,8 @@ class LocalDensityTrainer(AdversarialTrainer):
         self.g_agent, self.d_agent, self.peer = g_agent, d_agent, bool(peer)
         self.local_discriminator = local_discriminator if lambda_local_gan else None
         self.kde_grid = int(kde_grid)
+        self.augmented = int(augmented)
+        self.augment_strength = float(augment_strength)
         self.lambda_density = float(lambda_density)
         self.lambda_local_gan = float(lambda_local_gan)
         # Built on the first batch (it needs the crop size); its buffer is
@@ -181,6 +190,11 @@ class LocalDensityTrainer(AdversarialTrainer):
     def bank(self) -> density.NeighbourBank:
         """The `NeighbourBank` of recent `(input, teacher output)` pairs."""
         return self._holder.bank
+
+    @property
+    def neighbour_count(self) -> int:
+        """Members of each neighbourhood besides its centre."""
+        return self.bank.neighbours + self.augmented
 
     # Agents ----------------------------------------------------------------
 
@@ -223,8 +237,18 @@ class LocalDensityTrainer(AdversarialTrainer):
 
     def prepare_step(self, x, y) -> Step:
         step = super().prepare_step(x, y)
-        centres = step.teacher_image
-        inputs, outputs = self.bank(x, centres)
+        inputs, outputs = self.bank(x, step.teacher_image)
+        if self.augmented:
+            seeds = tf.random.experimental.stateless_split(step.seed, self.augmented)
+            jittered = [
+                density.augment(x, seeds[i], self.augment_strength)
+                for i in range(self.augmented)
+            ]
+            teacher = [
+                tf.stop_gradient(self.teacher(j, training=False)) for j in jittered
+            ]
+            inputs = tf.concat([inputs, tf.stack(jittered, axis=1)], axis=1)
+            outputs = tf.concat([outputs, tf.stack(teacher, axis=1)], axis=1)
         step.extras["neighbour_inputs"] = inputs
         step.extras["neighbour_teacher"] = outputs
         return step
@@ -239,7 +263,7 @@ class LocalDensityTrainer(AdversarialTrainer):
 
     def _neighbourhood_pairs(self, step: Step, samples) -> tf.Tensor:
         """`concat(teacher centre, sample)` per neighbour: `(B * k, H, W, 2C)`."""
-        centres = tf.repeat(step.teacher_image, self.bank.neighbours, axis=0)
+        centres = tf.repeat(step.teacher_image, self.neighbour_count, axis=0)
         return tf.concat([centres, samples], axis=-1)
 
     def _features(self, images, neighbours: int | None = None) -> tf.Tensor:
@@ -255,7 +279,7 @@ class LocalDensityTrainer(AdversarialTrainer):
             return terms
         inputs = step.extras["neighbour_inputs"]
         teacher = step.extras["neighbour_teacher"]
-        k = self.bank.neighbours
+        k = self.neighbour_count
         flat = tf.reshape(inputs, (-1, *inputs.shape[2:]))
         student = self.generator(flat, training=True)
         step.extras["neighbour_student"] = student
@@ -422,7 +446,10 @@ class LocalDensity(base.Method):
                 with the pruned G; this fraction is this project's choice).
             agent_learning_rate: Adam learning rate of the agents.
             temperature: Gumbel-sigmoid temperature of the agents.
-            neighbours: Neighbours per neighbourhood centre.
+            neighbours: Nearest earlier training pairs per neighbourhood.
+            augmented: Augmented neighbours per centre (one teacher
+                forward each).
+            augment_strength: Colour jitter of the augmented neighbours.
             bank_capacity: Recent training pairs searched for neighbours.
             bank_grid: Pooled side of the teacher outputs the bank compares.
             kde_grid: Pooled side of the KDE term's features (must divide
@@ -441,9 +468,11 @@ class LocalDensity(base.Method):
         lambda_peer: float = 1.0
         lambda_resource: float = 1.0
         d_macs_ratio: float = 0.25
-        agent_learning_rate: float = 1e-3
+        agent_learning_rate: float = 1e-2
         temperature: float = 0.4
         neighbours: int = 2
+        augmented: int = 0
+        augment_strength: float = 0.1
         bank_capacity: int = 64
         bank_grid: int = 8
         kde_grid: int = 8
@@ -534,6 +563,8 @@ class LocalDensity(base.Method):
             peer=options.peer,
             local_discriminator=state["local_discriminator"],
             neighbours=options.neighbours,
+            augmented=options.augmented,
+            augment_strength=options.augment_strength,
             bank_capacity=options.bank_capacity,
             bank_grid=options.bank_grid,
             kde_grid=options.kde_grid,
