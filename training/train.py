@@ -161,6 +161,11 @@ def _report_markdown(report: dict) -> str:
             if report["reconstruction_views"]
             else "(no least-squares refit)."
         )
+    state = report["method_state"]
+    method_state = []
+    if state:  # e.g. gan_compression's chosen config
+        items = ", ".join(f"{key}={value}" for key, value in state.items())
+        method_state = [f"Method state: {items}.", ""]
     lines = [
         f"# Vintage teacher compressed with `{report['method']}`",
         "",
@@ -175,6 +180,7 @@ def _report_markdown(report: dict) -> str:
         "",
         f"Student before training: {initial}",
         "",
+        *method_state,
         "| model | G MACs | M params | LiteRT ms | PSNR dB | SSIM | FD |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
@@ -255,7 +261,9 @@ def run(**overrides) -> dict:
             student,
             os.path.join(output_dir, "student_int8.tflite"),
             quantization="int8",
-            representative_data=reference_pairs[0],
+            representative_data=None
+            if tgc.quantization.is_quantized(student)
+            else reference_pairs[0],
             input_shape=shape,
         ),
     }
@@ -298,6 +306,11 @@ def run(**overrides) -> dict:
         "macs_budget": budget.macs,
         "phase_steps": result.steps,
         "phase_seconds": result.seconds,
+        "method_state": {
+            key: value
+            for key, value in result.student.state.items()
+            if isinstance(value, str | int | float) and not isinstance(value, bool)
+        },
         "reconstruction_views": result.refit_images or 0,
         "initial_psnr": initial.get("psnr"),
         "eval_size": size,
