@@ -5,7 +5,6 @@ is tested in `test_density.py`; the agents' differentiable MACs against
 `profile(slim(...))` in `test_agents.py`.
 """
 
-import functools
 import pathlib
 import re
 import types
@@ -200,10 +199,13 @@ def test_readme_model_fit_example_runs(task):
         "teacher": teacher,
         "pairs": pairs,
         "steps": 2,
-        # The same methods, without XLA (compiling is tested elsewhere).
+        # The same methods, without XLA (compiling is tested elsewhere) and
+        # with a small discriminator.
         "methods": types.SimpleNamespace(
             get=methods.get,
-            Setup=functools.partial(methods.Setup, jit_compile=False),
+            Setup=lambda *args, **kwargs: methods.Setup(
+                *args, **{**kwargs, "ndf": 8, "jit_compile": False}
+            ),
         ),
     }
     exec(compile(example, "README.md", "exec"), namespace)
