@@ -3,6 +3,7 @@
 Nothing here imports `tfgancompress` or `training`: these layers stand alone.
 """
 
+from keras_layers.agents import PruningAgent, gumbel_sigmoid, resource_loss
 from keras_layers.conv import (
     SelectiveActivationConv2D,
     SuperBatchNormalization,
@@ -26,6 +27,7 @@ __all__ = [
     "FakeQuantInstanceNormalization",
     "FakeQuantWeights",
     "InstanceNormalization",
+    "PruningAgent",
     "ReflectionPadding2D",
     "SelectiveActivationConv2D",
     "SubPixelConv2D",
@@ -35,5 +37,7 @@ __all__ = [
     "SuperInstanceNormalization",
     "SuperSeparableConv2D",
     "driven_gates",
+    "gumbel_sigmoid",
+    "resource_loss",
     "set_keeps",
 ]

@@ -9,8 +9,10 @@ print(tgc.profile(teacher, (256, 256, 3)))
 """
 
 from tfgancompress import (
+    agents,
     cost,
     data,
+    density,
     export,
     latency,
     lowering,
@@ -31,8 +33,10 @@ from tfgancompress.surgery import live_channels, slim
 __all__ = [
     "LayerProfile",
     "ModelProfile",
+    "agents",
     "cost",
     "data",
+    "density",
     "export",
     "latency",
     "live_channels",
