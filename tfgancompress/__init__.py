@@ -8,7 +8,8 @@ print(tgc.profile(teacher, (256, 256, 3)))
 ```
 """
 
-from tfgancompress import (
+from tfgancompress import (  # console first: it acts before TensorFlow loads
+    console,
     cost,
     data,
     export,
@@ -20,6 +21,7 @@ from tfgancompress import (
     reconstruction,
     schedules,
     search,
+    ship,
     surgery,
 )
 from tfgancompress.profile import LayerProfile, ModelProfile, profile
@@ -28,6 +30,7 @@ from tfgancompress.surgery import live_channels, slim
 __all__ = [
     "LayerProfile",
     "ModelProfile",
+    "console",
     "cost",
     "data",
     "export",
@@ -41,6 +44,7 @@ __all__ = [
     "reconstruction",
     "schedules",
     "search",
+    "ship",
     "slim",
     "surgery",
 ]

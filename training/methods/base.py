@@ -70,6 +70,10 @@ class Setup:
         ndf: Width of the discriminator.
         seed: Seed of model initialisation and training.
         jit_compile: Compile the train steps with XLA.
+        validation: `(inputs, targets)` arrays of images split off the
+            task's training photos (never trained on, never the held-out
+            photos), or `None`: what a search scores its candidates on
+            (e.g. GAN Compression's sub-net search).
     """
 
     budget: budget_lib.Budget
@@ -78,6 +82,9 @@ class Setup:
     ndf: int = 64
     seed: int = 0
     jit_compile: bool = True
+    validation: tuple | None = dataclasses.field(
+        default=None, compare=False, repr=False
+    )
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -205,11 +212,16 @@ class Method(abc.ABC):
             default; its `__post_init__` may validate them.
         search_share: Fraction of the pipeline's steps given to the search
             phase by the default `split_steps`.
+        colour_skip: Whether the entry points may wrap the slimmed student
+            in a global colour skip (`tgc.models.with_colour_skip`, which
+            restarts the generator's last convolution at zero); `False`
+            for a method whose student must keep its output layer.
     """
 
     name: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     search_share: ClassVar[float] = 0.0
+    colour_skip: ClassVar[bool] = True
 
     def __init__(self, options=None, **overrides):
         if isinstance(options, self.Options):
