@@ -229,31 +229,37 @@ class _DiscriminatorMacs:
                 tgc.reports.write_json(self.path, self.macs)
 
 
+def budget_for(task: tasks.TaskData, config: dict) -> Budget:
+    """The MACs budget of the settings (`macs_ratio` or `macs_budget`)."""
+    return Budget.resolve(task.teacher, config["macs_ratio"], config["macs_budget"])
+
+
 def compress(
     method: methods.Method,
     task: tasks.TaskData,
     config: dict,
-    checkpoint_root: str | None = None,
+    budget: Budget,
+    checkpoint_dir: str | None = None,
     after_phase: Callable | None = None,
-) -> tuple[pipeline.Compressed, Budget, dict]:
+) -> tuple[pipeline.Compressed, dict]:
     """Runs `method` through the pipeline on `task`.
 
     Args:
         method: A registered method (`training.methods.get`).
         task: The loaded task.
         config: Settings (`DEFAULTS` keys).
-        checkpoint_root: Checkpoints go to `<checkpoint_root>/<run_key>`
-            (the same run resumes there); `None`: no checkpoints.
+        budget: The MACs budget (`budget_for`).
+        checkpoint_dir: Where the run checkpoints and resumes (one folder
+            per run: `run_key`); `None`: no checkpoints.
         after_phase: Passed to `pipeline.compress`.
 
     Returns:
-        `(result, budget, d_macs)`: `d_macs` is `{"before", "after"}` when
-        the method slimmed a gated discriminator, else empty.
+        `(result, d_macs)`: `d_macs` is `{"before", "after"}` when the
+        method slimmed a gated discriminator, else empty.
 
     Raises:
         BudgetError: If the method cannot reach the budget.
     """
-    budget = Budget.resolve(task.teacher, config["macs_ratio"], config["macs_budget"])
     setup = methods.Setup(
         budget,
         mode=task.mode,
@@ -263,10 +269,7 @@ def compress(
         jit_compile=config["jit_compile"],
         validation=task.validation,
     )
-    checkpoint_dir = None
-    if checkpoint_root:
-        key = run_key(method, budget, config, task)
-        checkpoint_dir = os.path.join(checkpoint_root, key)
+    if checkpoint_dir:
         os.makedirs(checkpoint_dir, exist_ok=True)
     d_macs = _DiscriminatorMacs(budget, checkpoint_dir)
 
@@ -293,7 +296,7 @@ def compress(
         after_phase=phase_done,
         verbose=config["progress"],
     )
-    return result, budget, d_macs.macs
+    return result, d_macs.macs
 
 
 def _notes(facts: dict) -> list[str]:
@@ -357,11 +360,13 @@ def run(**overrides) -> dict:
             print(f"      after {phase}: {initial['psnr']:.2f} dB PSNR on held-out")
 
     print(f"[2/3] compressing with {method.description}", flush=True)
-    result, budget, d_macs = compress(
+    budget = budget_for(task, config)
+    result, d_macs = compress(
         method,
         task,
         config,
-        os.path.join(output_dir, "checkpoints"),
+        budget,
+        os.path.join(output_dir, "checkpoints", run_key(method, budget, config, task)),
         after_phase=score_untrained,
     )
     seconds.update(result.seconds)

@@ -26,7 +26,7 @@ import dataclasses
 import functools
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import keras
 import numpy as np
@@ -204,6 +204,7 @@ class TaskData:
         reference: The same for the reference photos (colour map, int8).
         photos: Photos per split: `train`, `validation`, `held_out`,
             `reference`.
+        photo_names: `source/name` of the photos of each split.
         views: How the views were cut.
         key: A short hash of the teacher, photos, views and seed: a run's
             cache key includes it.
@@ -220,6 +221,7 @@ class TaskData:
     held_out: tuple[np.ndarray, np.ndarray]
     reference: tuple[np.ndarray, np.ndarray]
     photos: dict[str, int]
+    photo_names: dict[str, list[str]]
     views: Views
     key: str
     sources: dict[str, dict[str, int]] = dataclasses.field(default_factory=dict)
@@ -279,3 +281,74 @@ class TaskData:
             "key": self.key,
             "seed": self.seed,
         }
+
+
+Arrays = tuple[np.ndarray, np.ndarray]
+
+
+def assemble(
+    name: str,
+    description: str,
+    teacher: keras.Model,
+    key: str,
+    train_photos: Sequence,
+    held_out_photos: Sequence,
+    views: Views,
+    seed: int,
+    *,
+    training_views: Callable[[list], Arrays],
+    central_views: Callable[[list], Arrays],
+    sources: bool = False,
+) -> TaskData:
+    """A `TaskData` from training and held-out photos and two view loaders.
+
+    Splits validation and reference photos off the training photos
+    (`split_photos`), then loads each split's views.
+
+    Args:
+        name: Short task name (result files).
+        description: One line for reports.
+        teacher: The generator.
+        key: Names the teacher (in the data key).
+        train_photos: Photos to train on (validation and reference photos
+            are drawn from them).
+        held_out_photos: Photos for the final score only (not empty).
+        views: How views are cut.
+        seed: Seed of the splits.
+        training_views: Photos -> `uint8` `(inputs, targets)` training views.
+        central_views: Photos -> float `(inputs, teacher outputs)` central
+            views.
+        sources: Count each split's photos by built-in source.
+    """
+    train, validation, reference = split_photos(
+        train_photos, views.validation_photos, views.reference_photos, seed
+    )
+    splits = {
+        "train": train,
+        "validation": validation,
+        "held_out": list(held_out_photos),
+        "reference": reference,
+    }
+    names = {
+        split: [f"{photo.source}/{photo.name}" for photo in photos]
+        for split, photos in splits.items()
+    }
+    return TaskData(
+        name=name,
+        description=description,
+        teacher=teacher,
+        train=training_views(train),
+        validation=central_views(validation) if validation else None,
+        held_out=central_views(splits["held_out"]),
+        reference=central_views(reference),
+        photos={split: len(photos) for split, photos in splits.items()},
+        photo_names=names,
+        views=views,
+        key=data_key({"teacher": key, "views": views, "seed": seed, **names}),
+        sources=(
+            {s: tgc.data.count_by_source(p) for s, p in splits.items()}
+            if sources
+            else {}
+        ),
+        seed=seed,
+    )

@@ -28,11 +28,11 @@ from PIL import Image
 import tfgancompress as tgc
 from tfgancompress.data import pairs as data_pairs
 from tfgancompress.data import pipeline
-from training.tasks.base import TaskData, Views, data_key, split_photos, to_float
+from training.tasks.base import TaskData, Views, assemble, to_float
 from training.tasks.photos import (
     DEFAULT_HELD_OUT_FRACTION,
     folder_photos,
-    held_out_by_fraction,
+    split_held_out,
 )
 
 
@@ -104,49 +104,29 @@ def pair_task(
             or too few files to hold a fraction out.
     """
     views = views or Views()
-    train = folder_photos(pairs)
-    if held_out is None:
-        train, held = held_out_by_fraction(train, held_out_fraction, seed)
-        where = f"{len(held)} of its pairs held out at random (seed {seed})"
-    else:
-        held = folder_photos(held_out)
-        where = f"held out: {held_out}"
-    train, validation, reference = split_photos(
-        train, views.validation_photos, views.reference_photos, seed
+    train, held, where = split_held_out(
+        folder_photos(pairs), held_out, held_out_fraction, seed, "pairs"
     )
     run_teacher = data_pairs.teacher_function(teacher)
 
-    def central(photos):
-        if not photos:
-            return None
+    def training_views(photos):
+        stacks = _load(photos, views, training=True)
+        return stacks[..., :3], stacks[..., 3:]
+
+    def central_views(photos):
         inputs = _load(photos, views, training=False)[..., :3]
         outputs = np.stack([run_teacher(image) for image in inputs])
         return to_float(inputs), to_float(outputs)
 
-    stacks = _load(train, views, training=True)
-    splits = {
-        "train": train,
-        "validation": validation,
-        "held_out": held,
-        "reference": reference,
-    }
-    return TaskData(
-        name="pairs",
-        description=f"{teacher.name} on the pairs of {pairs} ({where})",
-        teacher=teacher,
-        train=(stacks[..., :3], stacks[..., 3:]),
-        validation=central(validation),
-        held_out=central(held),
-        reference=central(reference),
-        photos={split: len(photos) for split, photos in splits.items()},
-        views=views,
-        key=data_key(
-            {
-                "teacher": key,
-                "views": views,
-                "seed": seed,
-                **{s: [p.name for p in photos] for s, photos in splits.items()},
-            }
-        ),
-        seed=seed,
+    return assemble(
+        "pairs",
+        f"{teacher.name} on the pairs of {pairs} ({where})",
+        teacher,
+        key,
+        train,
+        held,
+        views,
+        seed,
+        training_views=training_views,
+        central_views=central_views,
     )

@@ -24,14 +24,7 @@ import keras
 import numpy as np
 
 import tfgancompress as tgc
-from training.tasks.base import (
-    TaskData,
-    Views,
-    data_key,
-    split_photos,
-    teacher_views,
-    to_float,
-)
+from training.tasks.base import TaskData, Views, assemble, teacher_views, to_float
 
 DEFAULT_HELD_OUT_FRACTION = 0.1
 TEACHER_FORMATS = (".pth", ".keras")
@@ -117,8 +110,22 @@ def held_out_by_fraction(photos: list, fraction: float, seed: int) -> tuple[list
     return train, held_out
 
 
-def _names(photos) -> list[str]:
-    return [f"{photo.source}/{photo.name}" for photo in photos]
+def split_held_out(
+    photos: list,
+    held_out: str | os.PathLike | None,
+    fraction: float,
+    seed: int,
+    what: str = "photos",
+) -> tuple[list, list, str]:
+    """Training and held-out photos: a held-out folder, or a fraction of `photos`.
+
+    Returns:
+        `(train, held_out, where)`: `where` says how they were split.
+    """
+    if held_out is None:
+        train, held = held_out_by_fraction(photos, fraction, seed)
+        return train, held, f"{len(held)} of its {what} held out at random"
+    return photos, folder_photos(held_out), f"held out: {held_out}"
 
 
 def views_task(
@@ -133,10 +140,7 @@ def views_task(
     cache_dir=None,
     sources: bool = False,
 ) -> TaskData:
-    """A photo task from its training and held-out photos.
-
-    Splits validation and reference photos off the training photos
-    (`split_photos`), then computes (or reads back) the teacher's views.
+    """A photo task: the teacher's views of training and held-out photos.
 
     Args:
         name: Short task name (result files).
@@ -154,46 +158,26 @@ def views_task(
     Returns:
         The loaded `TaskData`.
     """
-    train, validation, reference = split_photos(
-        train_photos, views.validation_photos, views.reference_photos, seed
-    )
 
-    def central(photos):
-        if not photos:
-            return None
+    def training_views(photos):
+        return teacher_views(photos, teacher, key, views, True, cache_dir)
+
+    def central_views(photos):
         inputs, outputs = teacher_views(photos, teacher, key, views, False, cache_dir)
         return to_float(inputs), to_float(outputs)
 
-    splits = {
-        "train": train,
-        "validation": validation,
-        "held_out": held_out_photos,
-        "reference": reference,
-    }
-    return TaskData(
-        name=name,
-        description=description,
-        teacher=teacher,
-        train=teacher_views(train, teacher, key, views, True, cache_dir),
-        validation=central(validation),
-        held_out=central(held_out_photos),
-        reference=central(reference),
-        photos={split: len(photos) for split, photos in splits.items()},
-        views=views,
-        key=data_key(
-            {
-                "teacher": key,
-                "views": views,
-                "seed": seed,
-                **{split: _names(photos) for split, photos in splits.items()},
-            }
-        ),
-        sources=(
-            {s: tgc.data.count_by_source(p) for s, p in splits.items()}
-            if sources
-            else {}
-        ),
-        seed=seed,
+    return assemble(
+        name,
+        description,
+        teacher,
+        key,
+        train_photos,
+        held_out_photos,
+        views,
+        seed,
+        training_views=training_views,
+        central_views=central_views,
+        sources=sources,
     )
 
 
@@ -264,13 +248,9 @@ def photo_task(
             hold a fraction out.
     """
     views = views or Views()
-    train = folder_photos(photos)
-    if held_out is None:
-        train, held = held_out_by_fraction(train, held_out_fraction, seed)
-        where = f"{len(held)} of its photos held out at random (seed {seed})"
-    else:
-        held = folder_photos(held_out)
-        where = f"held out: {held_out}"
+    train, held, where = split_held_out(
+        folder_photos(photos), held_out, held_out_fraction, seed
+    )
     return views_task(
         "photos",
         f"{teacher.name} on the photos of {photos} ({where})",
