@@ -47,7 +47,7 @@ def test_methods_trains_only_the_named_rows_and_reuses_the_rest(tmp_path):
     keras.utils.set_random_seed(0)
     teacher = tgc.models.resnet_generator(ngf=8, n_blocks=1, affine=True)
     write_photos(tmp_path / "photos", 8)
-    task = tasks.photo_task(
+    task = tasks.photo_task(  # one held-out photo: no FD (the command test has)
         teacher, "tiny", tmp_path / "photos", views=VIEWS, cache_dir=tmp_path / "c"
     )
     out, work = tmp_path / "out", tmp_path / "work"
@@ -65,7 +65,7 @@ def test_methods_trains_only_the_named_rows_and_reuses_the_rest(tmp_path):
     assert rows["distill"]["macs_ratio"] >= 20 and rows["distill"]["speedup"] > 1
     assert rows["teacher"]["speedup"] == 1.0 and rows["teacher"]["psnr"] == float("inf")
     for name in ("identity", "colour_map", "uniform", "distill"):
-        assert 0 < rows[name]["psnr"] < 60
+        assert 0 < rows[name]["psnr"] < 60 and rows[name]["fd"] is None, name
     distill = _row_json(work, "distill")
     distill_stamp = os.stat(distill).st_mtime_ns
     bench.run(["distill"], str(out), str(work), task=task, retrain=True, **_settings())
@@ -102,6 +102,7 @@ def _bench_command(tmp_path) -> list[str]:
         f"--teacher={tmp_path / 'G.pth'}",
         f"--photos={tmp_path / 'photos'}",
         "--methods=uniform,distill",
+        "--held_out_fraction=0.25",  # two photos: FD and KID are computed
         f"--output_dir={tmp_path / 'out'}",
         f"--work_dir={tmp_path / 'work'}",
         "--nojit_compile",
@@ -143,3 +144,7 @@ def test_a_killed_bench_resumes_without_retraining_finished_rows(tmp_path):
     saved = json.loads((tmp_path / "out" / "photos.json").read_text())
     assert saved["rows"]["uniform"]["psnr"] == json.loads(before)["psnr"]
     assert saved["rows"]["distill"]["latency_ms_int8"] > 0
+    assert saved["photos"]["held_out"] == 2
+    assert saved["rows"]["teacher"]["fd"] == pytest.approx(0.0, abs=1e-3)
+    for name in ("identity", "colour_map", "uniform", "distill"):
+        assert saved["rows"][name]["fd"] > 1e-2, name

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import shutil
 import sys
@@ -321,9 +322,9 @@ def _plot_quality(results: dict, path: str) -> None:
 
     figure, axis = plt.subplots(figsize=(6.5, 4.5))
     for name, row in results["rows"].items():
-        if row.get("psnr") is None:
-            continue
-        if name == "teacher" or "macs" not in row:
+        if row.get("psnr") is None or not math.isfinite(row["psnr"]):
+            continue  # the teacher: infinitely close to itself
+        if "macs" not in row:
             axis.axhline(row["psnr"], linestyle="--", color="gray", linewidth=1)
             axis.text(
                 0.01,
@@ -388,8 +389,14 @@ def main(argv):
     except ValueError as error:
         raise app.UsageError(f"--methods/--variant: {error}") from error
     logging.set_verbosity(logging.INFO if FLAGS.verbose else logging.WARNING)
-    settings = {key: FLAGS[key].value for key in train.DEFAULTS if key in FLAGS}
-    settings["steps_per_epoch"] = min(train.DEFAULTS["steps_per_epoch"], FLAGS.steps)
+    settings = {
+        key: FLAGS[key].value
+        for key in train.DEFAULTS
+        if key in FLAGS and key != "output_dir"
+    }
+    settings["steps_per_epoch"] = FLAGS.steps_per_epoch or min(
+        train.DEFAULTS["steps_per_epoch"], FLAGS.steps
+    )
     try:
         run(
             names,
@@ -423,6 +430,13 @@ def define_flags() -> None:
     flags.DEFINE_bool("retrain", False, "Train the listed rows again even if cached.")
     flags.DEFINE_integer(
         "steps", 300, "Training steps of every trained row.", lower_bound=1
+    )
+    flags.DEFINE_integer(
+        "steps_per_epoch",
+        None,
+        "Steps between checkpoints and validation scores (default: "
+        f"{train.DEFAULTS['steps_per_epoch']}, at most --steps).",
+        lower_bound=1,
     )
     flags.DEFINE_string("output_dir", "benchmarks/results", "Where to write results.")
     flags.DEFINE_string(
