@@ -43,7 +43,7 @@ def _row_json(work_dir, label) -> str:
     return str(work_dir / "rows" / folder / "row.json")
 
 
-def test_methods_trains_only_the_named_rows_and_reuses_the_rest(tmp_path):
+def test_methods_trains_only_the_named_rows_and_reuses_the_rest(tmp_path, monkeypatch):
     keras.utils.set_random_seed(0)
     teacher = tgc.models.resnet_generator(ngf=8, n_blocks=1, affine=True)
     write_photos(tmp_path / "photos", 8)
@@ -62,15 +62,16 @@ def test_methods_trains_only_the_named_rows_and_reuses_the_rest(tmp_path):
     assert rows["uniform"]["psnr"] == first["rows"]["uniform"]["psnr"]
     for key in ROW_KEYS:
         assert key in rows["distill"], key
-    assert rows["distill"]["macs_ratio"] >= 20 and rows["distill"]["speedup"] > 1
+    assert rows["distill"]["macs_ratio"] >= 20
+    # At 32x32 LiteRT's per-call overhead dominates: the ratio is noise, its
+    # definition is not (teacher median over the row's, for each file).
+    for suffix in ("", "_int8"):
+        assert rows["distill"][f"speedup{suffix}"] == pytest.approx(
+            rows["teacher"]["latency_ms"] / rows["distill"][f"latency_ms{suffix}"]
+        )
     assert rows["teacher"]["speedup"] == 1.0 and rows["teacher"]["psnr"] == float("inf")
     for name in ("identity", "colour_map", "uniform", "distill"):
         assert 0 < rows[name]["psnr"] < 60 and rows[name]["fd"] is None, name
-    distill = _row_json(work, "distill")
-    distill_stamp = os.stat(distill).st_mtime_ns
-    bench.run(["distill"], str(out), str(work), task=task, retrain=True, **_settings())
-    assert os.stat(distill).st_mtime_ns != distill_stamp
-    assert os.stat(uniform).st_mtime_ns == stamp
     text = (out / "photos.json").read_text()
     assert "Infinity" not in text and "NaN" not in text
     saved = json.loads(text)
@@ -79,6 +80,22 @@ def test_methods_trains_only_the_named_rows_and_reuses_the_rest(tmp_path):
     assert "| distill |" in table and "python -m training.bench" in table
     assert (out / "photos.png").stat().st_size > 0
     assert (out / "photos_latency.png").stat().st_size > 0
+    # --retrain: the cached row is dropped and trained again (training
+    # itself is tested above, so a stand-in records the call).
+    distill = _row_json(work, "distill")
+    trained = []
+
+    def stand_in(row, task, config, directory):
+        trained.append((row.label, os.path.exists(directory)))
+        return {"method": row.label, "psnr": 1.0}
+
+    monkeypatch.setattr(bench, "train_row", stand_in)
+    again = bench.run(
+        ["distill"], str(out), str(work), task=task, retrain=True, **_settings()
+    )
+    assert trained == [("distill", False)] and not os.path.exists(distill)
+    assert again["rows"]["distill"]["psnr"] == 1.0
+    assert again["rows"]["uniform"]["psnr"] == rows["uniform"]["psnr"]
     with pytest.raises(ValueError, match=r"Unknown rows \['nope'\].*distill"):
         bench.run(["nope"], str(out), task=task)
 
