@@ -46,6 +46,7 @@ import numpy as np
 
 from tfgancompress import export, latency, metrics
 from tfgancompress.profile import profile
+from tfgancompress.quantization import is_quantized
 
 
 class Scorer:
@@ -129,7 +130,9 @@ def export_files(
         input_shape: `(H, W, C)` to export at (batch 1).
         int8: Models to export as int8 too: names (file `<name>_int8`) or
             `{int8 name: model name}`.
-        calibration: int8 calibration images (>= 16 recommended).
+        calibration: int8 calibration images (>= 16 recommended); not
+            used for a quantization-aware model, which carries its ranges
+            (`tgc.quantization.is_quantized`).
 
     Returns:
         `{name: path}`, float32 files first, then the int8 ones.
@@ -147,11 +150,13 @@ def export_files(
     for name, source in int8_names(int8).items():
         if source not in models:
             raise KeyError(f"int8 names {source!r}, not one of {sorted(models)}.")
+        model = models[source]
         files[name] = export.to_litert(
-            models[source],
+            model,
             os.path.join(directory, f"{name}.tflite"),
             quantization="int8",
-            representative_data=calibration,
+            # A quantization-aware model carries its own ranges.
+            representative_data=None if is_quantized(model) else calibration,
             input_shape=shape,
         )
     return files

@@ -311,6 +311,10 @@ def _notes(facts: dict) -> list[str]:
             else "(no least-squares refit)."
         )
     seconds = ", ".join(f"{k} {v:.0f} s" for k, v in facts["phase_seconds"].items())
+    method_state = []
+    if facts["method_state"]:  # e.g. gan_compression's chosen config
+        items = ", ".join(f"{k}={v}" for k, v in facts["method_state"].items())
+        method_state = [f"Method state: {items}.", ""]
     return [
         f"`{facts['description']}` at a budget of {facts['budget']}.",
         "",
@@ -320,6 +324,7 @@ def _notes(facts: dict) -> list[str]:
         "",
         f"Student before training: {initial}",
         "",
+        *method_state,
     ]
 
 
@@ -394,6 +399,11 @@ def run(**overrides) -> dict:
         reconstruction_views=result.refit_images or 0,
         initial_psnr=initial.get("psnr"),
         d_macs=d_macs or None,
+        method_state={
+            key: value
+            for key, value in result.student.state.items()
+            if isinstance(value, str | int | float) and not isinstance(value, bool)
+        },
         train_seconds=sum(
             result.seconds.get(phase, 0.0) for phase in ("search", "finetune")
         ),
