@@ -8,6 +8,9 @@ print(tgc.profile(teacher, (256, 256, 3)))
 ```
 """
 
+from tfgancompress import console  # first: it acts before TensorFlow loads
+
+# isort: split
 from tfgancompress import (
     agents,
     cost,
@@ -25,6 +28,7 @@ from tfgancompress import (
     reconstruction,
     schedules,
     search,
+    ship,
     surgery,
 )
 from tfgancompress.profile import LayerProfile, ModelProfile, profile
@@ -34,6 +38,7 @@ __all__ = [
     "LayerProfile",
     "ModelProfile",
     "agents",
+    "console",
     "cost",
     "data",
     "density",
@@ -51,6 +56,7 @@ __all__ = [
     "reconstruction",
     "schedules",
     "search",
+    "ship",
     "slim",
     "surgery",
 ]

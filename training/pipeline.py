@@ -189,6 +189,7 @@ def _fit(
         epochs=math.ceil(steps / per_epoch),
         steps_per_epoch=per_epoch,
         callbacks=run,
+        shuffle=False,  # the dataset shuffles; Keras warns about its own flag
         verbose=verbose,
     )
     return history.history
