@@ -9,7 +9,7 @@ from keras_layers.conv import (
     SuperConv2DTranspose,
     SuperSeparableConv2D,
 )
-from keras_layers.gates import ChannelGate
+from keras_layers.gates import ChannelGate, driven_gates, set_keeps
 from keras_layers.norm import InstanceNormalization, ReflectionPadding2D
 from keras_layers.quant import FakeQuant
 
@@ -22,4 +22,6 @@ __all__ = [
     "SuperConv2D",
     "SuperConv2DTranspose",
     "SuperSeparableConv2D",
+    "driven_gates",
+    "set_keeps",
 ]

@@ -10,15 +10,31 @@ gate computes `y = scale * x + shift` with per-channel vectors that
 | `dmad`     | DMAD            | banded quadratic mask of `w`, bound `b`   |
 | `scale`    | GAN Slimming    | `gamma * x + beta` (prox. shrink of gamma) |
 | `gumbel`   | pruning agents  | gumbel-sigmoid of agent-set `logits`      |
+
+Pruning agents (a network that outputs the gates) drive gates with a
+differentiable tensor instead: inside `with driven_gates({gate: mask}):`
+each listed gate multiplies by `mask` (shape `(C,)` or `(batch, C)`), so
+gradients reach the agent; outside the block the gate is itself again.
+When the search ends, `set_keeps({gate: mask})` writes the agent's hard
+decisions into the gates, for `tfgancompress.slim` to remove the channels.
 """
 
 from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Iterator, Mapping
 
 import keras
 import numpy as np
 from keras import ops
 
 MODES = ("binary", "dmad", "scale", "gumbel")
+# How far `set_keep` moves a parameter across its keep rule.
+_MARGIN = 1e-3
+# The masks of the enclosing `driven_gates` blocks, per thread (replicas of
+# a MirroredStrategy trace their steps in threads of their own).
+_DRIVEN = threading.local()
 
 
 def dmad_mask(weight, bound):
@@ -180,7 +196,14 @@ class ChannelGate(keras.layers.Layer):
         return soft + ops.stop_gradient(ops.cast(soft > 0.5, "float32") - soft)
 
     def call(self, inputs, training=None):
-        mask = ops.cast(self.mask(bool(training)), inputs.dtype)
+        driven = _driven_mask(self)
+        if driven is None:
+            mask = ops.cast(self.mask(bool(training)), inputs.dtype)
+        else:
+            mask = ops.cast(driven, inputs.dtype)
+            if len(mask.shape) == 2:  # (batch, C): the same on every pixel
+                for _ in range(len(inputs.shape) - 2):
+                    mask = ops.expand_dims(mask, 1)
         outputs = inputs * mask
         if self.mode == "scale":
             outputs = outputs + ops.cast(self.beta, inputs.dtype)
@@ -198,6 +221,40 @@ class ChannelGate(keras.layers.Layer):
     def keep_mask(self) -> np.ndarray:
         """Boolean keep-mask of the channels (False: removable by `slim`)."""
         return self.channel_affine()[0] != 0.0
+
+    def set_keep(self, keep) -> None:
+        """Writes a hard keep decision into the gate's own parameter.
+
+        Afterwards `keep_mask()` equals `keep` (and `slim` removes the other
+        channels). Only parameters on the wrong side of the keep rule move:
+        a binary `alpha` to `threshold` (kept) or `threshold - 1e-3`
+        (dropped); dmad `weight` / gumbel `logits` to `1e-3` or `0`; a
+        dropped scale `gamma` to 0 (its `beta` stays; `slim` folds it), a
+        kept zero `gamma` to `1e-3`. Pure Keras ops: works under XLA.
+
+        Args:
+            keep: Boolean (or 0/1) tensor of shape `(C,)`.
+
+        Example:
+
+        >>> gate = ChannelGate(mode="gumbel")
+        >>> gate.build((None, 4))
+        >>> gate.set_keep([True, False, True, False])
+        >>> gate.keep_mask().tolist()
+        [True, False, True, False]
+        """
+        keep = ops.cast(ops.reshape(keep, (-1,)), "bool")
+        value = ops.convert_to_tensor(self.gate_parameter)
+        if self.mode == "binary":
+            kept = ops.maximum(value, self.threshold)
+            dropped = ops.minimum(value, self.threshold - _MARGIN)
+        elif self.mode == "scale":
+            kept = ops.where(value == 0.0, _MARGIN, value)
+            dropped = ops.zeros_like(value)
+        else:
+            kept = ops.maximum(value, _MARGIN)
+            dropped = ops.minimum(value, 0.0)
+        self.gate_parameter.assign(ops.where(keep, kept, dropped))
 
     def set_bound(self, bound: float) -> None:
         """`dmad` mode: set the half-width of the soft band (0: hard step)."""
@@ -246,3 +303,105 @@ class ChannelGate(keras.layers.Layer):
             }
         )
         return config
+
+
+def _driven_mask(gate: ChannelGate):
+    """The mask an enclosing `driven_gates` block gives `gate`, else None."""
+    for masks in reversed(getattr(_DRIVEN, "stack", [])):
+        if id(gate) in masks:
+            return masks[id(gate)]
+    return None
+
+
+def _checked_masks(masks: Mapping) -> dict[int, object]:
+    checked = {}
+    for gate, mask in masks.items():
+        if not isinstance(gate, ChannelGate):
+            raise TypeError(
+                "driven_gates/set_keeps take {ChannelGate: mask}; got a key of "
+                f"type {type(gate).__name__}."
+            )
+        shape = tuple(getattr(mask, "shape", np.shape(mask)))
+        if len(shape) not in (1, 2) or (
+            gate.built and shape[-1] not in (None, gate.channels)
+        ):
+            raise ValueError(
+                f"The mask for gate {gate.name!r} must have shape (C,) or "
+                f"(batch, C) with C = {gate.channels if gate.built else 'channels'}, "
+                f"got {shape}."
+            )
+        checked[id(gate)] = mask
+    return checked
+
+
+@contextlib.contextmanager
+def driven_gates(masks: Mapping) -> Iterator[None]:
+    """Makes gates multiply by given tensors (e.g. a pruning agent's) in a block.
+
+    Inside the block each listed `ChannelGate` computes `x * mask` (plus
+    `beta` in `"scale"` mode) instead of using its own parameter, in
+    training and inference alike, so gradients flow from the network's loss
+    to whatever computed `mask`. Other gates, and every gate outside the
+    block, behave as usual; the gates' variables are not touched. Blocks
+    nest (the inner mask wins) and are per thread.
+
+    Put the block inside the function that is traced (a `train_step`, a
+    `tf.function`, an XLA-compiled step): the masks are read when the
+    gates' `call` runs, i.e. while tracing.
+
+    Args:
+        masks: `{ChannelGate: mask}`; a mask is a float tensor of shape
+            `(C,)` (one decision for the batch) or `(batch, C)` (one per
+            sample), typically in [0, 1].
+
+    Raises:
+        TypeError: If a key is not a `ChannelGate`.
+        ValueError: If a mask is not of shape `(C,)` or `(batch, C)`.
+
+    Example:
+
+    >>> gate = model.get_layer("stem_gate")
+    >>> with tf.GradientTape() as tape:
+    ...     mask = agent(embedding)  # (C,), differentiable
+    ...     with driven_gates({gate: mask}):
+    ...         loss = loss_fn(model(x, training=True))
+    >>> grads = tape.gradient(loss, agent.trainable_variables)
+    """
+    checked = _checked_masks(masks)
+    stack = getattr(_DRIVEN, "stack", None)
+    if stack is None:
+        stack = _DRIVEN.stack = []
+    stack.append(checked)
+    try:
+        yield
+    finally:
+        stack.pop()
+
+
+def set_keeps(masks: Mapping, threshold: float = 0.5) -> None:
+    """Writes masks into their gates as hard decisions (`ChannelGate.set_keep`).
+
+    The end of an agent's search: after it, the gates alone (outside any
+    `driven_gates` block) keep the channels whose mask is `>= threshold`,
+    and `slim` removes the others. A `(batch, C)` mask is averaged over the
+    batch first.
+
+    Args:
+        masks: `{ChannelGate: mask}` as for `driven_gates`.
+        threshold: A channel is kept where its mask is `>= threshold`.
+
+    Raises:
+        TypeError: If a key is not a `ChannelGate`.
+        ValueError: If a mask is not of shape `(C,)` or `(batch, C)`.
+
+    Example:
+
+    >>> set_keeps({gate: agent(embedding)})
+    >>> small = tfgancompress.slim(model)
+    """
+    _checked_masks(masks)
+    for gate, mask in masks.items():
+        mask = ops.cast(mask, "float32")
+        if len(mask.shape) == 2:
+            mask = ops.mean(mask, axis=0)
+        gate.set_keep(mask >= threshold)

@@ -22,13 +22,19 @@ def gate_list(model):
     return found
 
 
-def randomize_gates(model, keep=0.5, shift=False):
-    """Random hard decisions on every gate; returns {gate name: keep mask}."""
+def randomize_gates(model, keep=0.5, shift=False, closed=0.0):
+    """Random hard decisions on every gate; returns {gate name: keep mask}.
+
+    Each gate keeps one channel at least, except with probability `closed`,
+    where it removes all of them.
+    """
     masks = {}
     for gate in gate_list(model):
         channels = gate.channels
         alive = RNG.uniform(size=channels) < keep
         alive[RNG.integers(channels)] = True
+        if closed and RNG.uniform() < closed:
+            alive[:] = False
         if gate.mode == "binary":
             gate.alpha.assign(np.where(alive, 0.9, 0.1))
         elif gate.mode == "dmad":

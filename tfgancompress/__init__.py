@@ -9,6 +9,7 @@ print(tgc.profile(teacher, (256, 256, 3)))
 """
 
 from tfgancompress import (
+    cost,
     data,
     export,
     latency,
@@ -25,6 +26,7 @@ from tfgancompress.surgery import live_channels, slim
 __all__ = [
     "LayerProfile",
     "ModelProfile",
+    "cost",
     "data",
     "export",
     "latency",

@@ -31,8 +31,6 @@ from tfgancompress._tfmot import tfmot
 
 PruningSchedule = tfmot.sparsity.keras.PruningSchedule
 
-_MARGIN = 1e-3
-
 
 def _check_sparsity(name: str, value) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
@@ -311,25 +309,6 @@ def _default_score(gate: ChannelGate):
     return parameter
 
 
-def _gated_parameter(gate: ChannelGate, keep):
-    """The gate parameter moved just across its keep rule where needed.
-
-    Channels already on the right side of the rule keep their value, so the
-    ranking by the parameter survives repeated calls.
-    """
-    parameter = tf.convert_to_tensor(gate.gate_parameter)
-    if gate.mode == "binary":
-        kept = tf.maximum(parameter, gate.threshold)
-        dropped = tf.minimum(parameter, gate.threshold - _MARGIN)
-    elif gate.mode == "scale":
-        kept = tf.where(parameter == 0.0, _MARGIN, parameter)
-        dropped = tf.zeros_like(parameter)
-    else:
-        kept = tf.maximum(parameter, _MARGIN)
-        dropped = tf.minimum(parameter, 0.0)
-    return tf.where(keep, kept, dropped)
-
-
 def apply_sparsity(gate: ChannelGate, sparsity, importance=None):
     """Sets `gate` so that it keeps exactly `keep_count(sparsity, C)` channels.
 
@@ -337,7 +316,8 @@ def apply_sparsity(gate: ChannelGate, sparsity, importance=None):
     parameter when `importance` is None: `alpha` (binary), `weight` (dmad)
     and `logits` (gumbel) as they are -- their keep rule is a threshold on
     the signed value, so a very negative value means "drop" -- and `|gamma|`
-    (scale). Only the parameters on the wrong side of the keep rule move:
+    (scale). The decision is written by `ChannelGate.set_keep`: only the
+    parameters on the wrong side of the keep rule move:
     a kept binary `alpha` is raised to `threshold`, a dropped one lowered to
     `threshold - 1e-3`; dmad `weight`/gumbel `logits` go to `1e-3` (kept) or
     `0` (dropped); a dropped scale `gamma` becomes 0 (its `beta` stays and
@@ -381,7 +361,7 @@ def apply_sparsity(gate: ChannelGate, sparsity, importance=None):
                 f"got {tuple(score.shape)}."
             )
     keep = _top_k_mask(score, keep_count(sparsity, channels))
-    gate.gate_parameter.assign(_gated_parameter(gate, keep))
+    gate.set_keep(keep)
     return keep
 
 
