@@ -33,8 +33,7 @@ import keras
 import numpy as np
 
 import keras_layers
-from tfgancompress import schedules, surgery
-from tfgancompress.profile import profile
+from tfgancompress import cost, schedules, surgery
 
 _NORM_LAYERS = (keras_layers.InstanceNormalization, keras.layers.BatchNormalization)
 
@@ -299,31 +298,12 @@ def _keep_masks(importance: dict, threshold: float, min_channels: int) -> dict:
     return masks
 
 
-def set_gate_keep(gate: keras_layers.ChannelGate, keep) -> None:
-    """Makes `gate` keep exactly the channels where `keep` is True.
+def _set_keep(gate: keras_layers.ChannelGate, keep: np.ndarray) -> None:
+    """`gate.set_keep(keep)`; a dropped scale channel also loses its beta.
 
-    The gate's parameter moves only where it is on the wrong side of its
-    keep rule (`tgc.schedules.apply_sparsity` with `keep` as the ranking). A
-    dropped `"scale"` channel gets `gamma = beta = 0`, so that it is exactly
-    zero and `slim` removes it without carrying a constant.
-
-    Args:
-        gate: A built `ChannelGate`.
-        keep: Boolean array of shape `(C,)` with at least one True.
-
-    Raises:
-        ValueError: If `keep` has the wrong shape or keeps nothing.
+    So it is exactly zero and `slim` removes it without carrying a constant.
     """
-    keep = np.asarray(keep, bool)
-    if keep.shape != (gate.channels,) or not keep.any():
-        raise ValueError(
-            f"Gate {gate.name!r} needs a keep mask of shape ({gate.channels},) "
-            f"with at least one kept channel, got shape {keep.shape} keeping "
-            f"{int(keep.sum())}."
-        )
-    kept = int(keep.sum())
-    sparsity = 1.0 - kept / gate.channels
-    schedules.apply_sparsity(gate, sparsity, keep.astype(np.float32))
+    gate.set_keep(keep)
     if gate.mode == "scale":
         gate.beta.assign(np.where(keep, gate.beta.numpy(), 0.0))
 
@@ -340,8 +320,10 @@ def prune_to_budget(
     GCC's channel selection: every gate keeps the channels whose importance
     is at least a threshold shared by all layers, the lowest threshold
     whose slimmed model costs at most `budget_macs`. Binary search over the
-    distinct importance values, each step counting `profile(slim(gated))`
-    at `input_shape` (count at the resolution the budget is defined at).
+    distinct importance values, each step counting the MACs of
+    `slim(gated)` at `input_shape` (`tgc.cost.gate_macs`; count at the
+    resolution the budget is defined at). A dropped channel of a `"scale"`
+    gate loses its beta too, so that nothing of it survives `slim`.
     Give tied channels (residual groups) equal importance, as
     `scale_importance` and `l1_importance` do, so they are kept or removed
     together.
@@ -386,8 +368,8 @@ def prune_to_budget(
             gate.set_weights(originals[name])
         masks = _keep_masks(importance, threshold, min_channels)
         for name, keep in masks.items():
-            set_gate_keep(gates[name], keep)
-        return profile(surgery.slim(gated), shape).macs
+            _set_keep(gates[name], keep)
+        return cost.gate_macs(gated, shape)
 
     candidates = np.unique(np.concatenate(list(importance.values())))
     low, high = 0, len(candidates) - 1

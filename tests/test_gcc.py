@@ -1,0 +1,186 @@
+"""GCC: selective-activation discriminator, global threshold, losses, method."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_layers
+import tfgancompress as tgc
+from tests.gate_patterns import images
+from training import losses
+
+RNG = np.random.default_rng(13)
+
+
+# Selective activation ------------------------------------------------------
+
+
+def test_straight_through_gradient_reaches_alpha():
+    layer = keras_layers.SelectiveActivationConv2D(4, 3, padding="same", norm=None)
+    x = images((2, 8, 8, 3))
+    layer.build(x.shape)
+    np.testing.assert_array_equal(layer.gate.alpha.numpy(), np.ones(4))
+    layer.gate.alpha.assign([1.0, 0.7, 0.3, 0.0])
+    upstream = RNG.normal(size=(2, 8, 8, 4)).astype("float32")
+    with tf.GradientTape() as tape:
+        y = layer(x, training=True)
+        loss = tf.reduce_sum(y * upstream)
+    grad = tape.gradient(loss, layer.gate.alpha).numpy()
+    pre_gate = layer.conv(x).numpy()
+    # Forward: hard mask; backward: d loss / d alpha = sum(upstream * pre-gate),
+    # for closed channels too (they can reopen).
+    np.testing.assert_array_equal(y.numpy()[..., 2:], 0.0)
+    np.testing.assert_allclose(y.numpy()[..., :2], pre_gate[..., :2], atol=1e-6)
+    expected = (upstream * pre_gate).sum((0, 1, 2))
+    np.testing.assert_allclose(grad, expected, rtol=1e-4, atol=1e-4)
+    assert np.all(np.abs(grad) > 0)
+
+
+def test_optimizer_keeps_alpha_in_unit_interval():
+    layer = keras_layers.SelectiveActivationConv2D(3, 1, norm=None)
+    layer.build((None, 4, 4, 2))
+    layer.gate.alpha.assign([0.05, 0.5, 0.95])
+    optimizer = keras.optimizers.SGD(1.0)
+    optimizer.apply_gradients([(tf.constant([1.0, 0.0, -1.0]), layer.gate.alpha)])
+    np.testing.assert_allclose(layer.gate.alpha.numpy(), [0.0, 0.5, 1.0])
+
+
+def test_patchgan_takes_a_gate_mode():
+    for gated, mode in ((True, "binary"), ("binary", "binary"), ("dmad", "dmad")):
+        model = tgc.models.patchgan_discriminator(ndf=4, gated=gated)
+        gates = tgc.surgery.gate_layers(model)
+        assert list(gates) == [f"layer{i}_conv_gate" for i in (1, 2, 3, 4)]
+        assert {gate.mode for gate in gates.values()} == {mode}
+    for plain in (False, None):
+        model = tgc.models.patchgan_discriminator(ndf=4, gated=plain)
+        assert not tgc.surgery.gate_layers(model)
+    with pytest.raises(ValueError, match="gated must be one of"):
+        tgc.models.patchgan_discriminator(ndf=4, gated="hard")
+
+
+@pytest.mark.parametrize("norm", ["instance", "batch"])
+def test_slim_of_gated_discriminator_equals_it(norm):
+    model = tgc.models.patchgan_discriminator(
+        ndf=8, norm=norm, conditional=True, gated="binary"
+    )
+    for layer in model.layers:
+        norm = getattr(layer, "norm", None)
+        if isinstance(norm, keras.layers.BatchNormalization):
+            channels = norm.gamma.shape[0]
+            norm.moving_mean.assign(RNG.normal(0, 0.3, channels))
+            norm.moving_variance.assign(RNG.uniform(0.5, 2.0, channels))
+            norm.gamma.assign(RNG.uniform(0.5, 1.5, channels))
+            norm.beta.assign(RNG.normal(0, 0.3, channels))
+    masks = {}
+    for name, gate in tgc.surgery.gate_layers(model).items():
+        alpha = RNG.uniform(0.0, 1.0, gate.channels).astype("float32")
+        if name == "layer3_conv_gate":  # a layer with a single live channel
+            alpha = np.eye(gate.channels, dtype="float32")[1]
+        gate.alpha.assign(alpha)
+        masks[name] = alpha >= 0.5
+    small = tgc.slim(model)
+    assert not tgc.surgery.gate_layers(small)
+    x = images((2, 64, 64, 6))
+    np.testing.assert_allclose(
+        small(x, training=False), model(x, training=False), atol=1e-5
+    )
+    kept = [c.kept for c in tgc.live_channels(model)]
+    assert kept == [int(m.sum()) for m in masks.values()] + [1]
+    shape = (64, 64, 6)
+    assert tgc.profile(small, shape).macs == tgc.cost.gate_macs(model, shape)
+    assert tgc.profile(small, shape).macs < tgc.profile(model, shape).macs
+
+
+# Global threshold ------------------------------------------------------------
+
+
+def _scale_gated_resnet():
+    plain = tgc.models.resnet_generator(ngf=16, n_blocks=3, affine=True)
+    gated = tgc.pruning.add_gates(plain, "scale")
+    for gate in tgc.surgery.gate_layers(gated).values():
+        gate.gamma.assign(RNG.uniform(-1.0, 1.0, gate.channels).astype("float32"))
+        gate.beta.assign(RNG.normal(0.0, 0.3, gate.channels).astype("float32"))
+    return gated
+
+
+def test_scale_importance_shares_residual_groups():
+    gated = _scale_gated_resnet()
+    importance = tgc.pruning.scale_importance(gated)
+    gates = tgc.surgery.gate_layers(gated)
+    stream = ("down2_norm_gate", *(f"block{i}_norm2_gate" for i in (1, 2, 3)))
+    mean = np.mean([np.abs(gates[name].gamma.numpy()) for name in stream], axis=0)
+    for name in stream:
+        np.testing.assert_allclose(importance[name], mean, rtol=1e-6)
+    np.testing.assert_allclose(
+        importance["stem_norm_gate"], np.abs(gates["stem_norm_gate"].gamma.numpy())
+    )
+    binary = tgc.models.resnet_generator(ngf=4, n_blocks=1, gated="binary")
+    with pytest.raises(ValueError, match="are not"):
+        tgc.pruning.scale_importance(binary)
+
+
+@pytest.mark.parametrize("fraction", [0.4, 0.15])
+def test_threshold_search_lands_within_one_percent(fraction):
+    gated = _scale_gated_resnet()
+    importance = tgc.pruning.scale_importance(gated)
+    shape = (64, 64, 3)
+    full = tgc.profile(gated, shape).macs
+    budget = int(full * fraction)
+    result = tgc.pruning.prune_to_budget(gated, importance, budget, shape)
+    small = tgc.slim(gated)
+    macs = tgc.profile(small, shape).macs
+    assert macs == result.macs
+    assert 0.99 * budget <= macs <= budget
+    gates = tgc.surgery.gate_layers(gated)
+    for name, gate in gates.items():
+        keep = gate.keep_mask()
+        expected = importance[name] >= result.threshold
+        if expected.any():
+            np.testing.assert_array_equal(keep, expected)
+        assert keep.sum() == result.kept[name] >= 1
+        dropped = ~keep
+        np.testing.assert_array_equal(gate.gamma.numpy()[dropped], 0.0)
+        np.testing.assert_array_equal(gate.beta.numpy()[dropped], 0.0)
+    stream = [gates[f"block{i}_norm2_gate"].keep_mask() for i in (1, 2, 3)]
+    for mask in stream:
+        np.testing.assert_array_equal(mask, gates["down2_norm_gate"].keep_mask())
+
+
+def test_threshold_search_errors():
+    gated = _scale_gated_resnet()
+    importance = tgc.pruning.scale_importance(gated)
+    with pytest.raises(ValueError, match="out of reach"):
+        tgc.pruning.prune_to_budget(gated, importance, 1000, (64, 64, 3))
+    del importance["stem_norm_gate"]
+    with pytest.raises(ValueError, match="missing.*stem_norm_gate"):
+        tgc.pruning.prune_to_budget(gated, importance, 10**9, (64, 64, 3))
+
+
+# Losses ----------------------------------------------------------------------
+
+
+def test_adversarial_balance_and_gate_loss():
+    d = np.array([[0.2, 0.6], [1.5, -0.3]], "float32")
+    expected = {
+        "lsgan": abs(np.mean((d - 1) ** 2) - np.mean(d**2)),
+        "hinge": abs(-np.mean(d) - np.mean(np.maximum(1 + d, 0))),
+        "vanilla": abs(np.mean(np.log1p(np.exp(-d))) - np.mean(np.log1p(np.exp(d)))),
+    }
+    for name, value in expected.items():
+        got = float(losses.adversarial_balance(name, d))
+        np.testing.assert_allclose(got, value, rtol=1e-5)
+    real = np.array([0.9, 0.4], "float32")
+    terms = losses.selective_activation_loss("lsgan", real, d, 0.1)
+    np.testing.assert_allclose(
+        float(terms["coordination"]), abs(expected["lsgan"] - 0.1), rtol=1e-5
+    )
+    np.testing.assert_allclose(
+        float(terms["capacity"]),
+        0.5 * (np.mean((real - 1) ** 2) + np.mean(d**2)),
+        rtol=1e-5,
+    )
+    with pytest.raises(ValueError, match="Unknown GAN loss"):
+        losses.adversarial_balance("wgan", d)
