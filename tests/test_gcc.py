@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -10,7 +12,9 @@ import tensorflow as tf
 import keras_layers
 import tfgancompress as tgc
 from tests.gate_patterns import images
-from training import losses
+from training import budget, losses, methods, pipeline
+from training.callbacks import gates_of
+from training.methods import gcc
 
 RNG = np.random.default_rng(13)
 
@@ -184,3 +188,186 @@ def test_adversarial_balance_and_gate_loss():
     )
     with pytest.raises(ValueError, match="Unknown GAN loss"):
         losses.adversarial_balance("wgan", d)
+
+
+# The method ------------------------------------------------------------------
+
+SIZE = 32
+
+
+def _pairs(n=4, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.uniform(-1, 1, (n, SIZE, SIZE, 3)).astype("float32")
+    y = np.tanh(1.5 * x[..., ::-1]).astype("float32")
+    return x, y
+
+
+def _trainer(student_d=None, online_teacher=False, **optimizers):
+    keras.utils.set_random_seed(1)
+    student = tgc.models.resnet_generator(ngf=4, n_blocks=1, name="student")
+    teacher = tgc.models.resnet_generator(ngf=8, n_blocks=1, name="teacher")
+    if student_d is None:
+        student_d = tgc.models.patchgan_discriminator(
+            ndf=4, n_layers=2, conditional=True, gated="binary"
+        )
+    teacher_d = tgc.models.patchgan_discriminator(ndf=4, n_layers=2, conditional=True)
+    trainer = gcc.GCCTrainer(
+        student, student_d, teacher, teacher_d, online_teacher=online_teacher
+    )
+    defaults = gcc.GCCTrainer.default_optimizers(
+        2e-3, steps=50, gate_learning_rate=0.05
+    )
+    trainer.compile(**{**defaults, **optimizers}, jit_compile=False)
+    return trainer
+
+
+def _values(variables):
+    return [v.numpy().copy() for v in variables]
+
+
+def _changed(before, variables):
+    return [
+        not np.array_equal(b, v.numpy()) for b, v in zip(before, variables, strict=True)
+    ]
+
+
+def test_alternating_updates_touch_only_their_own_variables():
+    x, y = _pairs(2)
+    for frozen in ("gate_optimizer", "d_optimizer"):
+        trainer = _trainer(**{frozen: keras.optimizers.SGD(0.0)})
+        alphas = [gate.alpha for gate in trainer.gates]
+        for alpha in alphas:
+            alpha.assign(np.full(alpha.shape, 0.8, "float32"))
+        weights = trainer.discriminator_variables()
+        assert {id(v) for v in weights}.isdisjoint({id(a) for a in alphas})
+        assert len(weights) + len(alphas) == len(
+            trainer.discriminator.trainable_variables
+        )
+        teacher = trainer.teacher.trainable_variables + trainer.teacher.weights
+        teacher_d = trainer.teacher_discriminator.trainable_variables
+        before = [_values(v) for v in (alphas, weights, teacher, teacher_d)]
+        trainer.train_on_batch(x, y)
+        alpha_moved, weight_moved, teacher_moved, teacher_d_moved = (
+            _changed(b, v)
+            for b, v in zip(before, (alphas, weights, teacher, teacher_d), strict=True)
+        )
+        assert not any(teacher_moved)  # the pretrained teacher is frozen
+        assert all(teacher_d_moved)  # its discriminator trains online
+        if frozen == "gate_optimizer":
+            assert not any(alpha_moved) and all(weight_moved)
+        else:
+            assert all(alpha_moved) and not any(weight_moved)
+
+
+def test_slimmed_discriminator_equals_the_trained_gated_one():
+    x, y = _pairs(4)
+    trainer = _trainer()
+    for gate, keep in zip(trainer.gates, (0.5, 0.25, 0.75), strict=True):
+        alpha = np.where(RNG.uniform(size=gate.channels) < keep, 0.6, 0.45)
+        gate.alpha.assign(alpha.astype("float32"))
+    pairs = tf.data.Dataset.from_tensor_slices((x, y)).batch(2).repeat()
+    student = methods.Student(trainer.generator, trainer.discriminator)
+    callback = gcc.SlimDiscriminator(student, (SIZE, SIZE, 3))
+    trainer.fit(pairs, epochs=1, steps_per_epoch=3, callbacks=[callback], verbose=0)
+    gated = trainer.discriminator
+    fractions = student.state["d_live_fraction"]
+    kept = [gate.keep_mask() for gate in trainer.gates]
+    assert min(k.mean() for k in kept) > 0 and max(k.mean() for k in kept) < 1
+    assert list(fractions.values())[:3] == [k.mean() for k in kept]
+    small = student.discriminator
+    assert not gates_of(small)
+    d_input = np.concatenate([x, y], axis=-1)
+    np.testing.assert_allclose(
+        small(d_input, training=False), gated(d_input, training=False), atol=1e-5
+    )
+    macs = student.state["d_macs"]
+    assert macs["after"] == tgc.profile(small, (SIZE, SIZE, 6)).macs < macs["before"]
+
+
+def test_online_teacher_losses_fall_when_overfitting():
+    x, y = _pairs(2)
+    trainer = _trainer(online_teacher=True)
+    assert trainer.teacher.trainable
+    pairs = tf.data.Dataset.from_tensor_slices((x, y)).batch(2).repeat()
+    history = trainer.fit(pairs, epochs=4, steps_per_epoch=5, verbose=0).history
+    teacher_g, teacher_d = history["teacher_g_loss"], history["teacher_d_gan"]
+    assert np.all(np.diff(history["teacher_recon"]) < 0)  # epoch means
+    assert teacher_g[-1] < 0.7 * teacher_g[0]
+    assert teacher_d[-1] < 0.5 * teacher_d[0]
+    assert history["recon"][-1] < history["recon"][0]
+    assert np.isfinite(history["gate_coordination"]).all()
+
+
+def test_gcc_trainer_errors():
+    student_d = tgc.models.patchgan_discriminator(ndf=4, n_layers=2, conditional=True)
+    with pytest.raises(ValueError, match="selective-activation"):
+        _trainer(student_d=student_d)
+    generator = tgc.models.resnet_generator(ngf=4, n_blocks=1)
+    with pytest.raises(ValueError, match="mode='paired'"):
+        gcc.GCCTrainer(
+            generator,
+            tgc.models.patchgan_discriminator(ndf=4, gated="binary"),
+            generator,
+            tgc.models.patchgan_discriminator(ndf=4),
+            mode="unpaired",
+            online_teacher=True,
+        )
+
+
+def _tiny_task():
+    keras.utils.set_random_seed(0)
+    teacher = tgc.models.resnet_generator(ngf=16, n_blocks=1, affine=True, name="t")
+    x, _ = _pairs(8)
+    y = teacher.predict(x, verbose=0)
+    pairs = tf.data.Dataset.from_tensor_slices((x, y)).batch(2, drop_remainder=True)
+    macs_budget = budget.Budget.resolve(teacher, macs_ratio=20)
+    return teacher, x, pairs.repeat(), methods.Setup(macs_budget, ndf=4)
+
+
+def test_gcc_through_the_pipeline_at_one_twentieth():
+    teacher, x, pairs, setup = _tiny_task()
+    setup = dataclasses.replace(setup, jit_compile=False)
+    method = methods.get("gcc", gate_learning_rate=0.05)
+    result = pipeline.compress(
+        method, teacher, pairs, setup, steps=3, calibration=x, verbose=0
+    )
+    student = result.student
+    assert result.steps == {"search": 1, "finetune": 2}
+    search = student.state["threshold_search"].result
+    shape = setup.budget.input_shape
+    assert result.macs == search.macs == tgc.profile(student.generator, shape).macs
+    assert search.macs <= setup.budget.macs
+    stem = student.generator.get_layer("stem_conv").kernel.numpy()
+    assert stem.shape[-1] == search.kept["stem_norm_gate"]
+    assert not gates_of(student.generator) and not gates_of(student.discriminator)
+    assert student.state["d_macs"]["after"] <= student.state["d_macs"]["before"]
+    assert set(student.kept) >= {"stem_conv", "out_conv"}
+    assert result.refit_images == 8
+
+
+def test_gcc_re_initialises_the_pruned_generator_on_request():
+    teacher, _, _, setup = _tiny_task()
+    method = methods.get("gcc", "inherit=false")
+    student = method.build(teacher, setup)
+    assert {g.mode for g in gates_of(student.generator)} == {"scale"}
+    assert {g.mode for g in gates_of(student.discriminator)} == {"binary"}
+    tgc.pruning.prune_to_budget(
+        student.generator,
+        tgc.pruning.scale_importance(student.generator),
+        setup.budget.macs,
+        setup.budget.input_shape,
+    )
+    pruned = tgc.slim(student.generator)
+    fresh = method.slim(student)
+    assert fresh.kept is None and not fresh.inherits_teacher
+    assert gates_of(fresh.discriminator)  # slimmed after fine-tuning
+    for layer in pruned.layers:
+        if layer.weights:
+            other = fresh.generator.get_layer(layer.name)
+            assert [w.shape for w in layer.weights] == [w.shape for w in other.weights]
+    np.testing.assert_raises(
+        AssertionError,
+        np.testing.assert_allclose,
+        fresh.generator.get_layer("stem_conv").kernel,
+        pruned.get_layer("stem_conv").kernel,
+    )
