@@ -34,15 +34,6 @@ import tfgancompress as tgc
 from tfgancompress import export, latency, schedules
 
 FLAGS = flags.FLAGS
-flags.DEFINE_string("output_dir", "benchmarks/results", "Where to write results.")
-flags.DEFINE_integer("size", 256, "Square input size.", lower_bound=16)
-flags.DEFINE_float("keep_ratio", 0.25, "Student width.", lower_bound=0.01)
-flags.DEFINE_integer("runs", 8, "Interleaved rounds per repeat.", lower_bound=1)
-flags.DEFINE_integer("warmup", 2, "Warm-up runs per model.", lower_bound=0)
-flags.DEFINE_integer("repeats", 2, "Independent interleaved runs.", lower_bound=1)
-flags.DEFINE_integer("threads", 2, "LiteRT CPU threads.", lower_bound=1)
-flags.DEFINE_integer("op_runs", 3, "Timed runs per op for the profiles.")
-
 EVAL_PHOTOS = ("astronaut", "coffee", "chelsea")
 CALIBRATION_PHOTOS = ("rocket", "retina", "immunohistochemistry", "hubble_deep_field")
 
@@ -291,6 +282,18 @@ def run(
     return report
 
 
+def _define_flags() -> None:
+    """Defines the command-line flags (only when run as a script)."""
+    flags.DEFINE_string("output_dir", "benchmarks/results", "Where to write results.")
+    flags.DEFINE_integer("size", 256, "Square input size.", lower_bound=16)
+    flags.DEFINE_float("keep_ratio", 0.25, "Student width.", lower_bound=0.01)
+    flags.DEFINE_integer("runs", 8, "Interleaved rounds per repeat.", lower_bound=1)
+    flags.DEFINE_integer("warmup", 2, "Warm-up runs per model.", lower_bound=0)
+    flags.DEFINE_integer("repeats", 2, "Independent interleaved runs.", lower_bound=1)
+    flags.DEFINE_integer("threads", 2, "LiteRT CPU threads.", lower_bound=1)
+    flags.DEFINE_integer("op_runs", 3, "Timed runs per op for the profiles.")
+
+
 def main(argv):
     logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
@@ -310,4 +313,5 @@ def main(argv):
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)

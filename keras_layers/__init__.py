@@ -5,8 +5,10 @@ Nothing here imports `tfgancompress` or `training`: these layers stand alone.
 
 from keras_layers.conv import (
     SelectiveActivationConv2D,
+    SuperBatchNormalization,
     SuperConv2D,
     SuperConv2DTranspose,
+    SuperInstanceNormalization,
     SuperSeparableConv2D,
 )
 from keras_layers.gates import ChannelGate, driven_gates, set_keeps
@@ -19,8 +21,10 @@ __all__ = [
     "InstanceNormalization",
     "ReflectionPadding2D",
     "SelectiveActivationConv2D",
+    "SuperBatchNormalization",
     "SuperConv2D",
     "SuperConv2DTranspose",
+    "SuperInstanceNormalization",
     "SuperSeparableConv2D",
     "driven_gates",
     "set_keeps",

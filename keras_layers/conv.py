@@ -13,6 +13,11 @@
   followed by zero channels. The next layer then sees zeros in the input
   channels beyond the previous width, i.e. acts as if its kernel were sliced
   on the input axis too.
+- `SuperInstanceNormalization` and `SuperBatchNormalization` are the norms
+  that follow super convolutions in a supernet: set to the same width, they
+  zero the switched-off channels that an affine norm (its offset beta) or a
+  batch norm (its moving statistics) would otherwise light up again.
+- `plain_class(layer)` names the plain layer a super layer computes as.
 """
 
 from __future__ import annotations
@@ -151,8 +156,62 @@ class SelectiveActivationConv2D(keras.layers.Layer):
         return config
 
 
-class _ActiveFiltersMixin:
-    """The `active_filters` variable and the output mask of a super layer."""
+class _ActiveWidth:
+    """The `active_filters` variable and the output mask of a super layer.
+
+    `self.filters` is the layer's full output width.
+    """
+
+    def _add_active_filters(self):
+        self.active_filters = self.add_weight(
+            shape=(),
+            dtype="int32",
+            initializer=keras.initializers.Constant(self.filters),
+            trainable=False,
+            autocast=False,
+            name="active_filters",
+        )
+
+    def _validate_width(self, k) -> int:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
+            raise ValueError(f"{self.name}: active_filters must be an int, got {k!r}.")
+        if not 1 <= k <= self.filters:
+            raise ValueError(
+                f"{self.name}: active_filters must be in [1, {self.filters}] "
+                f"(the layer's full width), got {k}."
+            )
+        return int(k)
+
+    def set_active_filters(self, k: int) -> None:
+        """Sets the width used by calls without an `active_filters` argument.
+
+        Args:
+            k: Number of leading output channels to keep, `1 <= k <= filters`.
+
+        Raises:
+            ValueError: If the layer is not built yet or `k` is not an int in
+                `[1, filters]`.
+        """
+        if not self.built:
+            raise ValueError(
+                f"{self.name}: build the layer (call it once) before "
+                "set_active_filters()."
+            )
+        self.active_filters.assign(self._validate_width(k))
+
+    def _mask_channels(self, outputs, active_filters):
+        if active_filters is None:
+            active_filters = self.active_filters
+        elif isinstance(active_filters, (int, np.integer)):
+            active_filters = self._validate_width(active_filters)
+        keep = ops.arange(self.filters, dtype="int32") < ops.cast(
+            active_filters, "int32"
+        )
+        return outputs * ops.cast(keep, outputs.dtype)
+
+
+class _ActiveFiltersMixin(_ActiveWidth):
+    """A super convolution: `filters` from the constructor, masked output."""
 
     def __init__(self, filters, kernel_size, **kwargs):
         super().__init__(filters, kernel_size, **kwargs)
@@ -171,54 +230,6 @@ class _ActiveFiltersMixin:
                 f"{self.__class__.__name__} supports data_format='channels_last' "
                 f"(NHWC) only, got {self.data_format!r}."
             )
-
-    def _add_active_filters(self):
-        self.active_filters = self.add_weight(
-            shape=(),
-            dtype="int32",
-            initializer=keras.initializers.Constant(self.filters),
-            trainable=False,
-            autocast=False,
-            name="active_filters",
-        )
-
-    def _validate_width(self, k) -> int:
-        if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
-            raise ValueError(f"{self.name}: active_filters must be an int, got {k!r}.")
-        if not 1 <= k <= self.filters:
-            raise ValueError(
-                f"{self.name}: active_filters must be in [1, {self.filters}] "
-                f"(the layer's filters), got {k}."
-            )
-        return int(k)
-
-    def set_active_filters(self, k: int) -> None:
-        """Sets the width used by calls without an `active_filters` argument.
-
-        Args:
-            k: Number of leading output channels to keep, `1 <= k <= filters`.
-
-        Raises:
-            ValueError: If `k` is not an int in `[1, filters]` or the layer is
-                not built yet.
-        """
-        k = self._validate_width(k)
-        if not self.built:
-            raise ValueError(
-                f"{self.name}: build the layer (call it once) before "
-                "set_active_filters()."
-            )
-        self.active_filters.assign(k)
-
-    def _mask_channels(self, outputs, active_filters):
-        if active_filters is None:
-            active_filters = self.active_filters
-        elif isinstance(active_filters, (int, np.integer)):
-            active_filters = self._validate_width(active_filters)
-        keep = ops.arange(self.filters, dtype="int32") < ops.cast(
-            active_filters, "int32"
-        )
-        return outputs * ops.cast(keep, outputs.dtype)
 
 
 class _ConvActiveFiltersMixin(_ActiveFiltersMixin):
@@ -321,3 +332,119 @@ class SuperSeparableConv2D(_ActiveFiltersMixin, keras.layers.SeparableConv2D):
     >>> y.shape
     TensorShape([1, 4, 4, 8])
     """
+
+
+class _NormActiveWidth(_ActiveWidth):
+    """A super normalization: its full width is its input's channel count."""
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.filters = int(input_shape[-1])
+        self._add_active_filters()
+
+
+@keras.saving.register_keras_serializable(package="tfgancompress")
+class SuperInstanceNormalization(_NormActiveWidth, InstanceNormalization):
+    """`InstanceNormalization` whose active width is the first k channels.
+
+    Takes the arguments of `InstanceNormalization`. Channels `>= k` of the
+    output are exactly 0. A super convolution already zeroes them, and a
+    non-affine norm keeps a zero channel at zero, but an affine one would
+    emit its offset `beta` there: in a supernet the norm after each super
+    convolution is a super norm set to the same width, so that the sub-net
+    computes what its sliced plain model computes.
+
+    Attributes:
+        active_filters: Non-trainable scalar int32 variable, initially the
+            channel count; saved with the weights.
+
+    Call arguments:
+        inputs: NHWC tensor.
+        active_filters: Optional python int or scalar int tensor that
+            overrides the `active_filters` variable for this call.
+
+    Example:
+
+    >>> norm = SuperInstanceNormalization(center=True, scale=True)
+    >>> y = norm(keras.ops.ones((1, 4, 4, 8)), active_filters=3)
+    >>> float(keras.ops.max(keras.ops.abs(y[..., 3:])))
+    0.0
+    """
+
+    def call(self, inputs, active_filters=None):
+        return self._mask_channels(super().call(inputs), active_filters)
+
+
+@keras.saving.register_keras_serializable(package="tfgancompress")
+class SuperBatchNormalization(_NormActiveWidth, keras.layers.BatchNormalization):
+    """`keras.layers.BatchNormalization` whose active width is the first k channels.
+
+    Takes the arguments of `keras.layers.BatchNormalization` (channels-last
+    axis only). Channels `>= k` of the output are exactly 0, whatever the
+    moving statistics and offsets hold there (see
+    `SuperInstanceNormalization` for why a supernet needs this).
+
+    Attributes:
+        active_filters: Non-trainable scalar int32 variable, initially the
+            channel count; saved with the weights.
+
+    Call arguments:
+        inputs: NHWC tensor.
+        training: Whether to normalize with the batch's statistics (and
+            update the moving ones).
+        mask: Keras mask, as in `BatchNormalization`.
+        active_filters: Optional python int or scalar int tensor that
+            overrides the `active_filters` variable for this call.
+
+    Example:
+
+    >>> norm = SuperBatchNormalization()
+    >>> y = norm(keras.ops.ones((2, 4, 4, 8)), active_filters=5)
+    >>> y.shape
+    TensorShape([2, 4, 4, 8])
+    """
+
+    def __init__(self, axis=-1, **kwargs):
+        super().__init__(axis=axis, **kwargs)
+        if self.axis not in (-1, 3):
+            raise ValueError(
+                f"{self.__class__.__name__} normalizes the channels-last axis "
+                f"only (axis=-1), got axis={self.axis}."
+            )
+
+    def call(self, inputs, training=None, mask=None, active_filters=None):
+        outputs = super().call(inputs, training=training, mask=mask)
+        return self._mask_channels(outputs, active_filters)
+
+
+SUPER_LAYERS = (
+    SuperConv2D,
+    SuperConv2DTranspose,
+    SuperSeparableConv2D,
+    SuperInstanceNormalization,
+    SuperBatchNormalization,
+)
+
+
+def plain_class(layer_or_class) -> type:
+    """The plain layer class a super layer computes as at its active width.
+
+    That is the nearest base class that is not a super layer:
+    `keras.layers.Conv2D` for `SuperConv2D`, `InstanceNormalization` for
+    `SuperInstanceNormalization`, and for a super subclass of another plain
+    layer (say, a transposed convolution with PyTorch padding) that layer.
+    Any other class is its own plain class.
+
+    Args:
+        layer_or_class: A layer instance or a layer class.
+
+    Returns:
+        The plain class.
+
+    Example:
+
+    >>> plain_class(SuperConv2D(8, 3))
+    <class 'keras.src.layers.convolutional.conv2d.Conv2D'>
+    """
+    cls = layer_or_class if isinstance(layer_or_class, type) else type(layer_or_class)
+    return next(base for base in cls.__mro__ if not issubclass(base, _ActiveWidth))

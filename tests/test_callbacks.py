@@ -10,7 +10,7 @@ from PIL import Image
 
 import tfgancompress as tgc
 from tfgancompress import schedules
-from training import callbacks
+from training import AdversarialTrainer, callbacks
 
 RNG = np.random.default_rng(0)
 
@@ -50,15 +50,74 @@ def test_budget_reached_stops_training():
     assert len(history.history["loss"]) == 1
 
 
-def test_budget_reached_freezes_gates():
-    model = _gated()
-    for gate in callbacks.gates_of(model):
-        schedules.apply_sparsity(gate, 0.75)
-    budget = callbacks.BudgetReached(10**12, (16, 16, 3), "freeze", 1)
+def test_budget_reached_freezes_gates_only_within_budget():
     x, y = _data()
-    model.fit(x, y, batch_size=2, epochs=2, verbose=0, callbacks=[budget])
-    assert all(not gate.trainable for gate in callbacks.gates_of(model))
-    assert budget.reached_at_step == 1
+    for margin, reached in ((0, True), (-1, False)):
+        model = _gated()
+        for gate in callbacks.gates_of(model):
+            schedules.apply_sparsity(gate, 0.75)
+        pruned = callbacks.current_macs(model, (16, 16, 3))
+        budget = callbacks.BudgetReached(pruned + margin, (16, 16, 3), "freeze", 1)
+        model.fit(x, y, batch_size=2, epochs=2, verbose=0, callbacks=[budget])
+        frozen = [not gate.trainable for gate in callbacks.gates_of(model)]
+        assert frozen == [reached] * len(frozen)
+        assert budget.reached_at_step == (1 if reached else None)
+
+
+def _gated_trainer():
+    keras.utils.set_random_seed(0)
+    trainer = AdversarialTrainer(
+        tgc.models.resnet_generator(ngf=4, n_blocks=1, gated="binary"),
+        tgc.models.patchgan_discriminator(
+            ndf=4, n_layers=2, conditional=True, gated=True
+        ),
+        taps=None,
+    )
+    trainer.compile(
+        keras.optimizers.Adam(1e-3), keras.optimizers.Adam(1e-3), jit_compile=False
+    )
+    return trainer
+
+
+def test_callbacks_see_the_discriminator_gates(tmp_path):
+    trainer = _gated_trainer()
+    networks = callbacks.compressed_networks(trainer)
+    assert list(networks) == ["generator", "discriminator"]
+    d_gates = callbacks.gates_of(trainer.discriminator)
+    assert d_gates and not set(d_gates) & set(callbacks.gates_of(trainer.generator))
+    schedule = schedules.ChannelSparsity(
+        0.0, 0.5, begin_step=0, end_step=1, frequency=1
+    )
+    update = callbacks.UpdateCompressionStep(
+        schedule, networks=("generator", "discriminator")
+    )
+    d_full = callbacks.current_macs(trainer.discriminator, (16, 16, 6))
+    budget = callbacks.BudgetReached(
+        10**9, (16, 16, 3), "freeze", 1, networks=("discriminator",)
+    )
+    summaries = callbacks.CompressionSummaries(str(tmp_path), (16, 16, 3))
+    x, y = _data()
+    trainer.fit(
+        x, y, batch_size=2, epochs=1, verbose=0, callbacks=[update, budget, summaries]
+    )
+    for network in networks.values():
+        for gate in callbacks.gates_of(network):
+            assert gate.keep_mask().sum() == schedules.keep_count(0.5, gate.channels)
+    assert callbacks.current_macs(trainer.discriminator, (16, 16, 6)) < d_full / 2
+    assert all(not gate.trainable for gate in d_gates)
+    assert os.path.getsize(tmp_path / "d_channels_epoch1.png") > 0
+    assert os.path.getsize(tmp_path / "channels_epoch1.png") > 0
+
+    plain_d = AdversarialTrainer(
+        tgc.models.resnet_generator(ngf=4, n_blocks=1, gated="binary"),
+        tgc.models.patchgan_discriminator(ndf=4, n_layers=2, conditional=True),
+        taps=None,
+    )
+    with pytest.raises(ValueError, match="the discriminator .* has no ChannelGate"):
+        update.set_model(plain_d)
+        update.on_train_begin()
+    with pytest.raises(ValueError, match="networks must be a non-empty subset"):
+        callbacks.UpdateCompressionStep(schedule, networks=("teacher",))
 
 
 class _PoisonWeights(keras.callbacks.Callback):

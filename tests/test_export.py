@@ -1,5 +1,7 @@
 """Tests of tfgancompress.export: LiteRT/ONNX/SavedModel parity and op lists."""
 
+import json
+
 import keras
 import numpy as np
 import pytest
@@ -343,3 +345,37 @@ def test_export_leaves_absl_log_level_alone(tmp_path):
         input_shape=(32, 32, 3),
     )
     assert logger.level == logging.INFO
+
+
+def test_files_carry_their_input_output_contract(tmp_path):
+    model = resnet_generator(ngf=4, n_blocks=1, input_shape=(32, 32, 3))
+    images = np.random.default_rng(2).uniform(-1, 1, (16, 32, 32, 3))
+    for quantization in (None, "int8"):
+        path = export.to_litert(
+            model,
+            tmp_path / f"{quantization}.tflite",
+            quantization,
+            images.astype("float32") if quantization else None,
+            float_layers=(),
+        )
+        contract = export.litert_contract(path)
+        with open(tmp_path / f"{quantization}.json", encoding="utf-8") as file:
+            assert json.load(file) == contract
+        (source,) = contract["inputs"]
+        assert source["shape"] == [1, 32, 32, 3]
+        assert source["dtype"] == "float32"
+        assert source["layout"] == "NHWC" and source["range"] == [-1.0, 1.0]
+        assert contract["quantization"] == (quantization or "float32")
+        if quantization:
+            # The first QUANTIZE op's grid: [-1, 1] on 256 levels.
+            grid = source["int8_grid"]
+            assert abs(grid["scale"] - 2.0 / 255.0) < 1e-4
+            assert contract["outputs"][0]["int8_grid"]["scale"] > 0
+        else:
+            assert "int8_grid" not in source
+        # The metadata leaves the file runnable.
+        assert export.run_litert(path, images[:1]).shape == (1, 32, 32, 3)
+    with pytest.raises(ValueError, match="no 'tfgancompress.io' metadata"):
+        bare = tmp_path / "bare.tflite"
+        bare.write_bytes(tf.lite.TFLiteConverter.from_keras_model(model).convert())
+        export.litert_contract(bare)

@@ -12,10 +12,13 @@ from keras_layers import (
     InstanceNormalization,
     ReflectionPadding2D,
     SelectiveActivationConv2D,
+    SuperBatchNormalization,
     SuperConv2D,
     SuperConv2DTranspose,
+    SuperInstanceNormalization,
     SuperSeparableConv2D,
 )
+from keras_layers.conv import plain_class
 from keras_layers.gates import dmad_mask
 
 RNG = np.random.default_rng(0)
@@ -475,3 +478,63 @@ def test_super_layer_round_trip_and_xla(name, tmp_path):
     assert np.any(np.take(grad, range(2), axis=output_axis) != 0.0)
     kernel_grad(tf.constant(x), tf.constant(5))
     assert kernel_grad.experimental_get_tracing_count() == 1
+
+
+SUPER_NORMS = {
+    "instance": (
+        SuperInstanceNormalization,
+        InstanceNormalization,
+        {"center": True, "scale": True},
+    ),
+    "batch": (SuperBatchNormalization, keras.layers.BatchNormalization, {}),
+}
+
+
+def _super_norm(name: str):
+    super_cls, plain_cls, kwargs = SUPER_NORMS[name]
+    layer = super_cls(**kwargs)
+    layer.build((None, 8, 8, 6))
+    for variable in layer.weights:
+        if variable.name in ("gamma", "beta", "moving_mean"):
+            variable.assign(RNG.normal(0.5, 0.5, variable.shape).astype("float32"))
+        if variable.name == "moving_variance":
+            variable.assign(RNG.uniform(0.5, 2.0, variable.shape).astype("float32"))
+    plain = plain_cls(**kwargs)
+    plain.build((None, 8, 8, 6))
+    plain.set_weights([w.numpy() for w in layer.weights if w.name != "active_filters"])
+    return layer, plain
+
+
+@pytest.mark.parametrize("name", sorted(SUPER_NORMS))
+def test_super_norm_zeroes_channels_beyond_width(name, tmp_path):
+    layer, plain = _super_norm(name)
+    assert plain_class(layer) is SUPER_NORMS[name][1]
+    assert layer.filters == 6 and int(layer.active_filters.numpy()) == 6
+    x = _images((2, 8, 8, 6))
+    np.testing.assert_allclose(layer(x).numpy(), plain(x).numpy(), atol=1e-6)
+    layer.set_active_filters(4)
+    y = layer(x).numpy()
+    # An affine/batch norm would emit its offset on a switched-off channel.
+    assert np.abs(plain(np.zeros_like(x)).numpy()[..., 4:]).max() > 0.01
+    np.testing.assert_array_equal(y[..., 4:], 0.0)
+    np.testing.assert_allclose(y[..., :4], plain(x).numpy()[..., :4], atol=1e-6)
+    loaded = _round_trip(layer, x, tmp_path)
+    assert int(loaded.active_filters.numpy()) == 4
+    y = _xla_training_step(layer, x, active_filters=tf.constant(2))
+    np.testing.assert_array_equal(y[..., 2:], 0.0)
+    with pytest.raises(ValueError, match=r"active_filters must be in \[1, 6\]"):
+        layer.set_active_filters(7)
+    with pytest.raises(ValueError, match="build the layer"):
+        SUPER_NORMS[name][0]().set_active_filters(3)
+
+
+def test_super_batch_norm_rejects_other_axes():
+    with pytest.raises(ValueError, match="axis=-1"):
+        SuperBatchNormalization(axis=1)
+
+
+def test_plain_class_of_super_convolutions():
+    assert plain_class(SuperConv2D) is keras.layers.Conv2D
+    assert plain_class(SuperConv2DTranspose(4, 3)) is keras.layers.Conv2DTranspose
+    assert plain_class(SuperSeparableConv2D) is keras.layers.SeparableConv2D
+    assert plain_class(InstanceNormalization) is InstanceNormalization

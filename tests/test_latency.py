@@ -24,14 +24,25 @@ def tiny(tmp_path_factory):
     return model, export.to_litert(model, path)
 
 
-def test_parses_a_real_litert_benchmark_run(tiny):
+def test_parses_a_real_litert_benchmark_run(tiny, tmp_path):
     _, path = tiny
     result = latency.run_litert_benchmark(path, num_threads=2, runs=4, warmup=1)
     assert result["runs"] == 4
     assert 0 < result["min_ms"] <= result["median_ms"] <= result["max_ms"]
     assert result["p5_ms"] <= result["p95_ms"]
     assert result["init_ms"] > 0
-    assert result["fully_accelerated"] in (True, False)
+    # The zoo's generators export without MIRROR_PAD: XNNPACK runs every op.
+    assert result["fully_accelerated"] is True
+
+    inputs = keras.Input((SIZE, SIZE, 3))
+    padded = keras.layers.Lambda(
+        lambda x: keras.ops.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="reflect")
+    )(inputs)
+    mirror = keras.Model(inputs, keras.layers.Conv2D(3, 3)(padded))
+    mirror_path = export.to_litert(mirror, tmp_path / "mirror_pad.tflite")
+    assert "MIRROR_PAD" in export.litert_ops(mirror_path)
+    result = latency.run_litert_benchmark(mirror_path, num_threads=2, runs=2, warmup=1)
+    assert result["fully_accelerated"] is False
 
 
 def test_measure_latency_with_the_litert_benchmark_runner(tiny):
@@ -167,3 +178,38 @@ def test_command_line_writes_markdown_and_json(tiny, tmp_path):
         report = json.load(file)
     assert report["median_ms"] > 0 and len(report["times_ms"]) == 2
     assert "median" in completed.stdout
+
+
+def test_op_comparison_lists_every_op_of_either_profile():
+    before = [
+        latency.OpStats("CONV_2D", 2, 6.0, 60.0, 2),
+        latency.OpStats("MEAN", 4, 4.0, 40.0, 4),
+    ]
+    after = [latency.OpStats("CONV_2D", 2, 5.0, 100.0, 2)]
+    table = latency.op_comparison_markdown(before, after, ("norms", "folded"))
+    lines = table.splitlines()
+    assert lines[0].startswith("| op | norms: count")
+    assert "folded: count" in lines[0]
+    assert lines[2] == "| CONV_2D | 2 | 6.00 | 60.0 | 2 | 5.00 | 100.0 |"
+    assert lines[3] == "| MEAN | 4 | 4.00 | 40.0 | 0 | 0.00 | 0.0 |"
+    assert lines[-1] == "| **total** | 6 | 10.00 | 100 | 2 | 5.00 | 100 |"
+
+
+def test_latency_vs_macs_plot(tmp_path):
+    import matplotlib.image
+
+    points = [
+        latency.LatencyPoint("teacher", 56.8e9, 1000.0),
+        latency.LatencyPoint("student", 2.84e9, 62.5),
+        latency.LatencyPoint("student_int8", 2.84e9, 25.0, kind="int8"),
+    ]
+    assert latency.speedup_over_macs_ratio(points[1], points[0]) == pytest.approx(0.8)
+    path = latency.plot_latency_vs_macs(points, tmp_path / "p.png", "teacher")
+    image = matplotlib.image.imread(path)
+    assert image.shape[0] > 200 and image.shape[1] > 300
+    with pytest.raises(ValueError, match="baseline 'nope'"):
+        latency.plot_latency_vs_macs(points, tmp_path / "q.png", "nope")
+    with pytest.raises(ValueError, match="positive MACs"):
+        latency.plot_latency_vs_macs(
+            [*points, latency.LatencyPoint("x", 0, 1.0)], tmp_path / "r.png", "teacher"
+        )

@@ -407,7 +407,7 @@ tf.config.set_logical_device_configuration(
 )
 import keras
 from tfgancompress.models import patchgan_discriminator, resnet_generator
-from training import AdversarialTrainer
+from training import AdversarialTrainer, OptimizerGroup, losses
 
 rng = np.random.default_rng(0)
 x = rng.uniform(-1, 1, (4, 32, 32, 3)).astype("float32")
@@ -421,6 +421,8 @@ def build(mode, pool=0):
             resnet_generator(ngf=8, n_blocks=1),
             patchgan_discriminator(ndf=8, n_layers=2, conditional=True),
         )
+    elif mode == "grouped":
+        return grouped()
     else:
         trainer = AdversarialTrainer(
             resnet_generator(ngf=8, n_blocks=1),
@@ -436,9 +438,47 @@ def build(mode, pool=0):
     return trainer
 
 
+def grouped():
+    # Paired, with an online teacher ("before") and a scalar ("after").
+    teacher = resnet_generator(ngf=8, n_blocks=1, name="teacher")
+    trainer = AdversarialTrainer(
+        resnet_generator(ngf=8, n_blocks=1),
+        patchgan_discriminator(ndf=8, n_layers=2, conditional=True),
+        teacher=teacher,
+        taps=None,
+        freeze_teacher=False,
+    )
+    trainer.scalar = keras.Variable(0.0, name="scalar")
+    groups = [
+        OptimizerGroup(
+            "teacher",
+            keras.optimizers.SGD(0.05),
+            lambda: teacher.trainable_variables,
+            lambda step: {"t_l1": losses.l1_loss(teacher(step.x), step.target)},
+            ["t_l1"],
+            when="before",
+        ),
+        OptimizerGroup(
+            "scalar",
+            keras.optimizers.SGD(0.05),
+            lambda: [trainer.scalar],
+            lambda step: {"s": (trainer.scalar - tf.reduce_mean(step.fake)) ** 2},
+            ["s"],
+        ),
+    ]
+    trainer.compile(
+        keras.optimizers.SGD(0.05),
+        keras.optimizers.SGD(0.05),
+        jit_compile=False,
+        groups=groups,
+    )
+    return trainer
+
+
 strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 report = {"replicas": strategy.num_replicas_in_sync}
-for mode, data in (("paired", (x, y)), ("unpaired", (x, y[::-1]))):
+cases = ("paired", (x, y)), ("unpaired", (x, y[::-1])), ("grouped", (x, y))
+for mode, data in cases:
     dataset = tf.data.Dataset.from_tensor_slices(data).batch(2, drop_remainder=True)
     single = build(mode)
     start = single.get_weights()
@@ -486,7 +526,7 @@ def test_mirrored_strategy_matches_single_device_global_batch():
     assert result.returncode == 0 and lines, result.stderr[-3000:]
     report = json.loads(lines[-1][len("REPORT=") :])
     assert report["replicas"] == 2
-    for mode in ("paired", "unpaired"):
+    for mode in ("paired", "unpaired", "grouped"):
         case = report[mode]
         assert case["steps"] == 2
         assert case["max_update"] > 1e-2  # the weights did move

@@ -16,8 +16,10 @@ from tfgancompress import (
     metrics,
     models,
     pruning,
+    quantization,
     reconstruction,
     schedules,
+    search,
     surgery,
 )
 from tfgancompress.profile import LayerProfile, ModelProfile, profile
@@ -35,8 +37,10 @@ __all__ = [
     "models",
     "profile",
     "pruning",
+    "quantization",
     "reconstruction",
     "schedules",
+    "search",
     "slim",
     "surgery",
 ]

@@ -204,6 +204,177 @@ def op_table_markdown(ops: Sequence[OpStats]) -> str:
     return "\n".join(lines)
 
 
+def op_comparison_markdown(
+    before: Sequence[OpStats],
+    after: Sequence[OpStats],
+    labels: tuple[str, str] = ("before", "after"),
+) -> str:
+    """Two per-op profiles of one model side by side, as a Markdown table.
+
+    Args:
+        before: `OpStats` rows of the first profile.
+        after: `OpStats` rows of the second.
+        labels: Column headings of the two.
+
+    Returns:
+        One row per op type of either profile (most expensive first, by the
+        larger of the two times), with count, milliseconds and share in
+        each, and a closing row of totals.
+    """
+    first = {op.op: op for op in before}
+    second = {op.op: op for op in after}
+    names = sorted(
+        set(first) | set(second),
+        key=lambda name: (
+            -max(
+                first[name].total_ms if name in first else 0.0,
+                second[name].total_ms if name in second else 0.0,
+            )
+        ),
+    )
+    lines = [
+        f"| op | {labels[0]}: count | ms | % | {labels[1]}: count | ms | % |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+
+    def cells(stats: OpStats | None) -> str:
+        if stats is None:
+            return "0 | 0.00 | 0.0"
+        return f"{stats.count} | {stats.total_ms:.2f} | {stats.percent:.1f}"
+
+    for name in names:
+        lines.append(
+            f"| {name} | {cells(first.get(name))} | {cells(second.get(name))} |"
+        )
+    totals = [sum(op.total_ms for op in ops) for ops in (before, after)]
+    counts = [sum(op.count for op in ops) for ops in (before, after)]
+    lines.append(
+        f"| **total** | {counts[0]} | {totals[0]:.2f} | 100 | {counts[1]} | "
+        f"{totals[1]:.2f} | 100 |"
+    )
+    return "\n".join(lines)
+
+
+@dataclasses.dataclass
+class LatencyPoint:
+    """One model on a latency-vs-MACs plot.
+
+    Attributes:
+        name: Label.
+        macs: Multiply-accumulates per image (`tgc.profile(...).macs`).
+        latency_ms: Measured median latency.
+        kind: `"fp32"`, `"int8"`, ... (one marker per kind).
+    """
+
+    name: str
+    macs: float
+    latency_ms: float
+    kind: str = "fp32"
+
+
+def speedup_over_macs_ratio(point: LatencyPoint, baseline: LatencyPoint) -> float:
+    """How much of its MACs saving a model turns into speed (1 = all of it).
+
+    Args:
+        point: The compressed model.
+        baseline: The model it is compared with (the teacher).
+
+    Returns:
+        `(baseline ms / point ms) / (baseline MACs / point MACs)`.
+    """
+    speedup = baseline.latency_ms / point.latency_ms
+    return speedup / (baseline.macs / point.macs)
+
+
+def plot_latency_vs_macs(
+    points: Sequence[LatencyPoint],
+    path: str | os.PathLike,
+    baseline: str,
+    title: str = "Measured LiteRT latency vs MACs",
+) -> str:
+    """Draws measured latency against MACs, with the line speed-up = MACs ratio.
+
+    Both axes are logarithmic. The line goes through the baseline (the
+    teacher): a model on it turns its whole MACs saving into speed; above
+    it, overheads (memory passes, small ops) eat part of the saving. Each
+    point is labelled with its speed-up as a fraction of its MACs ratio.
+
+    Args:
+        points: The models; one of them is the baseline.
+        path: The PNG to write.
+        baseline: Name of the baseline point.
+        title: Plot title.
+
+    Returns:
+        `path` as a string.
+
+    Raises:
+        ValueError: If `baseline` is not among the points, or a point has
+            non-positive MACs or latency.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_name = {point.name: point for point in points}
+    if baseline not in by_name:
+        raise ValueError(
+            f"baseline {baseline!r} is not one of the points {sorted(by_name)}."
+        )
+    bad = [p.name for p in points if p.macs <= 0 or p.latency_ms <= 0]
+    if bad:
+        raise ValueError(f"Points {bad} need positive MACs and latency.")
+    base = by_name[baseline]
+    macs = np.array([p.macs for p in points], np.float64)
+    line = np.geomspace(macs.min() / 1.5, macs.max() * 1.5, 50)
+    figure, axis = plt.subplots(figsize=(6.5, 4.5))
+    axis.plot(
+        line / 1e9,
+        base.latency_ms * line / base.macs,
+        "k--",
+        linewidth=1,
+        label="speed-up = MACs ratio",
+    )
+    styles = {}
+    for index, point in enumerate(points):
+        # Points of equal MACs (fp32 and int8 of one model) get stacked labels.
+        stacked = sum(p.macs == point.macs for p in points[:index])
+        marker, color = styles.setdefault(
+            point.kind, ("osD^v<>"[len(styles) % 7], f"C{len(styles) % 10}")
+        )
+        axis.scatter(
+            point.macs / 1e9,
+            point.latency_ms,
+            marker=marker,
+            color=color,
+            label=point.kind,
+        )
+        note = point.name
+        if point.name != baseline:
+            note += f" ({speedup_over_macs_ratio(point, base):.2f})"
+        axis.annotate(
+            note,
+            (point.macs / 1e9, point.latency_ms),
+            fontsize=7,
+            xytext=(5, 4 - 11 * stacked),
+            textcoords="offset points",
+        )
+    handles, labels = axis.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    axis.legend(unique.values(), unique.keys(), fontsize=8, loc="upper left")
+    axis.set_xscale("log")
+    axis.set_yscale("log")
+    axis.set_xlabel("G MACs per image")
+    axis.set_ylabel("median latency (ms)")
+    axis.set_title(title + "\n(label: speed-up / MACs ratio)", fontsize=9)
+    figure.tight_layout()
+    path = os.fspath(path)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
+
+
 @dataclasses.dataclass
 class Comparison:
     """Several models timed interleaved in one run.

@@ -21,8 +21,9 @@
 The result computes the same function as the gated model in inference mode,
 up to float rounding.
 
-Supersets (`SuperConv2D`, ...) are sliced at their active width, so `slim`
-also extracts a sub-network from a once-for-all supernet.
+Super layers (`SuperConv2D`, ..., and the super norms after them) are
+sliced at their active width, so `slim` also extracts a sub-network from a
+once-for-all supernet.
 """
 
 from __future__ import annotations
@@ -65,11 +66,6 @@ _CONV_LAYERS = (
     keras.layers.SeparableConv2D,
 )
 _POSITIVELY_HOMOGENEOUS = ("relu", "leaky_relu", "linear")
-_PLAIN_CLASSES = {
-    keras_layers.SuperConv2D: keras.layers.Conv2D,
-    keras_layers.SuperConv2DTranspose: keras.layers.Conv2DTranspose,
-    keras_layers.SuperSeparableConv2D: keras.layers.SeparableConv2D,
-}
 
 
 class SurgeryError(ValueError):
@@ -232,16 +228,15 @@ def _lower_conv(graph, layer, tensor, name) -> int:
 
 def _lower_norm(graph, layer, tensor, name) -> int:
     channels = graph.channels[tensor]
+    mask = _output_mask(layer, channels)
+    gamma = (_numpy(layer.gamma) if layer.scale else np.ones(channels)) * mask
+    beta = (_numpy(layer.beta) if layer.center else np.zeros(channels)) * mask
     if isinstance(layer, keras_layers.InstanceNormalization):
-        gamma = _numpy(layer.gamma) if layer.scale else np.ones(channels)
-        beta = _numpy(layer.beta) if layer.center else np.zeros(channels)
         return graph.add(
             "instance_norm", name, [tensor], channels, layer, gamma=gamma, beta=beta
         )
     if layer.axis not in (-1, 3):
         raise SurgeryError(f"Layer {layer.name!r}: BatchNormalization axis must be -1.")
-    gamma = _numpy(layer.gamma) if layer.scale else np.ones(channels)
-    beta = _numpy(layer.beta) if layer.center else np.zeros(channels)
     return graph.add(
         "batch_norm",
         name,
@@ -752,7 +747,7 @@ def _merge_carriers(kernel, in_axis, keep_in, carriers, const: _Const):
 
 def _plain_class(layer) -> type:
     """The plain Keras class a (possibly Super) layer is rebuilt as."""
-    return _PLAIN_CLASSES.get(type(layer), type(layer))
+    return keras_layers.conv.plain_class(layer)
 
 
 def _clone(layer, name: str, **overrides) -> keras.layers.Layer:

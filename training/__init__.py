@@ -2,12 +2,18 @@
 
 from training import losses
 from training.image_pool import ImagePool
-from training.trainer import AdversarialTrainer, CycleGANTrainer, Step
+from training.trainer import (
+    AdversarialTrainer,
+    CycleGANTrainer,
+    OptimizerGroup,
+    Step,
+)
 
 __all__ = [
     "AdversarialTrainer",
     "CycleGANTrainer",
     "ImagePool",
+    "OptimizerGroup",
     "Step",
     "losses",
 ]

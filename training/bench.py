@@ -3,12 +3,15 @@
     python -m training.bench --steps=300 --output_dir=benchmarks/results
 
 Rows: the teacher; the two references a real student must beat (identity,
-and the best global colour map fitted on training pairs); the baselines
-(`uniform`: a 1/4-width ResNet trained from scratch, `distill`: the
-L1-pruned teacher trained with pixel + feature distillation + GAN loss);
-and every method added later. Each trained row uses the same step count,
-seed and data (built-in photos; quality measured against the teacher on
-photos whose *sources* were held out of training). Latency: all LiteRT files
+and the best global colour map fitted on training pairs); and every
+registered method (`training.methods.available()`), among them the
+baselines (`uniform`: the teacher's architecture at the budget's width
+trained from scratch, `distill`: the L1-pruned teacher, refitted by least
+squares and trained with pixel + feature distillation + GAN loss). Each
+trained row uses the same MACs budget (`--macs_ratio`, default 20, or
+`--macs_budget`), step count, seed and data (built-in photos; quality
+measured against the teacher on photos whose *sources* were held out of
+training). Latency: all LiteRT files
 timed interleaved in one run (fp32 and int8, 2 threads), so the speed-ups
 share the machine's noise.
 
@@ -20,17 +23,16 @@ from __future__ import annotations
 
 import os
 import sys
-import time
 
 import numpy as np
 from absl import app, flags, logging
 
 import tfgancompress as tgc
 from tfgancompress import latency, reports
-from training import evaluation, vintage
+from training import evaluation, methods, vintage
+from training.budget import DEFAULT_MACS_RATIO
 
 REFERENCES = ("identity", "colour_map")
-TRAINED = ("uniform", "distill")
 
 FLAGS = flags.FLAGS
 
@@ -39,11 +41,19 @@ def define_flags() -> None:
     """Defines the command-line flags (only when run as a script)."""
     flags.DEFINE_list(
         "methods",
-        ["teacher", *REFERENCES, *TRAINED],
-        "Rows to produce (teacher, identity, colour_map, uniform, distill).",
+        ["teacher", *REFERENCES, *methods.available()],
+        "Rows to produce: teacher, identity, colour_map and registered methods.",
     )
     flags.DEFINE_integer("steps", 300, "Training steps of every trained row.")
-    flags.DEFINE_float("keep_ratio", 0.25, "Width of the students.", lower_bound=0.01)
+    flags.DEFINE_float(
+        "macs_ratio",
+        DEFAULT_MACS_RATIO,
+        "Every student costs at most 1/macs_ratio of the teacher's MACs.",
+        lower_bound=1.0,
+    )
+    flags.DEFINE_float(
+        "macs_budget", None, "Student G MACs (1e9) at 256x256; overrides --macs_ratio."
+    )
     flags.DEFINE_integer("seed", 0, "Seed of every trained row.")
     flags.DEFINE_bool("colour_skip", True, "Wrap the students in a global colour skip.")
     flags.DEFINE_integer(
@@ -61,19 +71,15 @@ def _train_row(method: str, teacher, held_out, config: dict):
     """Trains one student; returns (student, fp32 path, int8 path, seconds)."""
     run_dir = os.path.join(config["output_dir"], "runs", method)
     os.makedirs(run_dir, exist_ok=True)
-    student, _ = vintage.build_student(
+    result, _ = vintage.compress(
+        methods.get(method),
         teacher,
-        method,
-        config["keep_ratio"],
-        colour_map=config["colour_map"],
-        calibration=vintage.calibration_views({**config, "method": method}),
+        {**config, "method": method, "output_dir": run_dir},
+        config["colour_map"],
+        held_out,
     )
-    start = time.perf_counter()
-    trainer = vintage.train_student(
-        student, teacher, {**config, "method": method, "output_dir": run_dir}, held_out
-    )
-    seconds = time.perf_counter() - start
-    student = trainer.generator
+    student = result.student.generator
+    seconds = sum(result.seconds.get(phase, 0.0) for phase in ("search", "finetune"))
     shape = (config["eval_size"], config["eval_size"], 3)
     fp32 = tgc.export.to_litert(
         student, os.path.join(run_dir, "student.tflite"), input_shape=shape
@@ -88,11 +94,24 @@ def _train_row(method: str, teacher, held_out, config: dict):
     return student, fp32, int8, seconds
 
 
-def run(methods, output_dir: str, **settings) -> dict:
-    """Runs the benchmark; returns the results (also written to disk)."""
-    unknown = sorted(set(methods) - {"teacher", *REFERENCES, *TRAINED})
+def _check_rows(rows) -> None:
+    unknown = sorted(set(rows) - {"teacher", *REFERENCES, *methods.available()})
     if unknown:
-        raise ValueError(f"Unknown methods {unknown}.")
+        raise ValueError(
+            f"Unknown methods {unknown}; available: teacher, "
+            f"{', '.join([*REFERENCES, *methods.available()])}."
+        )
+
+
+def run(names, output_dir: str, **settings) -> dict:
+    """Runs the benchmark; returns the results (also written to disk).
+
+    Args:
+        names: Rows: `teacher`, `identity`, `colour_map` and method names.
+        output_dir: Where to write the results (students under `runs/`).
+        **settings: Values replacing `vintage.DEFAULTS`.
+    """
+    _check_rows(names)
     config = {**vintage.DEFAULTS, **settings, "output_dir": output_dir}
     size = config["eval_size"]
     shape = (size, size, 3)
@@ -114,17 +133,15 @@ def run(methods, output_dir: str, **settings) -> dict:
         "identity": inputs,
         "colour_map": evaluation.colour_map_reference(training_pairs)(inputs),
     }
-    for method in methods:
-        if method in TRAINED:
+    for method in names:
+        if method not in ("teacher", *REFERENCES):
             print(f"training {method} for {config['steps']} steps", flush=True)
             student, fp32, int8, seconds = _train_row(
                 method, teacher, (inputs, targets), config
             )
             cost = tgc.profile(student, shape)
             outputs[method] = np.asarray(student.predict(inputs, 2, verbose=0))
-            int8_outputs = np.concatenate(
-                [tgc.export.run_litert(int8, image[None]) for image in inputs]
-            )
+            int8_outputs = evaluation.litert_outputs(int8, inputs)
             rows[method] = {
                 "macs": cost.macs,
                 "params": cost.params,
@@ -155,7 +172,8 @@ def run(methods, output_dir: str, **settings) -> dict:
         "task": "vintage",
         "steps": config["steps"],
         "seed": config["seed"],
-        "keep_ratio": config["keep_ratio"],
+        "macs_ratio": config["macs_ratio"],
+        "macs_budget": config["macs_budget"],
         "eval_images": len(inputs),
         "eval_size": size,
         "threads": 2,
@@ -244,18 +262,17 @@ def _write(results: dict, output_dir: str) -> None:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    unknown = sorted(set(FLAGS.methods) - {"teacher", *REFERENCES, *TRAINED})
-    if unknown:
-        raise app.UsageError(
-            f"--methods: unknown {unknown}; known: teacher, "
-            f"{', '.join(REFERENCES + TRAINED)}."
-        )
+    try:
+        _check_rows(FLAGS.methods)
+    except ValueError as error:
+        raise app.UsageError(f"--methods: {error}") from error
     logging.set_verbosity(logging.WARNING)
     run(
         FLAGS.methods,
         FLAGS.output_dir,
         steps=FLAGS.steps,
-        keep_ratio=FLAGS.keep_ratio,
+        macs_ratio=FLAGS.macs_ratio,
+        macs_budget=FLAGS.macs_budget,
         seed=FLAGS.seed,
         colour_skip=FLAGS.colour_skip,
         reconstruction_views=FLAGS.reconstruction_views,

@@ -1,9 +1,10 @@
 """Keras callbacks that drive and watch a compression run.
 
 They work with any `keras.Model` that exposes the network being compressed
-as `model.generator` (the `AdversarialTrainer` convention) and, optionally,
-a frozen `model.teacher`; a plain generator model works too (then it is the
-network itself).
+as `model.generator` (the `AdversarialTrainer` convention), optionally its
+`model.discriminator` (whose gates the callbacks see too: methods that
+prune the discriminator) and a frozen `model.teacher`; a plain generator
+model works too (then it is the network itself).
 
 | callback                | does                                              |
 |-------------------------|---------------------------------------------------|
@@ -29,10 +30,42 @@ import keras_layers
 import tfgancompress as tgc
 from tfgancompress import reports, schedules
 
+NETWORKS = ("generator", "discriminator")
+
 
 def compressed_network(model: keras.Model) -> keras.Model:
     """The network being compressed: `model.generator`, else `model` itself."""
     return getattr(model, "generator", None) or model
+
+
+def compressed_networks(model: keras.Model) -> dict[str, keras.Model]:
+    """`{"generator": ..., "discriminator": ...}` of a trainer.
+
+    The discriminator is there when `model` has one; a plain model is its
+    own generator.
+    """
+    networks = {"generator": compressed_network(model)}
+    discriminator = getattr(model, "discriminator", None)
+    if discriminator is not None:
+        networks["discriminator"] = discriminator
+    return networks
+
+
+def _check_networks(networks: Sequence[str]) -> tuple[str, ...]:
+    networks = tuple(networks)
+    if not networks or set(networks) - set(NETWORKS):
+        raise ValueError(
+            f"networks must be a non-empty subset of {NETWORKS}, got {networks}."
+        )
+    return networks
+
+
+def _networks_of(model: keras.Model, names: Sequence[str], who: str) -> dict:
+    found = compressed_networks(model)
+    missing = [name for name in names if name not in found]
+    if missing:
+        raise ValueError(f"{who}: {model.name!r} has no {missing[0]}.")
+    return {name: found[name] for name in names}
 
 
 def gates_of(network: keras.Model) -> list[keras_layers.ChannelGate]:
@@ -53,10 +86,11 @@ def training_step(model: keras.Model) -> tf.Variable:
 
 
 def current_macs(network: keras.Model, input_shape: Sequence[int]) -> int:
-    """MACs of the network once its switched-off channels are removed."""
-    if gates_of(network):
-        network = tgc.slim(network)
-    return tgc.profile(network, tuple(input_shape)).macs
+    """MACs of the network once its switched-off channels are removed.
+
+    `tgc.cost.gate_macs`: exact, without slimming (milliseconds).
+    """
+    return tgc.cost.gate_macs(network, tuple(input_shape))
 
 
 class UpdateCompressionStep(keras.callbacks.Callback):
@@ -74,6 +108,8 @@ class UpdateCompressionStep(keras.callbacks.Callback):
         freeze_gates: Make the gates non-trainable for the run, so that the
             schedule alone decides them (an optimizer step could otherwise
             push a gate parameter across its keep threshold).
+        networks: Whose gates the schedule drives: `("generator",)`, or
+            with `"discriminator"` (a trainer's discriminator) too.
     """
 
     def __init__(
@@ -81,44 +117,56 @@ class UpdateCompressionStep(keras.callbacks.Callback):
         schedule,
         importance: Callable[[keras.Model], dict] | None = None,
         freeze_gates: bool = True,
+        networks: Sequence[str] = ("generator",),
     ):
         super().__init__()
         self.schedule = schedule
         self.importance = importance
         self.freeze_gates = freeze_gates
+        self.networks = _check_networks(networks)
+
+    def _gated(self) -> dict[str, keras.Model]:
+        networks = _networks_of(self.model, self.networks, "UpdateCompressionStep")
+        for name, network in networks.items():
+            if not gates_of(network):
+                raise ValueError(
+                    f"UpdateCompressionStep: the {name} {network.name!r} has no "
+                    "ChannelGate layers."
+                )
+        return networks
 
     def on_train_begin(self, logs=None):
+        networks = self._gated()
         if not self.freeze_gates:
             return
-        for gate in gates_of(compressed_network(self.model)):
-            gate.trainable = False
+        for network in networks.values():
+            for gate in gates_of(network):
+                gate.trainable = False
         self.model.make_train_function(force=True)
 
     def on_train_batch_begin(self, batch, logs=None):
-        network = compressed_network(self.model)
-        gates = gates_of(network)
-        if not gates:
-            raise ValueError(
-                f"UpdateCompressionStep: {network.name!r} has no ChannelGate layers."
-            )
         step = training_step(self.model)
         should_prune, sparsity = self.schedule(step)
         if not bool(should_prune):
             return
-        scores = self.importance(network) if self.importance else {}
-        for gate in gates:
-            schedules.apply_sparsity(gate, sparsity, scores.get(gate.name))
+        for network in self._gated().values():
+            scores = self.importance(network) if self.importance else {}
+            for gate in gates_of(network):
+                schedules.apply_sparsity(gate, sparsity, scores.get(gate.name))
 
 
 class CompressionSummaries(keras.callbacks.Callback):
     """Writes losses, live channels per layer and MACs to TensorBoard.
 
     Every `every_n_epochs` it also draws the per-layer live channel counts
-    as a PNG (`channels_epoch{N}.png` in `log_dir`).
+    as a PNG (`channels_epoch{N}.png` in `log_dir`). A trainer's gated
+    discriminator is reported too: `compression/d_macs`,
+    `d_channels/<layer>` and `d_channels_epoch{N}.png`.
 
     Args:
         log_dir: TensorBoard log directory.
-        input_shape: `(H, W, C)` at which MACs are counted.
+        input_shape: `(H, W, C)` of the generator's input at which MACs are
+            counted (the discriminator's: same size, its own channels).
         every_n_epochs: How often to write.
     """
 
@@ -136,20 +184,27 @@ class CompressionSummaries(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every_n_epochs:
             return
-        network = compressed_network(self.model)
-        channels = tgc.live_channels(network)
-        macs = current_macs(network, self.input_shape)
+        reported = {
+            name: network
+            for name, network in compressed_networks(self.model).items()
+            if name == "generator" or gates_of(network)
+        }
         with self._writer.as_default(step=epoch + 1):
             for name, value in (logs or {}).items():
                 tf.summary.scalar(f"loss/{name}", float(value))
-            tf.summary.scalar("compression/macs", macs)
-            for layer in channels:
-                tf.summary.scalar(f"channels/{layer.name}", layer.kept)
+        for name, network in reported.items():
+            prefix = "" if name == "generator" else "d_"
+            shape = (*self.input_shape[:-1], network.input_shape[-1])
+            channels = tgc.live_channels(network)
+            macs = current_macs(network, shape)
+            with self._writer.as_default(step=epoch + 1):
+                tf.summary.scalar(f"compression/{prefix}macs", macs)
+                for layer in channels:
+                    tf.summary.scalar(f"{prefix}channels/{layer.name}", layer.kept)
+            path = os.path.join(self.log_dir, f"{prefix}channels_epoch{epoch + 1}.png")
+            title = f"{name}, epoch {epoch + 1}: {macs / 1e9:.2f} G MACs"
+            reports.plot_channels(channels, path, title=title)
         self._writer.flush()
-        path = os.path.join(self.log_dir, f"channels_epoch{epoch + 1}.png")
-        reports.plot_channels(
-            channels, path, title=f"epoch {epoch + 1}: {macs / 1e9:.2f} G MACs"
-        )
 
     def on_train_end(self, logs=None):
         if self._writer is not None:
@@ -283,12 +338,14 @@ class BudgetReached(keras.callbacks.Callback):
     """Stops training, or freezes the gates, once the MACs budget holds.
 
     Args:
-        target_macs: The budget: MACs of the slimmed network at
+        target_macs: The budget: MACs of the slimmed generator at
             `input_shape`.
         input_shape: `(H, W, C)` at which MACs are counted.
         action: `"stop"` ends `fit`; `"freeze"` makes the gates
             non-trainable and keeps training the weights (DMAD).
-        check_every_n_batches: How often to count (slimming costs ~1 s).
+        check_every_n_batches: How often to count.
+        networks: Whose gates `"freeze"` freezes: `("generator",)`, or with
+            `"discriminator"` too.
     """
 
     def __init__(
@@ -297,6 +354,7 @@ class BudgetReached(keras.callbacks.Callback):
         input_shape: Sequence[int],
         action: str = "stop",
         check_every_n_batches: int = 50,
+        networks: Sequence[str] = ("generator",),
     ):
         super().__init__()
         if action not in ("stop", "freeze"):
@@ -307,6 +365,7 @@ class BudgetReached(keras.callbacks.Callback):
         self.input_shape = tuple(input_shape)
         self.action = action
         self.check_every_n_batches = int(check_every_n_batches)
+        self.networks = _check_networks(networks)
         self.reached_at_step: int | None = None
 
     def on_train_batch_end(self, batch, logs=None):
@@ -319,8 +378,9 @@ class BudgetReached(keras.callbacks.Callback):
         if self.action == "stop":
             self.model.stop_training = True
             return
-        for gate in gates_of(network):
-            gate.trainable = False
+        for frozen in _networks_of(self.model, self.networks, "BudgetReached").values():
+            for gate in gates_of(frozen):
+                gate.trainable = False
         self.model.make_train_function(force=True)
 
 

@@ -27,6 +27,17 @@ def as_arrays(dataset) -> tuple[np.ndarray, np.ndarray]:
     return np.concatenate(inputs), np.concatenate(targets)
 
 
+def litert_outputs(path: str, inputs: np.ndarray) -> np.ndarray:
+    """A LiteRT file's outputs on `inputs`, one image at a time, in [-1, 1].
+
+    The outputs are clipped to the images' range: an int8 file's output grid
+    need not contain -1 and 1 exactly, and a generator clipped to [-1, 1]
+    can come out one quantization step beyond them.
+    """
+    outputs = [tgc.export.run_litert(path, image[None]) for image in inputs]
+    return np.clip(np.concatenate(outputs), -1.0, 1.0)
+
+
 def colour_map_reference(
     pairs: tuple[np.ndarray, np.ndarray], samples: int = 20000, seed: int = 0
 ) -> Callable[[np.ndarray], np.ndarray]:
@@ -75,6 +86,7 @@ class TeacherComparison:
             "psnr": float(np.mean(tgc.metrics.psnr(self.targets, outputs))),
             "ssim": float(np.mean(tgc.metrics.ssim(self.targets, outputs))),
             "l1": float(np.mean(tgc.metrics.l1(self.targets, outputs))),
+            # A distance: round-off can make it a hair below 0 on equal sets.
             "fd": max(0.0, float(frechet.result())),
             "kid": float(kid.result()),
         }

@@ -1,27 +1,32 @@
 """Compress the pretrained vintage CycleGAN teacher: the README's main job.
 
     python -m training.train --output_dir=outputs/vintage
+    python -m training.train --method=uniform --macs_ratio=25
+    python -m training.train --method=distill --method_options=lambda_distill=2
 
-Method `distill` (the default until a paper's method lands) is the
-distillation baseline: the teacher cut to `--keep_ratio` of its filters by
-L1 norm (or to `--macs_budget`), its convolutions refitted to the teacher
-by least squares on `--reconstruction_views` training views
-(`tgc.reconstruction`), then trained with pixel + feature distillation + a
-GAN loss on exact pseudo-pairs (a view of a built-in
-training photo, the teacher's output on that view; `--crops_per_photo`
-colour-jittered views per photo). Method `uniform` trains a uniformly
-thinner generator from scratch with the same losses but no feature
-distillation. With `--colour_skip` (default) the student is wrapped as
-`y = colour_map(x) + student(x)`, starting at the least-squares colour map
-of the training photos (`tgc.models.with_colour_skip`).
+`--method` is any registered method (`training.methods.available()`), run
+through its phases by `training.pipeline` at `--macs_ratio` (default 20:
+the student costs at most 1/20 of the teacher's MACs at 256x256) or
+`--macs_budget` G MACs, for `--steps` training steps in all; its knobs are
+`--method_options=key=value,...`. The default, `distill`, is the
+distillation baseline: the teacher cut to the budget by filter L1 norm, its
+convolutions refitted to the teacher by least squares on
+`--reconstruction_views` training views (`tgc.reconstruction`), then
+trained with pixel + feature distillation + a GAN loss on exact
+pseudo-pairs (a view of a built-in training photo, the teacher's output on
+that view; `--crops_per_photo` colour-jittered views per photo). `uniform`
+trains the same widths from scratch. With `--colour_skip` (default) the
+student is wrapped as `y = colour_map(x) + student(x)`, starting at the
+least-squares colour map of the training photos
+(`tgc.models.with_colour_skip`).
 
-Training checkpoints to `<output_dir>/backup` every epoch; run the same
-command again after an interruption and it resumes there. Writes
-`student.keras`, `student.tflite` (fp32), `student_int8.tflite`,
-`samples.png` (input | teacher | student | colour map) and
-`report.md`/`report.json` (MACs, params, LiteRT latency teacher vs student,
-PSNR/SSIM/FD vs the teacher on photos held out by source, next to the
-identity and colour-map references).
+Training checkpoints to `<output_dir>/checkpoints/` every epoch and after
+each phase; run the same command again after an interruption and it resumes
+there. Writes `student.keras`, `student.tflite` (fp32),
+`student_int8.tflite`, `samples.png` (input | teacher | student | colour
+map) and `report.md`/`report.json` (MACs, params, LiteRT latency teacher vs
+student, PSNR/SSIM/FD vs the teacher on photos held out by source, next to
+the identity and colour-map references).
 """
 
 from __future__ import annotations
@@ -34,24 +39,36 @@ from absl import app, flags, logging
 
 import tfgancompress as tgc
 from tfgancompress import latency, reports
-from training import evaluation, vintage
+from training import evaluation, methods, vintage
+from training.budget import BudgetError
 
 FLAGS = flags.FLAGS
 
 
 def define_flags() -> None:
     """Defines the command-line flags (only when run as a script)."""
-    flags.DEFINE_enum(
-        "method", vintage.DEFAULTS["method"], ["distill", "uniform"], "Student recipe."
+    flags.DEFINE_string(
+        "method",
+        vintage.DEFAULTS["method"],
+        "Compression method (training.methods.available(): "
+        f"{', '.join(methods.available())}).",
+    )
+    flags.DEFINE_list(
+        "method_options",
+        [],
+        "The method's options as key=value,... (an unknown key is an error "
+        "naming the known ones).",
     )
     flags.DEFINE_float(
-        "keep_ratio",
-        vintage.DEFAULTS["keep_ratio"],
-        "Fraction of filters kept per layer.",
-        lower_bound=0.01,
+        "macs_ratio",
+        vintage.DEFAULTS["macs_ratio"],
+        "The student costs at most 1/macs_ratio of the teacher's MACs at 256x256.",
+        lower_bound=1.0,
     )
     flags.DEFINE_float(
-        "macs_budget", None, "Target student G MACs at 256x256 (overrides keep_ratio)."
+        "macs_budget",
+        None,
+        "Absolute budget: student G MACs (1e9) at 256x256; overrides --macs_ratio.",
     )
     flags.DEFINE_bool(
         "colour_skip",
@@ -61,12 +78,15 @@ def define_flags() -> None:
     flags.DEFINE_integer(
         "reconstruction_views",
         vintage.DEFAULTS["reconstruction_views"],
-        "Training views on which the distill student's pruned convolutions are "
-        "refitted to the teacher by least squares before training (0: off).",
+        "Training views on which a student that inherits the teacher's channels "
+        "is refitted to it by least squares before fine-tuning (0: off).",
         lower_bound=0,
     )
     flags.DEFINE_integer(
-        "steps", vintage.DEFAULTS["steps"], "Training steps.", lower_bound=1
+        "steps",
+        vintage.DEFAULTS["steps"],
+        "Training steps of all phases together (the method splits them).",
+        lower_bound=1,
     )
     flags.DEFINE_integer(
         "steps_per_epoch",
@@ -101,16 +121,6 @@ def define_flags() -> None:
         vintage.DEFAULTS["learning_rate"],
         "Adam learning rate (G and D), cosine-decayed to 0 over --steps.",
     )
-    flags.DEFINE_float(
-        "lambda_recon",
-        vintage.DEFAULTS["lambda_recon"],
-        "Weight of the L1 to the teacher.",
-    )
-    flags.DEFINE_float(
-        "lambda_distill",
-        vintage.DEFAULTS["lambda_distill"],
-        "Weight of feature distillation.",
-    )
     flags.DEFINE_integer(
         "ndf", vintage.DEFAULTS["ndf"], "Discriminator width.", lower_bound=1
     )
@@ -141,22 +151,29 @@ def define_flags() -> None:
 
 
 def _report_markdown(report: dict) -> str:
+    steps = report["phase_steps"]
+    if report["initial_psnr"] is None:
+        initial = "not measured (resumed from a checkpoint)."
+    else:
+        initial = f"{report['initial_psnr']:.2f} dB PSNR " + (
+            f"(refitted by least squares on {report['reconstruction_views']} "
+            "training views)."
+            if report["reconstruction_views"]
+            else "(no least-squares refit)."
+        )
     lines = [
         f"# Vintage teacher compressed with `{report['method']}`",
         "",
-        f"{report['steps']} steps, batch {report['batch_size']}, crops "
+        f"`{report['description']}` at a budget of {report['budget']}.",
+        "",
+        f"{report['steps']} steps (search {steps['search']}, fine-tuning "
+        f"{steps['finetune']}), batch {report['batch_size']}, crops "
         f"{report['crop_size']}; {report['train_seconds']:.0f} s training, "
         f"{report['wall_seconds']:.0f} s in all. Quality vs the teacher on "
         f"{report['eval_images']} photos held out by source "
         f"({report['eval_size']}x{report['eval_size']}).",
         "",
-        f"Student before training: {report['initial_psnr']:.2f} dB PSNR "
-        + (
-            f"(refitted by least squares on {report['reconstruction_views']} "
-            "training views)."
-            if report["reconstruction_views"]
-            else "(no least-squares refit)."
-        ),
+        f"Student before training: {initial}",
         "",
         "| model | G MACs | M params | LiteRT ms | PSNR dB | SSIM | FD |",
         "|---|---:|---:|---:|---:|---:|---:|",
@@ -189,7 +206,8 @@ def run(**overrides) -> dict:
         **overrides: Values replacing `vintage.DEFAULTS` (the flags' defaults).
 
     Raises:
-        ValueError: On an unknown setting.
+        ValueError: On an unknown setting, an unknown method or option.
+        BudgetError: If the method cannot reach the MACs budget.
     """
     unknown = sorted(set(overrides) - set(vintage.DEFAULTS))
     if unknown:
@@ -197,41 +215,35 @@ def run(**overrides) -> dict:
             f"Unknown settings {unknown}; known: {sorted(vintage.DEFAULTS)}."
         )
     config = {**vintage.DEFAULTS, **overrides}
+    method = methods.get(config["method"], config["method_options"])
     start = time.perf_counter()
     output_dir = config["output_dir"]
     os.makedirs(output_dir, exist_ok=True)
     size = config["eval_size"]
     shape = (size, size, 3)
-    print("[1/5] teacher, held-out views and student", flush=True)
+    print("[1/5] teacher and held-out views", flush=True)
     teacher = tgc.models.pretrained("vintage")
     held_out, reference_pairs = vintage.task_data(config)
     colour_map = tgc.models.fit_colour_map(*reference_pairs, seed=config["seed"])
-    calibration = vintage.calibration_views(config)
-    if calibration is not None:
-        print(
-            f"      refitting the pruned student to the teacher on "
-            f"{len(calibration)} views (least squares, layer by layer)",
-            flush=True,
-        )
-    student, keep_ratio = vintage.build_student(
-        teacher,
-        config["method"],
-        config["keep_ratio"],
-        config.get("macs_budget"),
-        colour_map if config["colour_skip"] else None,
-        calibration,
-    )
-
     inputs, targets = held_out
-    initial_psnr = float(
-        np.mean(tgc.metrics.psnr(targets, student.predict(inputs, 2, verbose=0)))
+    initial = {}
+
+    def score_untrained(phase, student):
+        if phase in ("slim", "refit"):
+            outputs = student.generator.predict(inputs, 2, verbose=0)
+            initial["psnr"] = float(np.mean(tgc.metrics.psnr(targets, outputs)))
+            print(f"      after {phase}: {initial['psnr']:.2f} dB PSNR on held-out")
+
+    print(f"[2/5] compressing with {method.description}", flush=True)
+    result, budget = vintage.compress(
+        method,
+        teacher,
+        config,
+        colour_map if config["colour_skip"] else None,
+        held_out,
+        after_phase=score_untrained,
     )
-    print(f"      untrained student: {initial_psnr:.2f} dB PSNR on held-out")
-    print(f"[2/5] training {config['steps']} steps", flush=True)
-    train_start = time.perf_counter()
-    trainer = vintage.train_student(student, teacher, config, held_out)
-    train_seconds = time.perf_counter() - train_start
-    student = trainer.generator
+    student = result.student.generator
     student.save(os.path.join(output_dir, "student.keras"))
 
     print("[3/5] exporting fp32 and int8 LiteRT files", flush=True)
@@ -255,9 +267,7 @@ def run(**overrides) -> dict:
     outputs = {
         "teacher": targets,
         "student": np.asarray(student.predict(inputs, batch_size=2, verbose=0)),
-        "student_int8": np.concatenate(
-            [tgc.export.run_litert(paths["student_int8"], x[None]) for x in inputs]
-        ),
+        "student_int8": evaluation.litert_outputs(paths["student_int8"], inputs),
         "identity": inputs,
         "colour_map": colour_map_reference(inputs),
     }
@@ -274,21 +284,28 @@ def run(**overrides) -> dict:
         cost = tgc.profile(teacher if name == "teacher" else student, shape)
         rows[name].update(macs=cost.macs, params=cost.params)
     rows["student_int8"].update(macs=rows["student"]["macs"])
-    for name, result in timing.results.items():
-        rows[name]["latency_ms"] = result.median_ms
+    for name, timed in timing.results.items():
+        rows[name]["latency_ms"] = timed.median_ms
     reports.save_image_grid(
         os.path.join(output_dir, "samples.png"),
         [inputs, targets, outputs["student"], outputs["colour_map"]],
     )
     report = {
         **{k: config[k] for k in ("method", "steps", "batch_size", "crop_size")},
-        "keep_ratio": keep_ratio,
-        "reconstruction_views": 0 if calibration is None else len(calibration),
-        "initial_psnr": initial_psnr,
+        "description": method.description,
+        "method_options": method.describe()["options"],
+        "budget": budget.describe(),
+        "macs_budget": budget.macs,
+        "phase_steps": result.steps,
+        "phase_seconds": result.seconds,
+        "reconstruction_views": result.refit_images or 0,
+        "initial_psnr": initial.get("psnr"),
         "eval_size": size,
         "eval_images": len(inputs),
         "threads": 2,
-        "train_seconds": train_seconds,
+        "train_seconds": sum(
+            result.seconds.get(phase, 0.0) for phase in ("search", "finetune")
+        ),
         "wall_seconds": time.perf_counter() - start,
         "rows": rows,
         "macs_ratio": rows["teacher"]["macs"] / rows["student"]["macs"],
@@ -301,12 +318,17 @@ def run(**overrides) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if FLAGS.keep_ratio > 1.0:
-        raise app.UsageError(f"--keep_ratio must be <= 1, got {FLAGS.keep_ratio}.")
     if FLAGS.steps_per_epoch > FLAGS.steps:
         raise app.UsageError("--steps_per_epoch must not exceed --steps.")
+    try:  # fail before any work on a bad method or option
+        methods.get(FLAGS.method, FLAGS.method_options)
+    except ValueError as error:
+        raise app.UsageError(str(error)) from error
     logging.set_verbosity(logging.WARNING)
-    run(**{key: FLAGS[key].value for key in vintage.DEFAULTS if key in FLAGS})
+    try:
+        run(**{key: FLAGS[key].value for key in vintage.DEFAULTS if key in FLAGS})
+    except BudgetError as error:
+        raise app.UsageError(str(error)) from error
 
 
 def cli() -> None:

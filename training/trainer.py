@@ -16,7 +16,12 @@ discriminator update on the detached fakes, then a generator update against
 the updated discriminator. Subclasses (the methods in `training.methods`)
 customise it through small hooks: `generator_losses`/`discriminator_losses`
 (and their `*_loss_names`), `generator_variables`/`discriminator_variables`,
-`prepare_step` and `after_step` (per-step gate updates).
+`prepare_step` and `after_step` (per-step gate updates), and two for
+pruning agents: `gate_masks` computes gate masks inside the step (so that
+gradients reach whatever computed them) and `drive_gates` makes the gates
+use them. More networks train in the same step through `OptimizerGroup`s
+given to `compile`: an online teacher before the student's updates, or
+agents after them, differentiated through the whole step.
 
 `CycleGANTrainer` trains CycleGAN teachers: two generators, two
 discriminators, LSGAN, cycle and identity losses, image pools.
@@ -29,17 +34,20 @@ gradients are those of the global batch mean.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import keras
 import tensorflow as tf
 
+import keras_layers
 from tfgancompress.models import tap_names, with_taps
 from training import losses
 from training.image_pool import ImagePool
 
 MODES = ("paired", "unpaired")
+WHEN = ("before", "after")
 
 
 @dataclasses.dataclass
@@ -56,6 +64,11 @@ class Step:
         teacher_image: `teacher(x)` (None without a teacher).
         teacher_features: The teacher's distillation taps (maybe empty).
         seed: A `(2,)` int32 seed for stateless randomness in this step.
+        masks: `{ChannelGate: mask tensor}` from `gate_masks` (maybe empty).
+        g_terms: The generator's loss terms, once computed.
+        d_terms: The discriminator's loss terms, once computed.
+        extras: Tensors a subclass or an optimizer group passes on within
+            the step (e.g. an online teacher's outputs).
     """
 
     x: tf.Tensor
@@ -66,6 +79,63 @@ class Step:
     teacher_image: tf.Tensor | None = None
     teacher_features: list = dataclasses.field(default_factory=list)
     seed: tf.Tensor | None = None
+    masks: dict = dataclasses.field(default_factory=dict)
+    g_terms: dict = dataclasses.field(default_factory=dict)
+    d_terms: dict = dataclasses.field(default_factory=dict)
+    extras: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class OptimizerGroup:
+    """More variables trained in the same step, by their own optimizer.
+
+    Attributes:
+        name: Unique name; the group's total loss is tracked as
+            `<name>_loss`, next to each of its terms.
+        optimizer: The group's optimizer.
+        variables: Returns the variables it updates (disjoint from the
+            generator's, the discriminator's and other groups').
+        losses: Maps the step's `Step` to `{term name: float32 scalar}`;
+            their sum is minimised.
+        loss_names: The names of those terms.
+        when: `"before"`: in a tape of its own, after `prepare_step` and
+            before the student's updates (an online teacher G and D;
+            groups run in the order given, passing tensors on in
+            `step.extras`). `"after"`: after the generator update, its loss
+            differentiated through everything the step computed in one
+            tape, from `gate_masks` through both networks' forward passes
+            and losses (`step.g_terms`, `step.d_terms`): pruning agents that
+            drive the gates.
+
+    Example:
+
+    ```python
+    agent = keras.Sequential([keras.layers.Dense(16)])
+    group = OptimizerGroup(
+        "agent",
+        keras.optimizers.Adam(1e-3),
+        variables=lambda: agent.trainable_variables,
+        losses=lambda step: {"agent_gan": step.g_terms["gan"]},
+        loss_names=["agent_gan"],
+    )
+    trainer.compile(g_optimizer, d_optimizer, groups=[group])
+    ```
+    """
+
+    name: str
+    optimizer: keras.optimizers.Optimizer
+    variables: Callable[[], list]
+    losses: Callable[[Step], dict]
+    loss_names: Sequence[str]
+    when: str = "after"
+
+    def __post_init__(self):
+        if self.when not in WHEN:
+            raise ValueError(
+                f"OptimizerGroup {self.name!r}: when must be one of {WHEN}, got "
+                f"{self.when!r}."
+            )
+        self.loss_names = list(self.loss_names)
 
 
 def _replicas() -> int:
@@ -131,6 +201,24 @@ def _channels(model, what: str) -> int | None:
 def _apply(optimizer, loss, tape, variables) -> None:
     grads = tape.gradient(loss, variables)
     optimizer.apply_gradients(zip(grads, variables, strict=True))
+
+
+def _apply_group(group: OptimizerGroup, loss, tape) -> None:
+    variables = list(group.variables())
+    grads = tape.gradient(loss, variables)
+    missing = [v.path for v, g in zip(variables, grads, strict=True) if g is None]
+    if missing:
+        raise ValueError(
+            f"Optimizer group {group.name!r}: its loss does not depend on "
+            f"{missing}. Compute what they drive inside the step (gate_masks, "
+            "or the group's losses)."
+        )
+    group.optimizer.apply_gradients(zip(grads, variables, strict=True))
+
+
+def _paused(tape):
+    """A context in which `tape` (if any) does not record."""
+    return tape.stop_recording() if tape is not None else contextlib.nullcontext()
 
 
 def _total(terms: dict):
@@ -204,6 +292,10 @@ class AdversarialTrainer(_TrackedModel):
             discriminator (CycleGAN: 50); 0 disables it.
         image_size: `(H, W)` of the training images, needed by the image
             pool when the discriminator's input size is not fixed.
+        freeze_teacher: Freeze the teacher (`trainable = False`). `False`
+            for an online teacher trained in the same loop by an
+            `OptimizerGroup` (GCC); the student still sees its outputs
+            through `stop_gradient`.
         name: Model name.
 
     Raises:
@@ -244,6 +336,7 @@ class AdversarialTrainer(_TrackedModel):
         mapper_bias: bool = True,
         image_pool_size: int = 0,
         image_size: tuple | None = None,
+        freeze_teacher: bool = True,
         name: str = "adversarial_trainer",
         **kwargs,
     ):
@@ -259,7 +352,7 @@ class AdversarialTrainer(_TrackedModel):
         self.generator = generator
         self.discriminator = discriminator
         self.teacher = teacher
-        if teacher is not None:
+        if teacher is not None and freeze_teacher:
             teacher.trainable = False
         self._check_discriminator()
         student_taps, teacher_taps = self._resolve_taps(taps)
@@ -357,6 +450,7 @@ class AdversarialTrainer(_TrackedModel):
         lambda_distill: float | None = None,
         distill_distance: str = "mse",
         jit_compile: bool = True,
+        groups: Sequence[OptimizerGroup] = (),
         **kwargs,
     ):
         """Sets the optimizers, losses and weights of the loss terms.
@@ -379,11 +473,14 @@ class AdversarialTrainer(_TrackedModel):
             distill_distance: `"mse"` (GAN Compression), `"rmse"` (GCC) or
                 `"l1"`.
             jit_compile: Compile each step with XLA.
+            groups: More `OptimizerGroup`s trained in the same step
+                (pruning agents, an online teacher).
             **kwargs: More `keras.Model.compile` arguments (e.g.
                 `steps_per_execution`, `run_eagerly`).
 
         Raises:
-            ValueError: On an unknown GAN loss or distance, or negative weights.
+            ValueError: On an unknown GAN loss or distance, negative
+                weights, or groups with clashing names or shared variables.
         """
         self.gan_loss = (
             gan_loss
@@ -409,15 +506,51 @@ class AdversarialTrainer(_TrackedModel):
         self.distill_distance = distill_distance
         super().compile(optimizer=g_optimizer, jit_compile=jit_compile, **kwargs)
         self.d_optimizer = d_optimizer
+        self._set_groups(groups)
         with self.distribute_strategy.scope():
             if not self.optimizer.built:
                 self.optimizer.build(self.generator_variables())
             if not d_optimizer.built:
                 d_optimizer.build(self.discriminator_variables())
+            for group in self.groups:
+                if not group.optimizer.built:
+                    group.optimizer.build(group.variables())
+        group_names = [
+            name
+            for group in self.groups
+            for name in (f"{group.name}_loss", *group.loss_names)
+        ]
         self._make_trackers(
             ["g_loss", *self.generator_loss_names(), "d_loss"]
             + self.discriminator_loss_names()
+            + group_names
         )
+
+    def _set_groups(self, groups: Sequence[OptimizerGroup]) -> None:
+        """Checks the groups' names and variables; tracks their optimizers."""
+        for group in groups:
+            if not group.variables():
+                raise ValueError(f"Optimizer group {group.name!r} has no variables.")
+        owners = {}
+        roles = [
+            ("the generator", self.generator_variables()),
+            ("the discriminator", self.discriminator_variables()),
+            *((f"optimizer group {g.name!r}", g.variables()) for g in groups),
+        ]
+        for role, variables in roles:
+            for variable in variables:
+                owner = owners.setdefault(id(variable), role)
+                if owner != role:
+                    raise ValueError(
+                        f"Variable {variable.path!r} is updated by both {owner} "
+                        f"and {role}: give each variable to one optimizer."
+                    )
+        names = [group.name for group in groups]
+        if len(set(names)) != len(names):
+            raise ValueError(f"Optimizer group names must be unique, got {names}.")
+        self.groups = tuple(groups)
+        # Keras saves optimizers it finds in attributes (BackupAndRestore).
+        self.group_optimizers = {g.name: g.optimizer for g in groups}
 
     @property
     def g_optimizer(self) -> keras.optimizers.Optimizer:
@@ -550,37 +683,88 @@ class AdversarialTrainer(_TrackedModel):
     def after_step(self, step: Step) -> None:
         """Called at the end of every training step (e.g. gate updates)."""
 
+    def gate_masks(self, step: Step) -> Mapping:
+        """Gate masks computed inside the step, e.g. by pruning agents.
+
+        Called at the start of every step, inside the generator's tape and
+        the tape of the `"after"` optimizer groups, so gradients reach what
+        computed the masks. The whole step then runs inside
+        `drive_gates(masks)`: the generator's and the discriminator's gates
+        multiply by them instead of using their own parameters. Default:
+        none.
+
+        Args:
+            step: The step's tensors (no student outputs yet).
+
+        Returns:
+            `{ChannelGate: mask tensor}`, masks of shape `(C,)` or
+            `(batch, C)`, typically in [0, 1].
+        """
+        return {}
+
+    def drive_gates(self, masks: Mapping):
+        """The context in which the gates in `masks` apply their masks.
+
+        Default: `keras_layers.driven_gates(masks)`; nothing without masks.
+        """
+        if not masks:
+            return contextlib.nullcontext()
+        return keras_layers.driven_gates(masks)
+
     # Keras API -----------------------------------------------------------
 
     def call(self, inputs, training=False):
         return self.generator(inputs, training=training)
 
+    def _group_losses(self, group: OptimizerGroup, step: Step):
+        terms = group.losses(step)
+        self._update(terms, group.loss_names, f"optimizer group {group.name!r}")
+        total = _total(terms)
+        self._trackers[f"{group.name}_loss"].update_state(total)
+        return total / _replicas()
+
     def train_step(self, data):
         x, y = _unpack(data, f"{type(self).__name__} ({self.mode})")
         step = self.prepare_step(x, y)
         replicas = _replicas()
-        with tf.GradientTape() as g_tape:
-            step.fake, step.student_features = self.generate(x)
-        _check_images(step.fake, step.target, "Generator output vs target")
+        for group in (g for g in self.groups if g.when == "before"):
+            with tf.GradientTape() as tape:
+                loss = self._group_losses(group, step)
+            _apply_group(group, loss, tape)
+        after = [group for group in self.groups if group.when == "after"]
+        with contextlib.ExitStack() as stack:
+            step_tape = None
+            if after:
+                step_tape = stack.enter_context(tf.GradientTape(persistent=True))
+            with tf.GradientTape() as g_tape:
+                step.masks = dict(self.gate_masks(step))
+                stack.enter_context(self.drive_gates(step.masks))
+                step.fake, step.student_features = self.generate(x)
+            _check_images(step.fake, step.target, "Generator output vs target")
 
-        with tf.GradientTape() as d_tape:
-            d_terms = self.discriminator_losses(step)
-            d_loss = _total(d_terms)
-            scaled = d_loss / replicas
-        _apply(self.d_optimizer, scaled, d_tape, self.discriminator_variables())
+            with tf.GradientTape() as d_tape:
+                step.d_terms = self.discriminator_losses(step)
+                d_loss = _total(step.d_terms)
+                scaled = d_loss / replicas
+            with _paused(step_tape):
+                _apply(self.d_optimizer, scaled, d_tape, self.discriminator_variables())
 
-        with g_tape:
-            g_terms = self.generator_losses(step)
-            g_loss = _total(g_terms)
-            scaled = g_loss / replicas
-        _apply(self.optimizer, scaled, g_tape, self.generator_variables())
+            with g_tape:
+                step.g_terms = self.generator_losses(step)
+                g_loss = _total(step.g_terms)
+                scaled = g_loss / replicas
+            with _paused(step_tape):
+                _apply(self.optimizer, scaled, g_tape, self.generator_variables())
+            group_losses = [self._group_losses(group, step) for group in after]
+        for group, loss in zip(after, group_losses, strict=True):
+            _apply_group(group, loss, step_tape)
         self.after_step(step)
 
         self._update(
             {"g_loss": g_loss, "d_loss": d_loss}, ["g_loss", "d_loss"], "total"
         )
-        self._update(g_terms, self.generator_loss_names(), "generator")
-        self._update(d_terms, self.discriminator_loss_names(), "discriminator")
+        self._update(step.g_terms, self.generator_loss_names(), "generator")
+        self._update(step.d_terms, self.discriminator_loss_names(), "discriminator")
         return self._results()
 
     def test_step(self, data):

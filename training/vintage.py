@@ -1,30 +1,33 @@
-"""The vintage task: default settings, student recipes and the training loop.
+"""The vintage task: default settings, data, and a method run on it.
 
 Shared by the main job (`training.train`) and the method benchmark
 (`training.bench`): `task_data` gives the held-out evaluation views and the
-training photos' central views (for the colour map and int8 calibration); a
-student is built by a recipe (`build_student`), then trained by
-`train_student` on exact pseudo-pairs (a view of a built-in training photo,
-the pretrained vintage teacher's output on that view; see
-`tgc.data.vintage_pairs`), checkpointing every epoch so an interrupted run
-resumes.
+training photos' central views (for the colour map and int8 calibration);
+`compress` runs a registered method (`training.methods`) through the
+pipeline (`training.pipeline`) on exact pseudo-pairs (a view of a built-in
+training photo, the pretrained vintage teacher's output on that view; see
+`tgc.data.vintage_pairs`), within the MACs budget (`--macs_ratio`,
+`--macs_budget`), checkpointing so an interrupted run resumes.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+from collections.abc import Callable
 
 import keras
 import numpy as np
 
 import tfgancompress as tgc
-from training import callbacks, evaluation
-from training.methods import baselines
-from training.trainer import AdversarialTrainer
+from training import callbacks, evaluation, methods, pipeline
+from training.budget import DEFAULT_MACS_RATIO, Budget
 
 DEFAULTS = {
     "method": "distill",
-    "keep_ratio": 0.25,
+    "method_options": "",
+    "macs_ratio": DEFAULT_MACS_RATIO,
     "macs_budget": None,
     "colour_skip": True,
     "reconstruction_views": 64,
@@ -35,8 +38,6 @@ DEFAULTS = {
     "crops_per_photo": 12,
     "colour_jitter": 0.5,
     "learning_rate": 2e-4,
-    "lambda_recon": 100.0,
-    "lambda_distill": 1.0,
     "ndf": 32,
     "eval_size": 256,
     "photo_size": 256,
@@ -91,89 +92,9 @@ def training_views(config: dict, count: int) -> np.ndarray:
     return inputs[np.sort(chosen)]
 
 
-def calibration_views(config: dict) -> np.ndarray | None:
-    """The views a `"distill"` student is reconstructed on, or `None`.
-
-    `None` when the method does not prune the teacher or
-    `reconstruction_views` is 0 (reconstruction off).
-    """
-    count = config["reconstruction_views"]
-    if config["method"] != "distill" or count <= 0:
-        return None
-    return training_views(config, count)
-
-
-def build_student(
-    teacher,
-    method: str,
-    keep_ratio: float,
-    macs_budget=None,
-    colour_map: tuple[np.ndarray, np.ndarray] | None = None,
-    calibration: np.ndarray | None = None,
-):
-    """The untrained student of a recipe, and the keep ratio it used.
-
-    Args:
-        teacher: The vintage teacher.
-        method: `"distill"` (L1-pruned teacher) or `"uniform"` (from scratch).
-        keep_ratio: Fraction of the filters kept.
-        macs_budget: G MACs at 256x256; overrides `keep_ratio`.
-        colour_map: `(matrix, bias)`: wrap the student in a global colour
-            skip starting at this map (`tgc.models.with_colour_skip`);
-            `None`: the plain generator.
-        calibration: Views on which a `"distill"` student's convolutions
-            are refitted to the teacher by least squares
-            (`tgc.reconstruction`); `None`: the teacher's weights, sliced.
-    """
-    if macs_budget is not None:
-        keep_ratio = baselines.keep_ratio_for_budget(teacher, int(macs_budget * 1e9))
-    if method == "distill":
-        student = baselines.l1_pruned_student(
-            teacher, keep_ratio, colour_map, calibration
-        )
-    else:
-        student = baselines.uniform_student(keep_ratio, affine=True)
-        if colour_map is not None:
-            student = tgc.models.with_colour_skip(student, colour_map)
-    return student, keep_ratio
-
-
-def _decaying(config: dict) -> keras.optimizers.schedules.LearningRateSchedule:
-    """`learning_rate`, cosine-decayed to 0 over the run's `steps`.
-
-    A fine-tuned student ends on small steps instead of wherever the last
-    noisy full-size step left it; the schedule follows the optimizer's step
-    count, which `BackupAndRestore` restores on resume.
-    """
-    return keras.optimizers.schedules.CosineDecay(
-        config["learning_rate"], config["steps"]
-    )
-
-
-def train_student(student, teacher, config: dict, held_out=None):
-    """Trains `student` on vintage pseudo-pairs; returns the trainer.
-
-    With `held_out = (inputs, teacher_outputs)`, PSNR/L1 to the teacher on
-    them is logged every epoch (`val_psnr`, `val_l1`).
-    """
-    keras.utils.set_random_seed(config["seed"])
-    distill = config["method"] == "distill"
-    trainer = AdversarialTrainer(
-        student,
-        tgc.models.patchgan_discriminator(ndf=config["ndf"], conditional=True),
-        teacher=teacher if distill else None,
-        mode="paired",
-        taps="auto" if distill else None,
-    )
-    trainer.compile(
-        g_optimizer=keras.optimizers.Adam(_decaying(config), beta_1=0.5),
-        d_optimizer=keras.optimizers.Adam(_decaying(config), beta_1=0.5),
-        gan_loss="lsgan",
-        lambda_recon=config["lambda_recon"],
-        lambda_distill=config["lambda_distill"],
-        jit_compile=config["jit_compile"],
-    )
-    train = tgc.data.vintage_pairs(
+def training_data(config: dict):
+    """The repeating, batched training pairs `(view, teacher(view))`."""
+    return tgc.data.vintage_pairs(
         "train",
         size=config["photo_size"],
         crop_size=config["crop_size"],
@@ -183,17 +104,83 @@ def train_student(student, teacher, config: dict, held_out=None):
         seed=config["seed"],
         repeat=True,
     )
-    output_dir = config["output_dir"]
-    epochs = max(1, config["steps"] // config["steps_per_epoch"])
-    trainer.fit(
-        train,
-        epochs=epochs,
+
+
+# What a trained student depends on, besides the method and its budget.
+_RUN_KEYS = (
+    "colour_skip",
+    "reconstruction_views",
+    "steps",
+    "steps_per_epoch",
+    "batch_size",
+    "crop_size",
+    "crops_per_photo",
+    "colour_jitter",
+    "learning_rate",
+    "ndf",
+    "photo_size",
+    "seed",
+)
+
+
+def run_key(method: methods.Method, budget: Budget, config: dict) -> str:
+    """A short hash naming one run: method, options, budget, steps, data, seed."""
+    described = {
+        **method.describe(),
+        "macs_budget": budget.macs,
+        **{key: config[key] for key in _RUN_KEYS},
+    }
+    text = json.dumps(described, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def compress(
+    method: methods.Method,
+    teacher: keras.Model,
+    config: dict,
+    colour_map: tuple[np.ndarray, np.ndarray] | None = None,
+    held_out: tuple[np.ndarray, np.ndarray] | None = None,
+    after_phase: Callable | None = None,
+) -> tuple[pipeline.Compressed, Budget]:
+    """Runs `method` through the pipeline on the vintage pseudo-pairs.
+
+    Args:
+        method: A registered method (`training.methods.get`).
+        teacher: The vintage teacher.
+        config: Settings (`DEFAULTS` keys).
+        colour_map: `(matrix, bias)` of the student's colour skip, or `None`.
+        held_out: `(inputs, teacher_outputs)`: PSNR/L1 to the teacher on
+            them is logged every epoch (`val_psnr`, `val_l1`).
+        after_phase: Passed to `pipeline.compress`.
+
+    Returns:
+        `(result, budget)`. Checkpoints go to
+        `<output_dir>/checkpoints/<run_key>`: the same run resumes there.
+    """
+    budget = Budget.resolve(teacher, config["macs_ratio"], config["macs_budget"])
+    setup = methods.Setup(
+        budget,
+        mode="paired",
+        learning_rate=config["learning_rate"],
+        ndf=config["ndf"],
+        seed=config["seed"],
+        jit_compile=config["jit_compile"],
+    )
+    views = config["reconstruction_views"]
+    result = pipeline.compress(
+        method,
+        teacher,
+        training_data(config),
+        setup,
+        steps=config["steps"],
         steps_per_epoch=config["steps_per_epoch"],
-        callbacks=[
-            callbacks.StopOnNaN(),
-            keras.callbacks.BackupAndRestore(os.path.join(output_dir, "backup")),
-            *([callbacks.Evaluate(*held_out)] if held_out else []),
-        ],
+        calibration=(lambda: training_views(config, views)) if views else None,
+        colour_map=colour_map,
+        callbacks=[callbacks.Evaluate(*held_out)] if held_out else [],
+        checkpoint_dir=os.path.join(
+            config["output_dir"], "checkpoints", run_key(method, budget, config)
+        ),
+        after_phase=after_phase,
         verbose=config["verbose"],
     )
-    return trainer
+    return result, budget

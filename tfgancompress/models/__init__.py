@@ -5,8 +5,9 @@ Every builder returns a flat functional `keras.Model` with stable layer names
 are addressed by name.
 """
 
+from tfgancompress.models import supernet
 from tfgancompress.models.discriminator import patchgan_discriminator
-from tfgancompress.models.layers import TorchConv2DTranspose
+from tfgancompress.models.layers import SuperTorchConv2DTranspose, TorchConv2DTranspose
 from tfgancompress.models.pth import (
     CheckpointError,
     UnsafeCheckpointError,
@@ -24,6 +25,7 @@ from tfgancompress.models.unet import unet_generator
 
 __all__ = [
     "CheckpointError",
+    "SuperTorchConv2DTranspose",
     "TorchConv2DTranspose",
     "UnsafeCheckpointError",
     "fit_colour_map",
@@ -34,6 +36,7 @@ __all__ = [
     "patchgan_discriminator",
     "pretrained",
     "resnet_generator",
+    "supernet",
     "tap_names",
     "unet_generator",
     "with_colour_skip",

@@ -7,13 +7,15 @@
 convolution with `padding="valid"` and crops `p` pixels at the start and
 `p - op` at the end of each spatial axis. Its output is exactly PyTorch's
 (`2H x 2W` for `k3 s2 p1 op1`), so profilers count its MACs on that grid.
+`SuperTorchConv2DTranspose` is its once-for-all supernet version (a
+`keras_layers.SuperConv2DTranspose` with the same PyTorch semantics).
 """
 
 from __future__ import annotations
 
 import keras
 
-from keras_layers import ChannelGate, InstanceNormalization
+from keras_layers import ChannelGate, InstanceNormalization, SuperConv2DTranspose
 
 NORMS = ("instance", "batch")
 GATE_MODES = ("binary", "dmad", "scale", "gumbel")
@@ -109,6 +111,36 @@ class TorchConv2DTranspose(keras.layers.Conv2DTranspose):
             }
         )
         return config
+
+
+@keras.saving.register_keras_serializable(package="tfgancompress")
+class SuperTorchConv2DTranspose(SuperConv2DTranspose, TorchConv2DTranspose):
+    """`TorchConv2DTranspose` whose active width is the first k filters.
+
+    The supernet layer of the ResNet generators' up-sampling
+    (`ConvTranspose2d(k3, s2, padding=1, output_padding=1)` in PyTorch):
+    takes `TorchConv2DTranspose`'s arguments, computes its output, and like
+    `keras_layers.SuperConv2DTranspose` keeps all `filters` channels with
+    channels `>= k` exactly 0 (`kernel[:, :, :k, :]`, `bias[:k]` active).
+    `tfgancompress.slim` rebuilds it as a plain `TorchConv2DTranspose`.
+
+    Attributes:
+        active_filters: Non-trainable scalar int32 variable, initially
+            `filters`; saved with the weights.
+
+    Call arguments:
+        inputs: NHWC tensor.
+        active_filters: Optional python int or scalar int tensor that
+            overrides the `active_filters` variable for this call.
+
+    Example:
+
+    >>> layer = SuperTorchConv2DTranspose(8, 3, strides=2, torch_padding=1,
+    ...                                   torch_output_padding=1)
+    >>> y = layer(keras.ops.ones((1, 16, 16, 4)), active_filters=5)
+    >>> y.shape, float(keras.ops.max(keras.ops.abs(y[..., 5:])))
+    (TensorShape([1, 32, 32, 8]), 0.0)
+    """
 
 
 def check_choice(name: str, value, choices) -> None:

@@ -1,0 +1,229 @@
+"""The pipeline: each phase alone, the baselines end to end at 1/20, resume."""
+
+import os
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_layers
+import tfgancompress as tgc
+from tfgancompress import schedules
+from training import callbacks, methods, pipeline
+from training.budget import Budget, BudgetError
+
+SHAPE = (256, 256, 3)
+# What a plain student must not contain: gates, super or quantizing layers.
+NOT_PLAIN = (
+    keras_layers.ChannelGate,
+    keras_layers.SelectiveActivationConv2D,
+    keras_layers.SuperConv2D,
+    keras_layers.SuperConv2DTranspose,
+    keras_layers.SuperSeparableConv2D,
+    keras_layers.FakeQuant,
+)
+
+
+@pytest.fixture(scope="module")
+def task():
+    keras.utils.set_random_seed(0)
+    teacher = tgc.models.resnet_generator(ngf=16, n_blocks=1, affine=True, name="t")
+    x = np.random.default_rng(0).uniform(-1, 1, (8, 32, 32, 3)).astype("float32")
+    y = teacher.predict(x, verbose=0)
+    pairs = tf.data.Dataset.from_tensor_slices((x, y))
+    pairs = pairs.batch(2, drop_remainder=True).repeat()
+    return teacher, x, y, pairs
+
+
+def _setup(teacher, **kwargs):
+    kwargs.setdefault("macs_ratio", 20)
+    return methods.Setup(Budget.resolve(teacher, **kwargs), ndf=8, jit_compile=False)
+
+
+def _psnr(model, x, y) -> float:
+    return float(np.mean(tgc.metrics.psnr(y, model.predict(x, verbose=0))))
+
+
+def _not_plain(model):
+    """The gate, super and quantizing layers of `model`, at any depth."""
+    layers = model._flatten_layers(include_self=False, recursive=True)
+    return [layer.name for layer in layers if isinstance(layer, NOT_PLAIN)]
+
+
+def test_each_phase_is_a_public_call(task):
+    teacher, x, y, pairs = task
+    method = methods.get("distill")
+    setup = _setup(teacher)
+    student = method.build(teacher, setup)
+    assert callbacks.gates_of(student.generator)
+    assert method.search_trainer(student, teacher, setup, 10) is None
+
+    student = method.slim(student)
+    generator = student.generator
+    assert not _not_plain(generator)
+    assert tgc.profile(generator, SHAPE).macs <= setup.budget.macs
+    for layer in generator.layers:
+        if layer.name in student.kept:
+            assert len(student.kept[layer.name]) == layer.output.shape[-1]
+            assert set(student.kept[layer.name]) <= set(range(64))
+
+    before = _psnr(generator, x, y)
+    fits = pipeline.refit(student, teacher, x, verbose=False)
+    assert [fit.name for fit in fits][-1] == "out_conv"
+    refitted = _psnr(generator, x, y)
+    assert refitted > before + 1.5
+
+    trainer = method.finetune_trainer(student, teacher, setup, steps=2)
+    assert trainer.generator is generator and trainer.teacher is teacher
+    assert trainer.lambda_recon == 100.0 and trainer.mappers
+    history = trainer.fit(pairs, epochs=1, steps_per_epoch=2, verbose=0).history
+    assert int(trainer.optimizer.iterations) == 2
+    assert sorted(history) == ["d_gan", "d_loss", "distill", "g_loss", "gan", "recon"]
+
+
+def test_baselines_at_one_twentieth_give_plain_students(task):
+    teacher, x, y, pairs = task
+    colour_map = tgc.models.fit_colour_map(x, y)
+    teacher_macs = tgc.profile(teacher, SHAPE).macs
+    students = {}
+    for name in ("distill", "uniform"):
+        setup = _setup(teacher)
+        result = pipeline.compress(
+            methods.get(name),
+            teacher,
+            pairs,
+            setup,
+            steps=3,
+            steps_per_epoch=2,
+            calibration=x,
+            colour_map=colour_map,
+            verbose=0,
+        )
+        generator = result.student.generator
+        assert not _not_plain(generator)
+        assert result.macs == tgc.profile(generator, SHAPE).macs <= setup.budget.macs
+        assert teacher_macs / result.macs >= 20
+        assert result.steps == {"search": 0, "finetune": 3}
+        assert len(result.histories["finetune"]["g_loss"]) == 2  # epochs 2 + 1
+        assert {"build", "slim", "finetune"} <= set(result.seconds)
+        students[name] = result
+    distill, uniform = students["distill"], students["uniform"]
+    assert distill.refit_images == 8 and uniform.refit_images is None
+    assert uniform.student.kept is None
+    # Same widths, different weights: uniform is initialised afresh.
+    widths = [layer.output.shape[-1] for layer in distill.student.generator.layers]
+    assert widths == [
+        layer.output.shape[-1] for layer in uniform.student.generator.layers
+    ]
+    kept = distill.student.kept["stem_conv"]
+    stem = teacher.get_layer("stem_conv").kernel.numpy()[..., kept]
+    uniform_stem = uniform.student.generator.get_layer("stem_conv").kernel
+    assert not np.allclose(uniform_stem, stem)
+    assert _psnr(distill.student.generator, x, y) > _psnr(
+        uniform.student.generator, x, y
+    )
+
+
+class _Gradual(methods.Method):
+    """Prunes the gated teacher by L1 during a search phase (a test method)."""
+
+    name = "gradual_test"
+    search_share = 0.5
+
+    def build(self, teacher, setup):
+        from training import budget
+
+        keep_ratio, _ = budget.keep_ratio_for_budget(teacher, setup.budget)
+        gated = tgc.pruning.add_gates(teacher, "binary")
+        student = methods.Student(gated, methods.discriminator(setup))
+        student.state["keep_ratio"] = keep_ratio
+        return student
+
+    def search_trainer(self, student, teacher, setup, steps):
+        return methods.distillation_trainer(student, teacher, setup, steps)
+
+    def search_callbacks(self, student, setup, steps):
+        sparsity = 1.0 - student.state["keep_ratio"]
+        schedule = schedules.ChannelSparsity(
+            0.0, sparsity, begin_step=0, end_step=steps // 2, frequency=1
+        )
+        return [callbacks.UpdateCompressionStep(schedule, tgc.pruning.l1_importance)]
+
+    def finetune_trainer(self, student, teacher, setup, steps):
+        return methods.distillation_trainer(student, teacher, setup, steps)
+
+
+def test_search_phase_checkpoints_and_resume(task, tmp_path):
+    teacher, x, _, pairs = task
+    setup = _setup(teacher)
+    checkpoints = str(tmp_path / "run")
+    arguments = {
+        "steps": 4,
+        "steps_per_epoch": 2,
+        "calibration": lambda: x[:4],
+        "checkpoint_dir": checkpoints,
+        "verbose": 0,
+    }
+    phases = []
+    result = pipeline.compress(
+        _Gradual(),
+        teacher,
+        pairs,
+        setup,
+        after_phase=lambda phase, student: phases.append(phase),
+        **arguments,
+    )
+    assert phases == ["build", "search", "slim", "refit", "finetune"]
+    assert result.steps == {"search": 2, "finetune": 2}
+    assert len(result.histories["search"]["g_loss"]) == 1
+    assert result.macs <= setup.budget.macs and result.refit_images == 4
+    for name in ("searched", "refitted"):
+        assert os.path.exists(os.path.join(checkpoints, name, "generator.keras"))
+
+    again = pipeline.compress(_Gradual(), teacher, pairs, setup, **arguments)
+    assert sorted(again.seconds) == ["finetune"]  # resumed from the refit
+    assert again.macs == result.macs
+    np.testing.assert_array_equal(
+        again.student.kept["stem_conv"], result.student.kept["stem_conv"]
+    )
+
+    with pytest.raises(ValueError, match="holds checkpoints of another run"):
+        pipeline.compress(
+            _Gradual(), teacher, pairs, setup, **{**arguments, "steps": 6}
+        )
+
+
+def test_budget_errors(task):
+    teacher, x, _, pairs = task
+    smallest = methods.get("distill").smallest_macs(teacher, SHAPE)
+    setup = _setup(teacher, macs_budget=smallest / 2e9)
+    with pytest.raises(BudgetError, match="out of reach for method 'distill'"):
+        pipeline.compress(methods.get("distill"), teacher, pairs, setup, steps=1)
+
+    class Greedy(_Gradual):
+        name = "greedy_test"
+        search_share = 0.0
+
+        def build(self, teacher, setup):  # ignores the budget
+            gated = tgc.pruning.add_gates(teacher, "binary")
+            return methods.Student(gated, methods.discriminator(setup))
+
+    with pytest.raises(BudgetError, match="'greedy_test'.*over its budget"):
+        pipeline.compress(Greedy(), teacher, pairs, _setup(teacher), steps=1)
+
+    class Unsplit(Greedy):
+        def split_steps(self, steps):
+            return {"finetune": steps + 1, "search": 0}
+
+    with pytest.raises(ValueError, match="split_steps"):
+        pipeline.compress(Unsplit(), teacher, pairs, _setup(teacher), steps=1)
+
+    class NoSearch(Greedy):
+        search_share = 0.5
+
+        def search_trainer(self, student, teacher, setup, steps):
+            return None
+
+    with pytest.raises(ValueError, match="has no search_trainer"):
+        pipeline.compress(NoSearch(), teacher, pairs, _setup(teacher), steps=2)

@@ -1,0 +1,606 @@
+"""Preparing a generator for int8: calibration, equalisation, sensitivity, QAT.
+
+`tfgancompress.export.to_litert(..., quantization="int8")` calls these;
+they are public so that a pipeline can run them as phases and report them.
+
+Where int8 loses quality on instance-norm generators, and what each piece
+does about it (measured on the vintage teacher's students at 256x256):
+
+- Instance-norm statistics on one int8 grid collapse: the norms stay
+  float32 (`export.to_litert(float_norms=True)`).
+- A convolution in front of a norm has channels a hundredfold apart in
+  range: `equalize_for_int8` rescales them (exact in float).
+- One tensor may still defeat a single int8 grid. In the least-squares-
+  refitted 1/20 student, every channel of the last up-sampling
+  convolution's output has a sparse negative tail at 50 standard
+  deviations (range [-240, 24], bulk std ~4). The norm after it needs
+  those pixels (they carry a large part of the variance), so clipping
+  them does not help; one int8 grid over the whole range leaves the bulk
+  with two levels per standard deviation. That one tensor took the file
+  from 37.5 dB to 26.2 dB PSNR against the float model; every other
+  tensor, quantized on its own, costs less than 0.002 of the output's
+  power (>= 44 dB). `int8_sensitivity` measures this per tensor, in Keras,
+  by fake-quantizing one tensor at a time with the calibration ranges
+  (the simulation agrees with the LiteRT file: 26.2 vs 27.0 dB), and
+  `plan_int8` keeps the convolutions whose output alone costs more than
+  `min_layer_psnr` in float32 (`to_litert` keeps the activation after such
+  a convolution in float32 too, so the int8 rounding comes after a ReLU
+  that discards the tail; with the norms folded into the convolutions,
+  `export.fold_instance_norms`, that made 20.97 -> 22.63 dB against the
+  teacher, fp32 22.91).
+- What remains is many small roundings adding up along the network
+  (37.9 dB simulated for that student, 36.8 dB measured: 0.14 dB PSNR
+  against the teacher). `fake_quantized` gives the Keras model that
+  simulates the file (`keras_layers.FakeQuant` on every rounded tensor):
+  the starting point of quantization-aware training, should a student
+  ever need more than the plan.
+
+Example:
+
+```python
+plan = tgc.quantization.plan_int8(student, calibration_images)
+plan.float_layers          # ['up2_conv']
+plan.sensitivity["up2_conv"]  # 28.0 (dB, that tensor alone in int8)
+tgc.export.to_litert(student, "s8.tflite", "int8", calibration_images)
+```
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from keras_layers.conv import SuperConv2D, SuperConv2DTranspose
+from keras_layers.norm import InstanceNormalization, ReflectionPadding2D
+from keras_layers.quant import FakeQuant
+
+MAX_CALIBRATION_SAMPLES = 200
+MIN_CALIBRATION_SAMPLES = 16
+
+# Layers whose output LiteRT keeps on their input's int8 grid (copies,
+# zero padding), so they add no rounding of their own.
+_SAME_GRID = (
+    ReflectionPadding2D,
+    keras.layers.ZeroPadding2D,
+    keras.layers.Cropping2D,
+    keras.layers.Reshape,
+)
+_CONVOLUTIONS = (
+    keras.layers.Conv2D,
+    keras.layers.Conv2DTranspose,
+    keras.layers.DepthwiseConv2D,
+)
+
+
+def calibration_batches(representative_data, shape: tuple) -> Iterable[np.ndarray]:
+    """Yields float32 batches of exactly `shape` from an array or iterable.
+
+    Args:
+        representative_data: An array of model inputs, or an iterable of
+            input batches (of tuples/lists the first element is used).
+        shape: The batch shape `(batch, height, width, channels)`.
+
+    Yields:
+        At most `MAX_CALIBRATION_SAMPLES` samples, in batches of `shape`.
+
+    Raises:
+        ValueError: If a batch does not fit `shape`.
+    """
+    if isinstance(representative_data, np.ndarray | tf.Tensor):
+        representative_data = [representative_data]
+    count = 0
+    for item in representative_data:
+        if isinstance(item, tuple | list):
+            item = item[0]
+        batch = np.asarray(item, np.float32)
+        if batch.shape[1:] != shape[1:]:
+            raise ValueError(
+                f"representative_data batches must have shape (n,) + "
+                f"{shape[1:]} to match the export input shape {shape}; got "
+                f"{batch.shape}."
+            )
+        for start in range(0, len(batch) - shape[0] + 1, shape[0]):
+            yield batch[start : start + shape[0]]
+            count += shape[0]
+            if count >= MAX_CALIBRATION_SAMPLES:
+                return
+
+
+def check_calibration_size(batches: list[np.ndarray]) -> None:
+    samples = sum(len(batch) for batch in batches)
+    if samples < MIN_CALIBRATION_SAMPLES:
+        warnings.warn(
+            f"int8 calibration on {samples} samples: activation ranges from "
+            f"fewer than {MIN_CALIBRATION_SAMPLES} images miss the extremes of "
+            "other images, which then clip. Pass more representative_data.",
+            stacklevel=3,
+        )
+
+
+def _single_input_layer(layer: keras.layers.Layer):
+    """The layer whose output is `layer`'s only input, or `None`."""
+    nodes = getattr(layer, "_inbound_nodes", [])
+    if len(nodes) != 1 or len(nodes[0].input_tensors) != 1:
+        return None
+    return nodes[0].input_tensors[0]._keras_history.operation
+
+
+def _rescalable_conv(layer) -> bool:
+    """A plain convolution whose output channels can be scaled and shifted."""
+    return (
+        isinstance(layer, keras.layers.Conv2D | keras.layers.Conv2DTranspose)
+        and not isinstance(layer, SuperConv2D | SuperConv2DTranspose)
+        and getattr(layer, "groups", 1) == 1
+        and layer.data_format == "channels_last"
+        and layer.activation is keras.activations.linear
+        and len(layer._inbound_nodes) == 1
+    )
+
+
+def conv_norm_pairs(model: keras.Model) -> list[tuple]:
+    """`(conv, norm)` for each instance norm fed only by a plain convolution.
+
+    The convolution's output channels can be scaled and shifted (its
+    output goes to the norm alone): what equalisation and norm folding
+    rewrite. Only the model's own layers (not those of nested models) are
+    searched.
+
+    Args:
+        model: A functional model.
+
+    Returns:
+        The pairs of layers, in graph order.
+    """
+    pairs = []
+    for layer in getattr(model, "layers", []):
+        if not isinstance(layer, InstanceNormalization):
+            continue
+        conv = _single_input_layer(layer)
+        if (
+            conv is not None
+            and _rescalable_conv(conv)
+            and [node.operation for node in conv._outbound_nodes] == [layer]
+        ):
+            pairs.append((conv, layer))
+    return pairs
+
+
+def _channel_scales(model: keras.Model, convs: list, batches) -> list[tuple]:
+    """Per conv: the channel means over `batches` and equalising factors.
+
+    Channel `c` of a conv's output spans `mean_c +- spread_c` over the
+    calibration data; the factor `max(spread) / spread_c` (at most 1000)
+    stretches every channel to the widest one.
+    """
+    probe = keras.Model(model.inputs[0], [conv.output for conv in convs])
+    sums = [0.0] * len(convs)
+    lows = [np.inf] * len(convs)
+    highs = [-np.inf] * len(convs)
+    for batch in batches:
+        outputs = probe(batch, training=False)
+        if len(convs) == 1:
+            outputs = [outputs]
+        for i, output in enumerate(outputs):
+            output = np.asarray(output, np.float64)
+            sums[i] = sums[i] + output.mean(axis=(0, 1, 2))
+            lows[i] = np.minimum(lows[i], output.min(axis=(0, 1, 2)))
+            highs[i] = np.maximum(highs[i], output.max(axis=(0, 1, 2)))
+    scales = []
+    for total, low, high in zip(sums, lows, highs, strict=True):
+        mean = total / len(batches)
+        spread = np.maximum(high - mean, mean - low)
+        widest = max(float(spread.max()), 1e-12)
+        scales.append((mean, widest / np.maximum(spread, widest * 1e-3)))
+    return scales
+
+
+def equalize_for_int8(model: keras.Model, representative_data) -> keras.Model:
+    """A copy of `model` whose pre-norm activations suit one int8 range.
+
+    An int8 tensor has one scale for all its channels. Before an instance
+    norm, trained generators have channels whose ranges differ a hundredfold:
+    the narrow ones keep only a few int8 levels, and the norm then scales
+    their rounding error up to unit size. The norm ignores a positive scale
+    and an offset per channel, so each convolution that feeds only an
+    instance norm gets its output channels scaled by `a_c` (kernel and bias)
+    and centred (its bias minus the channel's mean over the calibration
+    data), and the norm's epsilon becomes `epsilon * a_c**2`: the copy
+    computes the same function up to float rounding, with every channel
+    spanning the same range. Other layers are copied unchanged; so are
+    models without such pairs among their own (not nested) layers.
+
+    Args:
+        model: A functional Keras model.
+        representative_data: Inputs to measure the channel ranges on, as for
+            `to_litert`.
+
+    Returns:
+        The equalised copy, or `model` itself when nothing is to be done.
+
+    Raises:
+        ValueError: If `representative_data` holds no image batches or
+            batches of different shapes.
+
+    Example:
+
+    >>> twin = equalize_for_int8(generator, images)
+    >>> np.abs(twin(images) - generator(images)).max() < 1e-4
+    True
+    """
+    pairs = conv_norm_pairs(model)
+    if not pairs or len(model.inputs) != 1:
+        return model
+    if isinstance(representative_data, np.ndarray | tf.Tensor):
+        representative_data = [representative_data]
+    items = [
+        np.asarray(item[0] if isinstance(item, tuple | list) else item, np.float32)
+        for item in representative_data
+    ]
+    if not items or items[0].ndim != 4:
+        raise ValueError(
+            "representative_data must hold image batches (n, height, width, "
+            f"channels) to measure channel ranges on; got {len(items)} items"
+            f"{f' of shape {items[0].shape}' if items else ''}."
+        )
+    batches = list(calibration_batches(items, (1,) + items[0].shape[1:]))
+    convs = [conv for conv, _ in pairs]
+    scales = dict(zip(convs, _channel_scales(model, convs, batches), strict=True))
+    epsilons = {}
+    for conv, norm in pairs:
+        factors = scales[conv][1]
+        epsilons[norm] = list(np.asarray(norm.epsilon) * factors**2)
+
+    def clone_layer(layer):
+        config = layer.get_config()
+        if layer in epsilons:
+            config["epsilon"] = epsilons[layer]
+        return layer.__class__.from_config(config)
+
+    twin = keras.models.clone_model(model, clone_function=clone_layer)
+    twin.set_weights(model.get_weights())
+    for conv, _ in pairs:
+        mean, factors = scales[conv]
+        kernel, *bias = conv.get_weights()
+        axis = -2 if isinstance(conv, keras.layers.Conv2DTranspose) else -1
+        shape = [1] * kernel.ndim
+        shape[axis] = -1
+        weights = [kernel * factors.reshape(shape)]
+        if bias:
+            weights.append(factors * (bias[0] - mean))
+        twin.get_layer(conv.name).set_weights([w.astype(np.float32) for w in weights])
+    return twin
+
+
+def _only_feeds_activations(layer) -> bool:
+    consumers = [node.operation for node in layer._outbound_nodes]
+    return bool(consumers) and all(
+        isinstance(c, keras.layers.ReLU | keras.layers.Activation) for c in consumers
+    )
+
+
+def quantized_layers(model: keras.Model) -> list[str]:
+    """The layers whose outputs an int8 LiteRT file rounds to int8.
+
+    With float32 instance norms (the default recipe): the input, every
+    convolution, every activation, add and other op output, except copies
+    (padding, cropping) and norms whose only consumers are activations
+    (LiteRT fuses the activation into the norm's float32 part and rounds
+    after it).
+
+    Args:
+        model: A functional model (its own layers; nested models count as
+            one layer).
+
+    Returns:
+        Layer names in graph order (the input layer first).
+    """
+    names = []
+    for layer in model.layers:
+        if isinstance(layer, _SAME_GRID):
+            continue
+        if isinstance(layer, InstanceNormalization) and _only_feeds_activations(layer):
+            continue
+        names.append(layer.name)
+    return names
+
+
+def _probe(model: keras.Model, names: Sequence[str]) -> keras.Model:
+    return keras.Model(model.inputs[0], [model.get_layer(n).output for n in names])
+
+
+def image_batches(representative_data, batch_size: int) -> list[np.ndarray]:
+    """Images from an array or an iterable of batches, re-cut into batches.
+
+    Args:
+        representative_data: An array of images or an iterable of batches
+            (of tuples/lists the first element is used).
+        batch_size: Images per returned batch.
+
+    Returns:
+        float32 batches of at most `batch_size` images.
+
+    Raises:
+        ValueError: If there are no images of rank 4.
+    """
+    if isinstance(representative_data, np.ndarray | tf.Tensor):
+        images = np.asarray(representative_data, np.float32)
+    else:
+        images = np.concatenate(
+            [
+                np.asarray(item[0] if isinstance(item, tuple | list) else item)
+                for item in representative_data
+            ]
+        ).astype(np.float32)
+    if images.ndim != 4 or not len(images):
+        raise ValueError(
+            "representative_data must hold images (n, height, width, channels); "
+            f"got shape {images.shape}."
+        )
+    return [images[i : i + batch_size] for i in range(0, len(images), batch_size)]
+
+
+def activation_ranges(
+    model: keras.Model,
+    representative_data,
+    layers: Sequence[str] | None = None,
+    batch_size: int = 4,
+) -> dict[str, tuple[float, float]]:
+    """Min/max of each layer's output over the data, as LiteRT calibrates.
+
+    Args:
+        model: A functional model.
+        representative_data: An array of inputs or an iterable of batches.
+        layers: Layer names (default: `quantized_layers(model)`).
+        batch_size: Images per forward pass.
+
+    Returns:
+        `{name: (low, high)}` with `low <= 0 <= high` and `high > low`.
+    """
+    names = list(quantized_layers(model) if layers is None else layers)
+    probe = _probe(model, names)
+    lows = np.full(len(names), np.inf)
+    highs = np.full(len(names), -np.inf)
+    for batch in image_batches(representative_data, batch_size):
+        outputs = probe(batch, training=False)
+        outputs = outputs if isinstance(outputs, list | tuple) else [outputs]
+        for i, output in enumerate(outputs):
+            output = np.asarray(output)
+            lows[i] = min(lows[i], float(output.min()))
+            highs[i] = max(highs[i], float(output.max()))
+    ranges = {}
+    for name, low, high in zip(names, lows, highs, strict=True):
+        low, high = min(float(low), 0.0), max(float(high), 0.0)
+        ranges[name] = (low, max(high, low + 1e-6))
+    return ranges
+
+
+def _rewired(model: keras.Model, after) -> keras.Model:
+    """A copy of `model` (new layers, same weights) with `after(name, x)`
+    applied to the output of every layer (and to the input)."""
+    source = model.inputs[0]
+    input_name = source._keras_history.operation.name
+    inputs = keras.Input(batch_shape=source.shape, name=input_name)
+    quantized_input = after(input_name, inputs)
+
+    def rounded_input(tensor):
+        return quantized_input if tensor is inputs else tensor
+
+    def call(layer, *args, **kwargs):
+        args = keras.tree.map_structure(rounded_input, args)
+        return after(layer.name, layer(*args, **kwargs))
+
+    twin = keras.models.clone_model(model, input_tensors=inputs, call_function=call)
+    for layer in model.layers:
+        if layer.weights:
+            twin.get_layer(layer.name).set_weights(layer.get_weights())
+    return twin
+
+
+def fake_quantized(
+    model: keras.Model, ranges: Mapping[str, tuple[float, float]]
+) -> keras.Model:
+    """A copy of `model` that rounds the named outputs as an int8 file does.
+
+    Each layer named in `ranges` (the input layer included) is followed by
+    a `keras_layers.FakeQuant` with that fixed range: the copy computes
+    what the int8 LiteRT file computes, up to the int8 weights (rounded per
+    channel; ~0.02 dB on the vintage students) and integer arithmetic.
+    Training it is quantization-aware training (the straight-through
+    gradient); the layers keep their names, so the trained weights copy
+    back into the plain model by name.
+
+    Args:
+        model: A functional single-input model.
+        ranges: `{layer name: (low, high)}`, e.g. `activation_ranges(...)`.
+
+    Returns:
+        The copy: new layers with the same weights, FakeQuant layers named
+        `<layer>_fake_quant`.
+    """
+
+    def after(name, x):
+        if name not in ranges:
+            return x
+        low, high = ranges[name]
+        return FakeQuant(min_value=low, max_value=high, name=f"{name}_fake_quant")(x)
+
+    return _rewired(model, after)
+
+
+class _Switchable(keras.layers.Layer):
+    """`x`, or its int8-rounded value while `active` is 1 (measurements only)."""
+
+    def __init__(self, low: float, high: float, **kwargs):
+        super().__init__(**kwargs)
+        self.low, self.high = float(low), float(high)
+        self.quant = FakeQuant(min_value=self.low, max_value=self.high)
+
+    def build(self, input_shape):
+        self.quant.build(input_shape)
+        self.active = self.add_weight(
+            shape=(), initializer="zeros", trainable=False, name="active"
+        )
+
+    def call(self, inputs):
+        return inputs + self.active * (self.quant(inputs) - inputs)
+
+    def get_config(self):
+        return {**super().get_config(), "low": self.low, "high": self.high}
+
+
+def _psnr(mse: float, peak: float) -> float:
+    return float(10.0 * np.log10(peak**2 / max(mse, 1e-20)))
+
+
+class _Simulation:
+    """A model with every quantized output switchable, traced once."""
+
+    def __init__(self, model, ranges, batches):
+        self.switches = {}
+
+        def after(name, x):
+            if name not in ranges:
+                return x
+            switch = _Switchable(*ranges[name], name=f"{name}_switch")
+            self.switches[name] = switch
+            return switch(x)
+
+        self.model = _rewired(model, after)
+        self.batches = batches
+        run = tf.function(lambda x: self.model(x, training=False))
+        self.run = run
+        self.reference = [np.asarray(run(b)) for b in batches]
+
+    def psnr(self, active: Iterable[str], peak: float) -> float:
+        active = set(active)
+        for name, switch in self.switches.items():
+            switch.active.assign(1.0 if name in active else 0.0)
+        errors = [
+            float(np.mean((np.asarray(self.run(b)) - r) ** 2))
+            for b, r in zip(self.batches, self.reference, strict=True)
+        ]
+        return _psnr(float(np.mean(errors)), peak)
+
+
+def int8_sensitivity(
+    model: keras.Model,
+    representative_data,
+    samples: int = 8,
+    batch_size: int = 4,
+    peak: float = 2.0,
+    ranges: Mapping[str, tuple[float, float]] | None = None,
+) -> dict[str, float]:
+    """What rounding each quantized tensor alone costs the model's output.
+
+    Each output of `quantized_layers(model)` is fake-quantized on its own,
+    with its calibration range (min/max over `representative_data`, as the
+    LiteRT converter calibrates), and the model's output compared with the
+    float model's on the first `samples` images.
+
+    Args:
+        model: A functional single-input model (equalise it first, as
+            `to_litert` does, to measure what the file will do).
+        representative_data: Calibration images.
+        samples: Images the outputs are compared on.
+        batch_size: Images per forward pass.
+        peak: Peak-to-peak range of the output (2 for images in [-1, 1]).
+        ranges: Calibration ranges, if already measured.
+
+    Returns:
+        `{layer name: PSNR dB of the output against the float model}`, in
+        graph order; low numbers are the tensors int8 hurts.
+    """
+    batches = image_batches(representative_data, batch_size)
+    ranges = ranges or activation_ranges(model, batches, batch_size=batch_size)
+    simulation = _Simulation(model, ranges, _first(batches, samples))
+    return {name: simulation.psnr([name], peak) for name in simulation.switches}
+
+
+def _first(batches: list[np.ndarray], samples: int) -> list[np.ndarray]:
+    images = np.concatenate(batches)[:samples]
+    size = len(batches[0])
+    return [images[i : i + size] for i in range(0, len(images), size)]
+
+
+@dataclasses.dataclass
+class Int8Plan:
+    """Which layers an int8 file keeps in float32, and why.
+
+    Attributes:
+        sensitivity: `{layer: PSNR dB}` of the output with only that
+            layer's output in int8 (`int8_sensitivity`).
+        float_layers: Convolutions kept in float32 (their output alone
+            cost more than the threshold).
+        all_int8_psnr: Simulated PSNR of the output against the float
+            model with every quantized tensor in int8.
+        planned_psnr: The same with `float_layers` in float32.
+    """
+
+    sensitivity: dict[str, float]
+    float_layers: list[str]
+    all_int8_psnr: float
+    planned_psnr: float
+
+    def to_dict(self) -> dict:
+        """A JSON-serializable dict."""
+        return dataclasses.asdict(self)
+
+
+def _can_stay_float(layer) -> bool:
+    return isinstance(layer, _CONVOLUTIONS) and not isinstance(
+        layer, SuperConv2D | SuperConv2DTranspose
+    )
+
+
+def plan_int8(
+    model: keras.Model,
+    representative_data,
+    min_layer_psnr: float = 40.0,
+    samples: int = 8,
+    batch_size: int = 4,
+    peak: float = 2.0,
+    equalize: bool = True,
+) -> Int8Plan:
+    """Measures each tensor's int8 cost; picks the convolutions to keep float.
+
+    A convolution stays float32 when rounding its output alone to int8
+    brings the model's output below `min_layer_psnr` against the float
+    model (`int8_sensitivity`). The model is measured as `to_litert`
+    exports it: convolutions in front of instance norms equalised first.
+
+    Args:
+        model: A functional single-input model.
+        representative_data: Calibration images (as for `to_litert`).
+        min_layer_psnr: Threshold in dB. 40 dB is 1e-4 of the output's
+            peak power: tens of such tensors still add up to ~30 dB.
+        samples: Images the sensitivity is measured on.
+        batch_size: Images per forward pass.
+        peak: Peak-to-peak range of the output.
+        equalize: Equalise `model` first (`False` if it already is).
+
+    Returns:
+        An `Int8Plan`.
+    """
+    batches = image_batches(representative_data, batch_size)
+    if equalize:
+        model = equalize_for_int8(model, batches)
+    ranges = activation_ranges(model, batches, batch_size=batch_size)
+    simulation = _Simulation(model, ranges, _first(batches, samples))
+    sensitivity = {name: simulation.psnr([name], peak) for name in simulation.switches}
+    float_layers = [
+        name
+        for name, value in sensitivity.items()
+        if value < min_layer_psnr and _can_stay_float(model.get_layer(name))
+    ]
+    kept = [name for name in simulation.switches if name not in float_layers]
+    return Int8Plan(
+        sensitivity=sensitivity,
+        float_layers=float_layers,
+        all_int8_psnr=simulation.psnr(simulation.switches, peak),
+        planned_psnr=simulation.psnr(kept, peak),
+    )

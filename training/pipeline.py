@@ -1,0 +1,472 @@
+"""One life for every compression method: build, search, slim, refit, fine-tune.
+
+`compress` runs a method (`training.methods.get(name)`) through its phases
+on a teacher and a dataset of training batches, within one MACs budget and
+one step budget:
+
+1. `build`: the method's gated/super student, checked against the budget
+   first (an unreachable budget is an error saying what is reachable);
+2. `search`: the method's search/prune trainer, `fit` for its share of the
+   steps (none for the baselines);
+3. `slim`: plain, physically smaller models; optionally the generator is
+   wrapped in a global colour skip (`tgc.models.with_colour_skip`), whose
+   MACs the budget the method builds to leaves room for;
+4. `refit`: least-squares refit of the student's convolutions to the
+   teacher (`tgc.reconstruction`) on calibration images, when the student
+   inherits the teacher's channels; skipped without calibration images;
+5. `finetune`: the method's objective for the rest of the steps;
+6. ship: export, score and time (`training.train`, `training.bench`).
+
+Steps: `method.split_steps(steps)` shares `steps` between phases 2 and 5
+(`Method.search_share`; the baselines give all steps to fine-tuning).
+
+Each phase is also a public function, usable from plain Keras code. With
+`checkpoint_dir`, training phases back up every epoch
+(`keras.callbacks.BackupAndRestore`) and the student is saved after the
+search and after the refit, so a killed run resumes where it stopped when
+the same call is made again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+
+import keras
+import numpy as np
+
+import tfgancompress as tgc
+from training import callbacks as callbacks_lib
+from training.methods import Method, Setup, Student
+
+PHASES = ("build", "search", "slim", "refit", "finetune")
+
+
+@dataclasses.dataclass
+class Compressed:
+    """What `compress` returns.
+
+    Attributes:
+        student: The finished student (plain generator and discriminator).
+        macs: The generator's MACs at the budget's input shape.
+        steps: Training steps per phase (`search`, `finetune`).
+        seconds: Wall time per phase run in this call.
+        histories: `fit` histories of the training phases run in this call.
+        refit_images: Calibration images of the least-squares refit run in
+            this call, or `None`.
+    """
+
+    student: Student
+    macs: int
+    steps: dict[str, int]
+    seconds: dict[str, float]
+    histories: dict[str, dict]
+    refit_images: int | None = None
+
+
+class _StopAtStep(keras.callbacks.Callback):
+    """Ends `fit` once the trainer has made `steps` steps."""
+
+    def __init__(self, steps: int):
+        super().__init__()
+        self.steps = int(steps)
+
+    def on_train_batch_end(self, batch, logs=None):
+        if int(callbacks_lib.training_step(self.model)) >= self.steps:
+            self.model.stop_training = True
+
+
+def colour_skip_macs(input_shape, colour_map) -> int:
+    """MACs `tgc.models.with_colour_skip` adds to a generator at `input_shape`."""
+    inputs = keras.Input(tuple(input_shape))
+    probe = keras.Model(inputs, keras.layers.Identity()(inputs))
+    wrapped = tgc.models.with_colour_skip(probe, colour_map, zero_layer=None)
+    shape = tuple(input_shape)
+    return tgc.profile(wrapped, shape).macs - tgc.profile(probe, shape).macs
+
+
+def build(
+    method: Method, teacher: keras.Model, setup: Setup, reserved_macs: int = 0
+) -> Student:
+    """Phase 1: the method's student, after checking the budget is reachable.
+
+    Args:
+        method: The method.
+        teacher: The generator to compress.
+        setup: Budget and training settings.
+        reserved_macs: MACs the budget must leave for what is added to the
+            generator later (the colour skip of `slim`); the method builds
+            to `setup.budget.minus(reserved_macs)`.
+
+    Returns:
+        The `Student` (gated or super: not yet slimmed).
+
+    Raises:
+        BudgetError: If the method cannot reach the budget.
+    """
+    shape = setup.budget.input_shape
+    setup.budget.check_reachable(
+        method.smallest_macs(teacher, shape) + reserved_macs, f"method {method.name!r}"
+    )
+    keras.utils.set_random_seed(setup.seed)
+    return method.build(
+        teacher, dataclasses.replace(setup, budget=setup.budget.minus(reserved_macs))
+    )
+
+
+def _fit(
+    trainer: keras.Model,
+    data,
+    steps: int,
+    steps_per_epoch: int,
+    callbacks: Sequence[keras.callbacks.Callback],
+    backup_dir: str | None,
+    verbose: int,
+) -> dict:
+    """`trainer.fit` for exactly `steps` steps, backed up every epoch."""
+    per_epoch = min(steps_per_epoch, steps)
+    run = [callbacks_lib.StopOnNaN()]
+    if backup_dir:
+        run.append(keras.callbacks.BackupAndRestore(backup_dir))
+    run += [*callbacks, _StopAtStep(steps)]
+    history = trainer.fit(
+        data,
+        epochs=math.ceil(steps / per_epoch),
+        steps_per_epoch=per_epoch,
+        callbacks=run,
+        verbose=verbose,
+    )
+    return history.history
+
+
+def search(
+    method: Method,
+    student: Student,
+    teacher: keras.Model,
+    setup: Setup,
+    data,
+    steps: int,
+    *,
+    steps_per_epoch: int = 50,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    backup_dir: str | None = None,
+    verbose: int = 1,
+) -> dict | None:
+    """Phase 2: the method's search/prune trainer, fit for `steps` steps.
+
+    Args:
+        method: The method.
+        student: From `build` (trained in place).
+        teacher: The teacher.
+        setup: Budget and training settings.
+        data: A repeating dataset of training batches.
+        steps: Steps of this phase; 0 skips it.
+        steps_per_epoch: Steps between checkpoints and epoch callbacks.
+        callbacks: More callbacks (e.g. `training.callbacks.Evaluate`).
+        backup_dir: Where `BackupAndRestore` keeps this phase's backup.
+        verbose: `fit`'s verbosity.
+
+    Returns:
+        The `fit` history, or `None` when the phase did not run.
+    """
+    if steps <= 0:
+        return None
+    trainer = method.search_trainer(student, teacher, setup, steps)
+    if trainer is None:
+        raise ValueError(
+            f"Method {method.name!r} gives {steps} steps to a search phase but "
+            "has no search_trainer: override split_steps or search_trainer."
+        )
+    keras.utils.set_random_seed(setup.seed)
+    run = [*method.search_callbacks(student, setup, steps), *callbacks]
+    return _fit(trainer, data, steps, steps_per_epoch, run, backup_dir, verbose)
+
+
+def slim(
+    method: Method,
+    student: Student,
+    colour_map: tuple[np.ndarray, np.ndarray] | None = None,
+) -> Student:
+    """Phase 3: the method's `slim` (plain models, kept-channel map).
+
+    Args:
+        method: The method.
+        student: The searched student.
+        colour_map: `(matrix, bias)`: wrap the slimmed generator in a global
+            colour skip starting at this map (`tgc.models.with_colour_skip`:
+            the generator's last convolution restarts at zero, so its output
+            starts at the colour map; the refit fits it around the skip).
+
+    Returns:
+        The slimmed `Student`.
+    """
+    student = method.slim(student)
+    if colour_map is not None:
+        student.generator = tgc.models.with_colour_skip(student.generator, colour_map)
+    return student
+
+
+def refit(
+    student: Student,
+    teacher: keras.Model,
+    images: np.ndarray | Callable[[], np.ndarray] | None,
+    verbose: bool = True,
+) -> list | None:
+    """Phase 4: least-squares refit of the student's convolutions, in place.
+
+    Runs `tgc.reconstruction.reconstruct` when the student inherits the
+    teacher's channels (`student.kept` is set) and `images` are given.
+
+    Args:
+        student: A slimmed student.
+        teacher: The teacher.
+        images: Calibration inputs (a few dozen training views), a function
+            returning them (called only when the refit runs), or `None` to
+            skip the refit.
+        verbose: Show progress.
+
+    Returns:
+        The per-layer fits, or `None` when skipped.
+    """
+    if images is None or student.kept is None:
+        return None
+    if callable(images):
+        images = images()
+    return tgc.reconstruction.reconstruct(
+        student.generator, teacher, images, student.kept, verbose=verbose
+    )
+
+
+def finetune(
+    method: Method,
+    student: Student,
+    teacher: keras.Model,
+    setup: Setup,
+    data,
+    steps: int,
+    *,
+    steps_per_epoch: int = 50,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    backup_dir: str | None = None,
+    verbose: int = 1,
+) -> dict | None:
+    """Phase 5: the method's fine-tuning trainer, fit for `steps` steps.
+
+    Arguments as `search`. The student's generator and discriminator are
+    trained in place (the trainer holds the same models).
+
+    Returns:
+        The `fit` history, or `None` when `steps` is 0.
+    """
+    if steps <= 0:
+        return None
+    keras.utils.set_random_seed(setup.seed)
+    trainer = method.finetune_trainer(student, teacher, setup, steps)
+    return _fit(trainer, data, steps, steps_per_epoch, callbacks, backup_dir, verbose)
+
+
+# Checkpoints between phases ---------------------------------------------------
+
+
+def _save(student: Student, directory: str) -> None:
+    os.makedirs(directory, exist_ok=True)
+    student.generator.save(os.path.join(directory, "generator.keras"))
+    student.discriminator.save(os.path.join(directory, "discriminator.keras"))
+    if student.kept is not None:
+        np.savez(os.path.join(directory, "kept.npz"), **student.kept)
+    with open(os.path.join(directory, "student.json"), "w") as file:
+        json.dump({"inherits_teacher": student.inherits_teacher}, file)
+
+
+def _load(directory: str) -> Student | None:
+    """The student saved in `directory`, or `None` if it was not finished."""
+    if not os.path.exists(os.path.join(directory, "student.json")):
+        return None
+    with open(os.path.join(directory, "student.json")) as file:
+        info = json.load(file)
+    kept_path = os.path.join(directory, "kept.npz")
+    kept = None
+    if os.path.exists(kept_path):
+        with np.load(kept_path) as saved:
+            kept = {name: saved[name] for name in saved.files}
+    return Student(
+        keras.models.load_model(os.path.join(directory, "generator.keras")),
+        keras.models.load_model(os.path.join(directory, "discriminator.keras")),
+        inherits_teacher=info["inherits_teacher"],
+        kept=kept,
+    )
+
+
+def _claim(checkpoint_dir: str, run: dict) -> None:
+    """Records what `checkpoint_dir` holds; refuses a different run."""
+    os.makedirs(checkpoint_dir, exist_ok=True)
+    path = os.path.join(checkpoint_dir, "pipeline.json")
+    if os.path.exists(path):
+        with open(path) as file:
+            previous = json.load(file)
+        if previous != run:
+            raise ValueError(
+                f"{checkpoint_dir} holds checkpoints of another run ({previous}); "
+                f"this one is {run}. Use another directory or delete it."
+            )
+        return
+    with open(path, "w") as file:
+        json.dump(run, file, indent=1)
+
+
+def compress(
+    method: Method,
+    teacher: keras.Model,
+    data,
+    setup: Setup,
+    *,
+    steps: int,
+    steps_per_epoch: int = 50,
+    calibration: np.ndarray | Callable[[], np.ndarray] | None = None,
+    colour_map: tuple[np.ndarray, np.ndarray] | None = None,
+    callbacks: Sequence[keras.callbacks.Callback] = (),
+    checkpoint_dir: str | None = None,
+    after_phase: Callable[[str, Student], None] | None = None,
+    verbose: int = 1,
+) -> Compressed:
+    """Runs every phase of `method`; returns the plain, budget-checked student.
+
+    Call it inside a `tf.distribute` strategy's scope to train distributed.
+
+    Args:
+        method: A method, e.g. `training.methods.get("distill")`.
+        teacher: The trained generator to compress.
+        data: A repeating `tf.data.Dataset` of training batches (as the
+            method's trainers read them: `(x, y)` when `setup.mode` is
+            `"paired"`), e.g. with `drop_remainder=True` for XLA.
+        setup: Budget and training settings.
+        steps: Training steps of all phases together (`method.split_steps`).
+        steps_per_epoch: Steps between checkpoints and epoch callbacks.
+        calibration: Images (or a function returning them) for the
+            least-squares refit; `None` turns the refit off.
+        colour_map: `(matrix, bias)` of a global colour skip around the
+            student (see `slim`).
+        callbacks: More callbacks for both training phases (e.g.
+            `training.callbacks.Evaluate`).
+        checkpoint_dir: Where to keep backups and finished phases; rerun
+            the same call to resume. `None`: no checkpoints.
+        after_phase: Called as `after_phase(phase, student)` after each
+            phase that ran (e.g. to score the untrained student).
+        verbose: 0 silent, 1 progress.
+
+    Returns:
+        A `Compressed` result.
+
+    Raises:
+        BudgetError: If the budget is out of reach for the method, or (a
+            bug in the method) its finished student is over budget.
+        ValueError: If `checkpoint_dir` holds another run's checkpoints.
+    """
+    split = method.split_steps(steps)
+    if sorted(split) != ["finetune", "search"] or sum(split.values()) != steps:
+        raise ValueError(
+            f"{type(method).__name__}.split_steps({steps}) returned {split}: it "
+            f"must be {{'search': n, 'finetune': m}} with n + m = {steps}."
+        )
+    seconds, histories = {}, {}
+    directories, refit_images = {}, None
+    # The generator the method builds and searches leaves room for the skip.
+    skip = 0
+    if colour_map is not None:
+        skip = colour_skip_macs(setup.budget.input_shape, colour_map)
+    if checkpoint_dir:
+        _claim(
+            checkpoint_dir,
+            {
+                **method.describe(),
+                "budget_macs": setup.budget.macs,
+                "steps": steps,
+                "seed": setup.seed,
+                "colour_skip": colour_map is not None,
+            },
+        )
+        directories = {
+            name: os.path.join(checkpoint_dir, name)
+            for name in ("searched", "refitted", "backup_search", "backup_finetune")
+        }
+
+    def log(text: str) -> None:
+        if verbose:
+            print(f"      {method.name}: {text}", flush=True)
+
+    def timed(phase: str, function, *args, **kwargs):
+        start = time.perf_counter()
+        result = function(*args, **kwargs)
+        seconds[phase] = time.perf_counter() - start
+        return result
+
+    def finished(phase: str, student: Student) -> None:
+        if after_phase is not None:
+            after_phase(phase, student)
+
+    training_kwargs = {
+        "steps_per_epoch": steps_per_epoch,
+        "callbacks": callbacks,
+        "verbose": verbose,
+    }
+    student = _load(directories["refitted"]) if directories else None
+    if student is not None:
+        log("resuming from the refitted student")
+    else:
+        student = _load(directories["searched"]) if directories else None
+        if student is not None:
+            log("resuming from the searched student")
+        else:
+            log(f"building the student for {setup.budget.describe()}")
+            student = timed("build", build, method, teacher, setup, skip)
+            finished("build", student)
+            inner = dataclasses.replace(setup, budget=setup.budget.minus(skip))
+            if split["search"]:
+                log(f"searching, {split['search']} steps")
+                histories["search"] = timed(
+                    "search",
+                    search,
+                    method,
+                    student,
+                    teacher,
+                    inner,
+                    data,
+                    split["search"],
+                    backup_dir=directories.get("backup_search"),
+                    **training_kwargs,
+                )
+                finished("search", student)
+                if directories:
+                    _save(student, directories["searched"])
+        student = timed("slim", slim, method, student, colour_map)
+        finished("slim", student)
+        if student.kept is not None and calibration is not None:
+            images = calibration() if callable(calibration) else calibration
+            refit_images = len(images)
+            log(f"refitting to the teacher by least squares on {refit_images} images")
+            timed("refit", refit, student, teacher, images, verbose=bool(verbose))
+            finished("refit", student)
+        if directories:
+            _save(student, directories["refitted"])
+    macs = tgc.profile(student.generator, setup.budget.input_shape).macs
+    setup.budget.check_met(macs, f"Method {method.name!r}'s student")
+    if split["finetune"]:
+        log(f"fine-tuning, {split['finetune']} steps")
+        histories["finetune"] = timed(
+            "finetune",
+            finetune,
+            method,
+            student,
+            teacher,
+            setup,
+            data,
+            split["finetune"],
+            backup_dir=directories.get("backup_finetune"),
+            **training_kwargs,
+        )
+        finished("finetune", student)
+    return Compressed(student, macs, split, seconds, histories, refit_images)
