@@ -256,8 +256,9 @@ def finetune(
 ) -> dict | None:
     """Phase 5: the method's fine-tuning trainer, fit for `steps` steps.
 
-    Arguments as `search`. The student's generator and discriminator are
-    trained in place (the trainer holds the same models).
+    Arguments as `search`; the method's `finetune_callbacks` run first.
+    The student's generator and discriminator are trained in place (the
+    trainer holds the same models).
 
     Returns:
         The `fit` history, or `None` when `steps` is 0.
@@ -266,7 +267,8 @@ def finetune(
         return None
     keras.utils.set_random_seed(setup.seed)
     trainer = method.finetune_trainer(student, teacher, setup, steps)
-    return _fit(trainer, data, steps, steps_per_epoch, callbacks, backup_dir, verbose)
+    run = [*method.finetune_callbacks(student, setup, steps), *callbacks]
+    return _fit(trainer, data, steps, steps_per_epoch, run, backup_dir, verbose)
 
 
 # Checkpoints between phases ---------------------------------------------------
