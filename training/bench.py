@@ -29,7 +29,7 @@ from absl import app, flags, logging
 
 import tfgancompress as tgc
 from tfgancompress import latency, reports
-from training import evaluation, methods, vintage
+from training import evaluation, methods, pipeline, vintage
 from training.budget import DEFAULT_MACS_RATIO
 
 REFERENCES = ("identity", "colour_map")
@@ -68,7 +68,12 @@ def define_flags() -> None:
 
 
 def _train_row(method: str, teacher, held_out, config: dict):
-    """Trains one student; returns (student, fp32 path, int8 path, seconds)."""
+    """Trains one student.
+
+    Returns:
+        `(student, fp32 path, int8 path, seconds, discriminator)`, the last
+        `pipeline.discriminator_report` of the trained student.
+    """
     run_dir = os.path.join(config["output_dir"], "runs", method)
     os.makedirs(run_dir, exist_ok=True)
     result, _ = vintage.compress(
@@ -91,7 +96,8 @@ def _train_row(method: str, teacher, held_out, config: dict):
         representative_data=config["calibration"],
         input_shape=shape,
     )
-    return student, fp32, int8, seconds
+    discriminator = pipeline.discriminator_report(result.student)
+    return student, fp32, int8, seconds, discriminator
 
 
 def _check_rows(rows) -> None:
@@ -136,7 +142,7 @@ def run(names, output_dir: str, **settings) -> dict:
     for method in names:
         if method not in ("teacher", *REFERENCES):
             print(f"training {method} for {config['steps']} steps", flush=True)
-            student, fp32, int8, seconds = _train_row(
+            student, fp32, int8, seconds, discriminator = _train_row(
                 method, teacher, (inputs, targets), config
             )
             cost = tgc.profile(student, shape)
@@ -147,6 +153,7 @@ def run(names, output_dir: str, **settings) -> dict:
                 "params": cost.params,
                 "train_seconds": seconds,
                 "psnr_int8": comparison.score(int8_outputs)["psnr"],
+                **discriminator,
             }
             timed[method] = fp32
             timed[f"{method}_int8"] = int8

@@ -271,6 +271,25 @@ def finetune(
     return _fit(trainer, data, steps, steps_per_epoch, run, backup_dir, verbose)
 
 
+DISCRIMINATOR_REPORT = ("d_macs", "d_macs_before", "d_live_fraction")
+
+
+def discriminator_report(student: Student) -> dict:
+    """What a method recorded on slimming its discriminator, for reports.
+
+    A method that slims its discriminator after training (GCC) keeps in
+    `student.state`: `d_macs` and `d_macs_before`, the discriminator's
+    MACs after and before slimming (at the budget's input size), and
+    `d_live_fraction`, `{convolution: fraction of its output channels
+    kept}`.
+
+    Returns:
+        Those entries present in `student.state` (empty when none).
+    """
+    state = student.state
+    return {key: state[key] for key in DISCRIMINATOR_REPORT if key in state}
+
+
 # Checkpoints between phases ---------------------------------------------------
 
 

@@ -39,7 +39,7 @@ from absl import app, flags, logging
 
 import tfgancompress as tgc
 from tfgancompress import latency, reports
-from training import evaluation, methods, vintage
+from training import evaluation, methods, pipeline, vintage
 from training.budget import BudgetError
 
 FLAGS = flags.FLAGS
@@ -196,6 +196,16 @@ def _report_markdown(report: dict) -> str:
         f"{report['eval_size']}x{report['eval_size']}).",
         "",
     ]
+    if "d_macs" in report:
+        live = ", ".join(
+            f"{name} {fraction:.2f}"
+            for name, fraction in report.get("d_live_fraction", {}).items()
+        )
+        lines += [
+            f"Discriminator slimmed from {report['d_macs_before'] / 1e9:.2f} to "
+            f"{report['d_macs'] / 1e9:.2f} G MACs; live channels per layer: {live}.",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -310,6 +320,7 @@ def run(**overrides) -> dict:
         "rows": rows,
         "macs_ratio": rows["teacher"]["macs"] / rows["student"]["macs"],
         "speedup": timing.speedup["student"],
+        **pipeline.discriminator_report(result.student),
     }
     reports.write_report(output_dir, "report", report, _report_markdown(report))
     return report

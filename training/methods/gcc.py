@@ -30,7 +30,9 @@
    plus local capacity, the student discriminator's own loss. At the end
    `SlimDiscriminator` removes the discriminator's switched-off channels
    (the reference code never does) and records its MACs before and after
-   (`student.state["d_macs"]`) and its live-channel fraction per layer.
+   (`student.state["d_macs_before"]`, `["d_macs"]`) and its live-channel
+   fraction per layer (`["d_live_fraction"]`; `pipeline.discriminator_report`
+   puts them in the train and bench reports).
 
 Training a teacher online needs paired batches (its targets); the
 pretrained teacher works in both modes.
@@ -511,7 +513,7 @@ class SlimDiscriminator(keras.callbacks.Callback):
     """At the end of training, slims a student's gated discriminator.
 
     Replaces `student.discriminator` by `tgc.slim` of it and records, in
-    `student.state`: `"d_macs"` `{"before": ..., "after": ...}` at
+    `student.state`: `"d_macs_before"` and `"d_macs"` (before / after) at
     `input_shape` (the image size, with the discriminator's channels) and
     `"d_live_fraction"` `{conv layer: kept / total output channels}`.
 
@@ -535,10 +537,8 @@ class SlimDiscriminator(keras.callbacks.Callback):
             layer.name: layer.kept / layer.total for layer in tgc.live_channels(gated)
         }
         slimmed = tgc.slim(gated)
-        self.student.state["d_macs"] = {
-            "before": tgc.profile(gated, shape).macs,
-            "after": tgc.profile(slimmed, shape).macs,
-        }
+        self.student.state["d_macs_before"] = tgc.profile(gated, shape).macs
+        self.student.state["d_macs"] = tgc.profile(slimmed, shape).macs
         self.student.discriminator = slimmed
 
 
