@@ -153,6 +153,28 @@ def test_threshold_search_lands_within_one_percent(fraction):
         np.testing.assert_array_equal(mask, gates["down2_norm_gate"].keep_mask())
 
 
+def test_restore_weights_keeps_the_decisions():
+    gated = _scale_gated_resnet()
+    original = gated.get_weights()
+    for variable in gated.trainable_variables:  # a pre-training moves them all
+        variable.assign(variable + 0.1)
+    importance = tgc.pruning.scale_importance(gated)
+    tgc.pruning.prune_to_budget(gated, importance, 10**8, (64, 64, 3))
+    gates = tgc.surgery.gate_layers(gated)
+    masks = {name: gate.keep_mask() for name, gate in gates.items()}
+    assert 0 < np.mean(np.concatenate(list(masks.values()))) < 1
+    tgc.pruning.restore_weights(gated, original)
+    position = {id(v): i for i, v in enumerate(gated.weights)}
+    stem = gated.get_layer("stem_conv").kernel
+    np.testing.assert_array_equal(stem.numpy(), original[position[id(stem)]])
+    for name, gate in gates.items():
+        keep = masks[name]
+        np.testing.assert_array_equal(gate.keep_mask(), keep)
+        np.testing.assert_array_equal(gate.beta.numpy()[~keep], 0.0)
+        before = original[position[id(gate.gamma)]]
+        np.testing.assert_array_equal(gate.gamma.numpy()[keep], before[keep])
+
+
 def test_threshold_search_errors():
     gated = _scale_gated_resnet()
     importance = tgc.pruning.scale_importance(gated)
@@ -330,8 +352,24 @@ def test_gcc_through_the_pipeline_at_one_twentieth():
     teacher, x, pairs, setup = _tiny_task()
     setup = dataclasses.replace(setup, jit_compile=False)
     method = methods.get("gcc", gate_learning_rate=0.05)
+    searched = {}
+
+    def after_phase(phase, student):
+        if phase == "search":  # the kept channels got the teacher's weights back
+            searched["stem"] = student.generator.get_layer("stem_conv").kernel.numpy()
+
     result = pipeline.compress(
-        method, teacher, pairs, setup, steps=3, calibration=x, verbose=0
+        method,
+        teacher,
+        pairs,
+        setup,
+        steps=3,
+        calibration=x,
+        after_phase=after_phase,
+        verbose=0,
+    )
+    np.testing.assert_array_equal(
+        searched["stem"], teacher.get_layer("stem_conv").kernel.numpy()
     )
     student = result.student
     assert result.steps == {"search": 1, "finetune": 2}

@@ -308,6 +308,25 @@ def _set_keep(gate: keras_layers.ChannelGate, keep: np.ndarray) -> None:
         gate.beta.assign(np.where(keep, gate.beta.numpy(), 0.0))
 
 
+def restore_weights(gated: keras.Model, weights: list) -> None:
+    """Gives `gated` earlier weights back, keeping its gates' keep decisions.
+
+    For channels chosen after a training that only served to rank them (GCC
+    from a pretrained teacher): the kept channels start again from the
+    weights they had, e.g. the teacher's, and the dropped ones stay dropped
+    (a dropped `"scale"` channel with zero gamma and beta).
+
+    Args:
+        gated: A gated model whose gates hold keep decisions.
+        weights: `gated.get_weights()` taken earlier.
+    """
+    gates = surgery.gate_layers(gated)
+    masks = {name: np.asarray(gate.keep_mask()) for name, gate in gates.items()}
+    gated.set_weights(weights)
+    for name, keep in masks.items():
+        _set_keep(gates[name], keep)
+
+
 def prune_to_budget(
     gated: keras.Model,
     importance: dict[str, np.ndarray],

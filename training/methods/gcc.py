@@ -12,6 +12,8 @@
    (residual channels share one mask: the mean over the stream's gates),
    the lowest whose slimmed generator meets the MACs budget, by binary
    search (`tgc.pruning.prune_to_budget`) at the budget's input shape;
+   by default (`teacher_weights`) the kept channels then take the
+   teacher's weights back: the short pre-training only ranked them;
 3. slim: the generator, recording the teacher channels it kept; with
    `inherit=False` it is re-initialised. The discriminator stays gated:
    its gates are learnt while fine-tuning;
@@ -164,13 +166,24 @@ class GlobalThreshold(keras.callbacks.Callback):
         budget: A `training.budget.Budget`: MACs and the input shape at
             which they are counted.
         min_channels: Channels each gate keeps whatever the threshold.
+        restore: Weights (`generator.get_weights()` from before training)
+            that the generator takes back after the search, keeping the
+            search's decisions (`tgc.pruning.restore_weights`): training
+            then only ranked the channels. `None` keeps the trained weights.
     """
 
-    def __init__(self, generator: keras.Model, budget, min_channels: int = 1):
+    def __init__(
+        self,
+        generator: keras.Model,
+        budget,
+        min_channels: int = 1,
+        restore: list | None = None,
+    ):
         super().__init__()
         self.generator = generator
         self.budget = budget
         self.min_channels = int(min_channels)
+        self.restore = restore
         self.result = None
 
     def on_train_end(self, logs=None):
@@ -181,6 +194,8 @@ class GlobalThreshold(keras.callbacks.Callback):
             self.budget.input_shape,
             self.min_channels,
         )
+        if self.restore is not None:
+            tgc.pruning.restore_weights(self.generator, self.restore)
 
 
 class GCCTrainer(_GatedDiscriminatorMixin, AdversarialTrainer):
@@ -553,8 +568,14 @@ class GCC(base.Method):
         """GCC's knobs.
 
         Attributes:
-            inherit: The pruned generator keeps its pre-trained weights
-                (and is refitted to the teacher); `False` re-initialises it.
+            inherit: The pruned generator keeps its weights (and is
+                refitted to the teacher); `False` re-initialises it.
+            teacher_weights: With `inherit`, the kept channels take the
+                teacher's weights back after the threshold search (the
+                L1-sparse pre-training only ranks them, and the
+                least-squares refit fits convolutions between the
+                teacher's norms); `False` keeps the pre-trained weights
+                (the paper, whose teacher is trained in the same run).
             online_teacher: Train a fresh teacher generator of the given
                 teacher's architecture in the fine-tuning loop instead of
                 distilling the given one (GCC from scratch; paired only).
@@ -574,6 +595,7 @@ class GCC(base.Method):
         """
 
         inherit: bool = True
+        teacher_weights: bool = True
         online_teacher: bool = False
         search_share: float = 0.25
         lambda_sparsity: float = 1e-4
@@ -617,10 +639,11 @@ class GCC(base.Method):
         channels = teacher.output_shape[-1]
         generator = tgc.pruning.add_gates(teacher, "scale")
         generator.name = f"{teacher.name}_gcc"
+        state = {"teacher_discriminator": base.discriminator(setup, channels)}
+        if self.options.inherit and self.options.teacher_weights:
+            state["teacher_weights"] = generator.get_weights()
         return base.Student(
-            generator,
-            base.discriminator(setup, channels, gated="binary"),
-            state={"teacher_discriminator": base.discriminator(setup, channels)},
+            generator, base.discriminator(setup, channels, gated="binary"), state=state
         )
 
     def search_trainer(self, student, teacher, setup, steps):
@@ -644,7 +667,11 @@ class GCC(base.Method):
         return trainer
 
     def search_callbacks(self, student, setup, steps):
-        search = GlobalThreshold(student.generator, setup.budget)
+        search = GlobalThreshold(
+            student.generator,
+            setup.budget,
+            restore=student.state.get("teacher_weights"),
+        )
         student.state["threshold_search"] = search
         return [search]
 
