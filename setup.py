@@ -47,6 +47,7 @@ setup(
             "tfgancompress-train=training.train:cli",
             "tfgancompress-bench=training.bench:cli",
             "tfgancompress-export=training.export:cli",
+            "tfgancompress-search=training.search:cli",
         ]
     },
     license="Apache-2.0",

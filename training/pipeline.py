@@ -20,6 +20,13 @@ one step budget:
 Steps: `method.split_steps(steps)` shares `steps` between phases 2 and 5
 (`Method.search_share`; the baselines give all steps to fine-tuning).
 
+Validation: methods that score their own choices (GAN Compression's
+sub-net search) read `Setup.validation`, images of the *training* photos.
+When the caller gives none, `compress` uses `validation_slice`: the first
+`validation_batches` batches of the (task-seeded) training stream, which the
+student also trains on, until tasks provide a validation split of their
+own.
+
 Each phase is also a public function, usable from plain Keras code. With
 `checkpoint_dir`, training phases back up every epoch
 (`keras.callbacks.BackupAndRestore`) and the student is saved after the
@@ -30,6 +37,7 @@ the same call is made again.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -87,6 +95,48 @@ def colour_skip_macs(input_shape, colour_map) -> int:
     wrapped = tgc.models.with_colour_skip(probe, colour_map, zero_layer=None)
     shape = tuple(input_shape)
     return tgc.profile(wrapped, shape).macs - tgc.profile(probe, shape).macs
+
+
+def validation_slice(
+    data, teacher: keras.Model, mode: str, batches: int = 4
+) -> tuple[np.ndarray, np.ndarray]:
+    """`(inputs, targets)` of the first `batches` batches of `data`.
+
+    The stand-in for a validation split of the training photos: the same
+    images on every call (the training stream's own seed orders them).
+
+    Args:
+        data: The training dataset (`x` or `(x, y)` batches).
+        teacher: Gives the targets in `"unpaired"` mode.
+        mode: `"paired"`: the targets are the batches' `y`;
+            `"unpaired"`: `teacher(x)`.
+        batches: How many batches.
+
+    Returns:
+        Float32 arrays `(N, H, W, C)`.
+
+    Raises:
+        ValueError: If `data` has fewer batches, or paired batches lack `y`.
+    """
+    inputs, targets = [], []
+    for batch in data.take(batches):
+        if not isinstance(batch, tuple):
+            batch = (batch,)
+        x, y = batch[0], (batch[1] if len(batch) > 1 else None)
+        if mode == "paired" and y is None:
+            raise ValueError("validation_slice: paired batches must be (x, y).")
+        inputs.append(np.asarray(x, np.float32))
+        if mode == "paired":
+            targets.append(np.asarray(y, np.float32))
+    if len(inputs) < batches:
+        raise ValueError(
+            f"validation_slice wants {batches} batches, the dataset has {len(inputs)}."
+        )
+    images = np.concatenate(inputs)
+    if mode == "paired":
+        return images, np.concatenate(targets)
+    outputs = teacher.predict(images, batch_size=len(inputs[0]), verbose=0)
+    return images, np.asarray(outputs, np.float32)
 
 
 def build(
@@ -352,6 +402,7 @@ def compress(
     callbacks: Sequence[keras.callbacks.Callback] = (),
     checkpoint_dir: str | None = None,
     after_phase: Callable[[str, Student], None] | None = None,
+    validation_batches: int = 4,
     verbose: int = 1,
 ) -> Compressed:
     """Runs every phase of `method`; returns the plain, budget-checked student.
@@ -377,6 +428,9 @@ def compress(
             the same call to resume. `None`: no checkpoints.
         after_phase: Called as `after_phase(phase, student)` after each
             phase that ran (e.g. to score the untrained student).
+        validation_batches: Batches of `data` that become
+            `setup.validation` when it is `None` (`validation_slice`,
+            computed only if the method asks for them).
         verbose: 0 silent, 1 progress.
 
     Returns:
@@ -395,6 +449,19 @@ def compress(
         )
     seconds, histories = {}, {}
     directories, refit_images = {}, None
+    if setup.validation is None:
+        setup = dataclasses.replace(
+            setup,
+            validation=functools.cache(
+                functools.partial(
+                    validation_slice, data, teacher, setup.mode, validation_batches
+                )
+            ),
+        )
+    if checkpoint_dir and setup.work_dir is None:
+        setup = dataclasses.replace(
+            setup, work_dir=os.path.join(checkpoint_dir, "method")
+        )
     # The generator the method builds and searches leaves room for the skip.
     skip = 0
     if colour_map is not None:

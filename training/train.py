@@ -161,6 +161,11 @@ def _report_markdown(report: dict) -> str:
             if report["reconstruction_views"]
             else "(no least-squares refit)."
         )
+    state = report["method_state"]
+    method_state = []
+    if state:  # e.g. gan_compression's chosen config
+        items = ", ".join(f"{key}={value}" for key, value in state.items())
+        method_state = [f"Method state: {items}.", ""]
     lines = [
         f"# Vintage teacher compressed with `{report['method']}`",
         "",
@@ -175,6 +180,7 @@ def _report_markdown(report: dict) -> str:
         "",
         f"Student before training: {initial}",
         "",
+        *method_state,
         "| model | G MACs | M params | LiteRT ms | PSNR dB | SSIM | FD |",
         "|---|---:|---:|---:|---:|---:|---:|",
     ]
@@ -308,6 +314,13 @@ def run(**overrides) -> dict:
         "macs_budget": budget.macs,
         "phase_steps": result.steps,
         "phase_seconds": result.seconds,
+        "method_state": {
+            key: value
+            for key, value in result.student.state.items()
+            if isinstance(value, str | int | float)
+            and not isinstance(value, bool)
+            and key not in pipeline.DISCRIMINATOR_REPORT  # reported below
+        },
         "reconstruction_views": result.refit_images or 0,
         "initial_psnr": initial.get("psnr"),
         "eval_size": size,

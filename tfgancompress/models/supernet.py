@@ -551,34 +551,49 @@ def set_config(supernet: keras.Model, config) -> None:
         _super_layer(supernet, family.norm_of(conv_name)).set_active_filters(width)
 
 
-def largest_config(supernet: keras.Model) -> ChannelConfig:
-    """The configuration of a supernet's full width.
-
-    A number that sets no layer (a third of the blocks that is empty when
-    `n_blocks < 3`) is given the stem's width.
-    """
-    family = ResnetFamily.of(supernet)
-
-    def filters(name: str) -> int:
-        return _layer(supernet, name).filters
-
+def _config_of(model: keras.Model, width) -> ChannelConfig:
+    """The configuration whose layer widths `width(layer name)` gives."""
+    family = ResnetFamily.of(model)
     inner = []
     for group in range(3):
         blocks = [
             b for b in range(1, family.n_blocks + 1) if family.block_group(b) == group
         ]
         first = family._block_conv(blocks[0], 1) if blocks else None
-        inner.append(filters(first) // 4 if first else filters("stem_conv"))
+        inner.append(width(first) // 4 if first else width("stem_conv"))
     return ChannelConfig(
         (
-            filters("stem_conv"),
-            filters("down1_conv") // 2,
-            filters("down2_conv") // 4,
+            width("stem_conv"),
+            width("down1_conv") // 2,
+            width("down2_conv") // 4,
             *inner,
-            filters("up1_conv") // 2,
-            filters("up2_conv"),
+            width("up1_conv") // 2,
+            width("up2_conv"),
         )
     )
+
+
+def largest_config(model: keras.Model) -> ChannelConfig:
+    """The configuration of a supernet's full width (or a plain generator's).
+
+    A number that sets no layer (a third of the blocks that is empty when
+    `n_blocks < 3`) is given the stem's width.
+    """
+    return _config_of(model, lambda name: _layer(model, name).filters)
+
+
+def current_config(supernet: keras.Model) -> ChannelConfig:
+    """The configuration a supernet is switched to (`set_config`).
+
+    Numbers that set no layer are given the stem's width, as in
+    `largest_config`.
+    """
+
+    def active(name: str) -> int:
+        layer = _super_layer(supernet, name)
+        return int(keras.ops.convert_to_numpy(layer.active_filters))
+
+    return _config_of(supernet, active)
 
 
 def extract(supernet: keras.Model, config=None, name: str | None = None) -> keras.Model:
@@ -639,15 +654,39 @@ def _permute_variables(layer, permutation: np.ndarray, role: str) -> None:
         variable.assign(np.take(values, permutation, axis=axis))
 
 
+def l1_channel_orders(model: keras.Model) -> dict[str, np.ndarray]:
+    """Per width-carrying convolution: its channels, largest filter L1 first.
+
+    Each channel group is ranked once (a layer's output; the residual stream
+    as one group, ranked by its producers' summed filter L1 norms), and every
+    producer of the group gets the group's order.
+
+    Args:
+        model: A plain or super ResNet generator (`ResnetFamily.of`).
+
+    Returns:
+        `{convolution name: permutation of its output channels}` for every
+        convolution a configuration sets (not `out_conv`).
+    """
+    family = ResnetFamily.of(model)
+    orders = {}
+    for group in family.channel_groups():
+        importance = sum(_filter_l1(model.get_layer(n)) for n in group.producers)
+        permutation = np.argsort(-importance, kind="stable")
+        orders.update({name: permutation for name in group.producers})
+    return orders
+
+
 def sort_channels_by_l1(model: keras.Model) -> keras.Model:
     """A copy of a plain ResNet generator with filters sorted by L1 norm.
 
     In every channel group (each layer's output; the residual stream as one
     group ranked by its producers' summed L1) the filter with the largest
-    L1 norm comes first, and the norms, depthwise convolutions and consumers
-    of the group are reordered alike: the copy computes the same function,
-    and slicing its first k channels keeps the top-k filters by L1 (GAN
-    Compression's initialisation of a student from its teacher).
+    L1 norm comes first (`l1_channel_orders`), and the norms, depthwise
+    convolutions and consumers of the group are reordered alike: the copy
+    computes the same function, and slicing its first k channels keeps the
+    top-k filters by L1 (GAN Compression's initialisation of a student from
+    its teacher).
 
     Args:
         model: A plain generator from `resnet_generator` or
@@ -667,15 +706,51 @@ def sort_channels_by_l1(model: keras.Model) -> keras.Model:
                 f"Layer {layer.name!r} has per-channel epsilons; sort the "
                 "training model, not its export copy."
             )
+    orders = l1_channel_orders(model)
     copy = keras.models.clone_model(model)
     copy.set_weights(model.get_weights())
     for group in family.channel_groups():
-        importance = sum(_filter_l1(copy.get_layer(n)) for n in group.producers)
-        permutation = np.argsort(-importance, kind="stable")
+        permutation = orders[group.producers[0]]
         for role in ("producer", "follower", "consumer"):
             for name in getattr(group, f"{role}s"):
                 _permute_variables(copy.get_layer(name), permutation, role)
     return copy
+
+
+def l1_cut(
+    teacher: keras.Model, config, name: str | None = None
+) -> tuple[keras.Model, dict[str, np.ndarray]]:
+    """The teacher cut to a configuration's widths, keeping top filters by L1.
+
+    GAN Compression's student initialisation: every layer keeps its `k`
+    filters of largest L1 norm (residual channels ranked together), largest
+    first, and the next layer keeps the matching input channels.
+
+    Args:
+        teacher: A plain ResNet or mobile-ResNet generator.
+        config: The widths (a `ChannelConfig`, its string or 8 ints), at
+            most the teacher's.
+        name: Name of the student; defaults to `"<teacher>_<config>"`.
+
+    Returns:
+        `(student, kept)`: the plain student, and `{convolution name:
+        indices of the teacher's channels it kept}` (in the student's
+        channel order; `out_conv` keeps all), the map
+        `tgc.reconstruction.reconstruct` takes.
+
+    Raises:
+        ValueError: If `teacher` is not such a generator or `config` is
+            wider than it.
+    """
+    config = ChannelConfig.of(config)
+    family = ResnetFamily.of(teacher)
+    orders = l1_channel_orders(teacher)
+    widths = family.layer_widths(config)
+    sorted_net = to_supernet(sort_channels_by_l1(teacher))
+    student = extract(sorted_net, config, name=name or f"{teacher.name}_{config}")
+    kept = {conv: orders[conv][:width] for conv, width in widths.items()}
+    kept["out_conv"] = np.arange(family.output_channels)
+    return student, kept
 
 
 def supernet_from(student: keras.Model, sort_by_l1: bool = True) -> keras.Model:

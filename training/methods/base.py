@@ -42,6 +42,7 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 import keras
+import numpy as np
 
 import tfgancompress as tgc
 from training import budget as budget_lib
@@ -71,6 +72,17 @@ class Setup:
         ndf: Width of the discriminator.
         seed: Seed of model initialisation and training.
         jit_compile: Compile the train steps with XLA.
+        validation: `(inputs, targets)` arrays of *training* photos a method
+            may score its own choices on (GAN Compression's sub-net
+            search), never the held-out ones; `targets` are what the
+            student should output (the paired target, or the teacher's
+            output in `"unpaired"` mode). A function returning them is
+            called when needed (`validation_arrays`). `None`: none given
+            (`training.pipeline.compress` then supplies a slice of the
+            training batches).
+        work_dir: A folder for the method's own files (search logs, caches,
+            resumable state), or `None` to keep them in memory;
+            `training.pipeline.compress` sets `<checkpoint_dir>/method`.
     """
 
     budget: budget_lib.Budget
@@ -79,6 +91,8 @@ class Setup:
     ndf: int = 64
     seed: int = 0
     jit_compile: bool = True
+    validation: typing.Any = dataclasses.field(default=None, compare=False, repr=False)
+    work_dir: str | None = None
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -88,6 +102,28 @@ class Setup:
                 f"learning_rate must be > 0 and ndf >= 1, got {self.learning_rate} "
                 f"and {self.ndf}."
             )
+
+    def validation_arrays(self) -> tuple[np.ndarray, np.ndarray]:
+        """The validation `(inputs, targets)` as float32 arrays.
+
+        Raises:
+            ValueError: If no validation images were given, or the arrays
+                do not pair up as image batches.
+        """
+        validation = self.validation() if callable(self.validation) else self.validation
+        if validation is None:
+            raise ValueError(
+                "This method scores its choices on validation images of the "
+                "training photos: give Setup(validation=(inputs, targets)), or "
+                "run it through training.pipeline.compress, which supplies them."
+            )
+        inputs, targets = (np.asarray(a, np.float32) for a in validation)
+        if inputs.ndim != 4 or targets.ndim != 4 or len(inputs) != len(targets):
+            raise ValueError(
+                "Setup.validation must be (inputs, targets) image batches of equal "
+                f"length, got shapes {inputs.shape} and {targets.shape}."
+            )
+        return inputs, targets
 
 
 @dataclasses.dataclass
