@@ -351,7 +351,7 @@ def _tiny_task():
 def test_gcc_through_the_pipeline_at_one_twentieth():
     teacher, x, pairs, setup = _tiny_task()
     setup = dataclasses.replace(setup, jit_compile=False)
-    method = methods.get("gcc", gate_learning_rate=0.05)
+    method = methods.get("gcc", gate_learning_rate=0.05, min_channels=2)
     searched = {}
 
     def after_phase(phase, student):
@@ -374,6 +374,7 @@ def test_gcc_through_the_pipeline_at_one_twentieth():
     student = result.student
     assert result.steps == {"search": 1, "finetune": 2}
     search = student.state["threshold_search"].result
+    assert min(search.kept.values()) >= 2
     shape = setup.budget.input_shape
     assert result.macs == search.macs == tgc.profile(student.generator, shape).macs
     assert search.macs <= setup.budget.macs

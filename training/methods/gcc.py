@@ -581,6 +581,10 @@ class GCC(base.Method):
                 distilling the given one (GCC from scratch; paired only).
             search_share: Fraction of the steps spent on the L1-sparse
                 pre-training of the generator's gates.
+            min_channels: Channels every gate keeps whatever the global
+                threshold (a floor against a layer of small scales being
+                cut to nothing: the vintage teacher's last upsampling
+                layer kept 1 of 64 channels with a floor of 1).
             lambda_sparsity: Weight of `sum |gamma|` in the pre-training.
             sparsity_learning_rate: Adam learning rate of the gates'
                 `gamma` in the pre-training.
@@ -598,6 +602,7 @@ class GCC(base.Method):
         teacher_weights: bool = True
         online_teacher: bool = False
         search_share: float = 0.25
+        min_channels: int = 1
         lambda_sparsity: float = 1e-4
         sparsity_learning_rate: float = 1e-2
         gate_learning_rate: float = 1e-4
@@ -612,6 +617,10 @@ class GCC(base.Method):
                 raise ValueError(
                     "gcc option search_share must be in (0, 1), got "
                     f"{self.search_share}."
+                )
+            if self.min_channels < 1:
+                raise ValueError(
+                    f"gcc option min_channels must be >= 1, got {self.min_channels}."
                 )
             for key in ("sparsity_learning_rate", "gate_learning_rate"):
                 if getattr(self, key) <= 0:
@@ -670,6 +679,7 @@ class GCC(base.Method):
         search = GlobalThreshold(
             student.generator,
             setup.budget,
+            self.options.min_channels,
             restore=student.state.get("teacher_weights"),
         )
         student.state["threshold_search"] = search
