@@ -388,6 +388,13 @@ def test_gcc_through_the_pipeline_at_one_twentieth():
 
 def test_gcc_re_initialises_the_pruned_generator_on_request():
     teacher, _, _, setup = _tiny_task()
+    shape = setup.budget.input_shape
+    smallest = [
+        methods.get("gcc", min_channels=k).smallest_macs(teacher, shape)
+        for k in (1, 4, 1000)
+    ]
+    assert smallest[0] == budget.smallest_gated_macs(teacher, shape)
+    assert smallest[0] < smallest[1] < smallest[2] == tgc.profile(teacher, shape).macs
     method = methods.get("gcc", "inherit=false")
     student = method.build(teacher, setup)
     assert {g.mode for g in gates_of(student.generator)} == {"scale"}
