@@ -13,11 +13,17 @@ from keras_layers.conv import (
 )
 from keras_layers.gates import ChannelGate, driven_gates, set_keeps
 from keras_layers.norm import InstanceNormalization, ReflectionPadding2D
-from keras_layers.quant import FakeQuant
+from keras_layers.quant import (
+    FakeQuant,
+    FakeQuantInstanceNormalization,
+    FakeQuantWeights,
+)
 
 __all__ = [
     "ChannelGate",
     "FakeQuant",
+    "FakeQuantInstanceNormalization",
+    "FakeQuantWeights",
     "InstanceNormalization",
     "ReflectionPadding2D",
     "SelectiveActivationConv2D",

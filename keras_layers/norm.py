@@ -97,7 +97,7 @@ class InstanceNormalization(keras.layers.Layer):
 
     def call(self, inputs):
         x = ops.cast(inputs, "float32")
-        mean = ops.mean(x, axis=(1, 2), keepdims=True)
+        mean = self._channel_mean(x)
         # `centered * centered`, not `square(x - mean)`: the converter turns
         # the latter into SQUARED_DIFFERENCE, which XNNPACK has no int8
         # kernel for; the centered values are reused below.
@@ -112,6 +112,10 @@ class InstanceNormalization(keras.layers.Layer):
         if self.center:
             outputs = outputs + ops.cast(self.beta, "float32")
         return ops.cast(outputs, self.compute_dtype)
+
+    def _channel_mean(self, x):
+        """The per-sample, per-channel mean `(B, 1, 1, C)` the norm subtracts."""
+        return ops.mean(x, axis=(1, 2), keepdims=True)
 
     def compute_output_shape(self, input_shape):
         return input_shape

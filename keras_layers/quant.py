@@ -29,7 +29,10 @@ How a Keras model becomes an int8 `.tflite` (measured with TF 2.21):
 
 GAN Slimming's activation quantizer (ReLU clamped to [0, 4], 8 bits) is
 `FakeQuant(min_value=0.0, max_value=4.0)`; its ReLU may even be dropped,
-the clamp at 0 is the same function.
+the clamp at 0 is the same function. Its weight quantizer (signed, one
+scale `max|W| / 127` per tensor) is `FakeQuantWeights(conv)`: the
+converter keeps that per-tensor range in the int8 file, so the file
+computes with the very weights training saw.
 """
 
 from __future__ import annotations
@@ -41,7 +44,14 @@ import numpy as np
 import tensorflow as tf
 from keras import ops
 
+from keras_layers.norm import InstanceNormalization
+
 RANGES = ("fixed", "moving")
+_KERNEL_LAYERS = (
+    keras.layers.Conv2D,
+    keras.layers.Conv2DTranspose,
+    keras.layers.DepthwiseConv2D,
+)
 
 _MIN_WIDTH = 1e-6
 
@@ -239,4 +249,159 @@ class FakeQuant(keras.layers.Layer):
                 "momentum": self.momentum,
             }
         )
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfgancompress")
+class FakeQuantWeights(keras.layers.Wrapper):
+    """Runs a convolution with its kernel fake-quantized (straight-through).
+
+    The kernel is rounded onto the signed narrow grid `-127..127` with one
+    scale `max|W| / 127` for the whole tensor (GAN Slimming's weight
+    quantizer); the gradient reaches the float kernel unchanged. In
+    training the range follows the kernel (`max|W|` of the current
+    weights, every call); in inference it is the stored one, so a model
+    whose channels were removed (`tfgancompress.slim`) keeps its grid. The
+    LiteRT converter reads the range and stores the kernel as int8 on the
+    same grid.
+
+    Args:
+        layer: A `Conv2D`, `Conv2DTranspose` or `DepthwiseConv2D` (or a
+            subclass), built or not.
+        num_bits: Bits of the weight grid (8 for LiteRT's int8 kernels).
+        **kwargs: Base layer keyword arguments.
+
+    Raises:
+        ValueError: If `layer` is not one of those convolutions.
+
+    Example:
+
+    >>> conv = FakeQuantWeights(keras.layers.Conv2D(4, 3))
+    >>> y = conv(keras.ops.ones((1, 8, 8, 3)))
+    >>> kernel = conv.quantized_kernel()
+    >>> int(len(np.unique(np.abs(kernel)))) <= 128
+    True
+    """
+
+    def __init__(self, layer: keras.layers.Layer, num_bits: int = 8, **kwargs):
+        if not isinstance(layer, _KERNEL_LAYERS):
+            raise ValueError(
+                "FakeQuantWeights wraps a Conv2D, Conv2DTranspose or "
+                f"DepthwiseConv2D; got {type(layer).__name__} {layer.name!r}."
+            )
+        kwargs.setdefault("name", f"{layer.name}_quant")
+        super().__init__(layer, **kwargs)
+        self.num_bits = int(num_bits)
+        self.kernel_quant = FakeQuant(
+            num_bits=self.num_bits,
+            signed=True,
+            ranges="moving",
+            momentum=0.0,
+            name="kernel_quant",
+        )
+
+    @property
+    def _kernel_attribute(self) -> str:
+        # Conv2D exposes `kernel` as a property over `_kernel`.
+        return "_kernel" if hasattr(self.layer, "_kernel") else "kernel"
+
+    def build(self, input_shape=None):
+        if not self.layer.built:
+            self.layer.build(input_shape)
+        kernel = getattr(self.layer, self._kernel_attribute)
+        self.kernel_quant.build(tuple(kernel.shape))
+        self.reset_range()
+        self.built = True
+
+    def reset_range(self) -> None:
+        """Sets the stored range to the current kernel's `max|W|`."""
+        kernel = getattr(self.layer, self._kernel_attribute)
+        high = ops.maximum(ops.max(ops.abs(kernel)), _MIN_WIDTH)
+        self.kernel_quant.max_range.assign(high)
+        self.kernel_quant.min_range.assign(-high)
+        self.kernel_quant.initialized.assign(1.0)
+
+    def quantized_kernel(self) -> np.ndarray:
+        """The kernel on its stored grid, as the inference pass uses it."""
+        kernel = getattr(self.layer, self._kernel_attribute)
+        return keras.ops.convert_to_numpy(self.kernel_quant(kernel, training=False))
+
+    def call(self, inputs, training=None):
+        attribute = self._kernel_attribute
+        kernel = getattr(self.layer, attribute)
+        quantized = self.kernel_quant(kernel, training=training)
+        # The wrapped layer reads its kernel attribute in `call`; it sees the
+        # quantized tensor for this call only (Keras' tracking is bypassed so
+        # the variable stays the layer's weight).
+        object.__setattr__(self.layer, attribute, quantized)
+        try:
+            return self.layer(inputs)
+        finally:
+            object.__setattr__(self.layer, attribute, kernel)
+
+    def compute_output_shape(self, input_shape):
+        return self.layer.compute_output_shape(input_shape)
+
+    def get_config(self):
+        config = super().get_config()
+        config["num_bits"] = self.num_bits
+        return config
+
+
+@keras.saving.register_keras_serializable(package="tfgancompress")
+class FakeQuantInstanceNormalization(InstanceNormalization):
+    """An instance norm of a fake-quantized input, as LiteRT's int8 file runs it.
+
+    The input (a convolution's output) goes through a moving-range
+    `FakeQuant` (the range LiteRT needs to run that convolution in int8);
+    the per-channel mean is then rounded onto the same grid, because the
+    converter computes the mean with an int8 `MEAN` on the input's grid.
+    The rest (variance, normalization, affine) is float, as in the file.
+    With a plain `FakeQuant -> InstanceNormalization` pair the exported
+    file would differ from the Keras model by up to half a grid step
+    divided by each channel's standard deviation.
+
+    Args:
+        num_bits: Bits of the input grid.
+        momentum: Moving-average momentum of the input range.
+        **kwargs: `InstanceNormalization` arguments (`center`, `scale`,
+            `epsilon`, `name`, ...).
+
+    Example:
+
+    >>> norm = FakeQuantInstanceNormalization()
+    >>> y = norm(keras.random.normal((2, 8, 8, 4)), training=True)
+    >>> float(norm.input_quant.initialized)
+    1.0
+    """
+
+    def __init__(self, num_bits: int = 8, momentum: float = 0.99, **kwargs):
+        super().__init__(**kwargs)
+        self.num_bits = int(num_bits)
+        self.momentum = float(momentum)
+        self.input_quant = FakeQuant(
+            num_bits=self.num_bits,
+            ranges="moving",
+            momentum=self.momentum,
+            name="input_quant",
+        )
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.input_quant.build(input_shape)
+
+    def _channel_mean(self, x):
+        return tf.quantization.fake_quant_with_min_max_vars(
+            super()._channel_mean(x),
+            tf.convert_to_tensor(self.input_quant.min_range),
+            tf.convert_to_tensor(self.input_quant.max_range),
+            num_bits=self.num_bits,
+        )
+
+    def call(self, inputs, training=None):
+        return super().call(self.input_quant(inputs, training=training))
+
+    def get_config(self):
+        config = super().get_config()
+        config.update({"num_bits": self.num_bits, "momentum": self.momentum})
         return config

@@ -239,3 +239,47 @@ def test_group_errors():
     unused.gate_masks = lambda step: {}
     with pytest.raises(ValueError, match="group 'agent'.*does not depend on"):
         unused.train_on_batch(*_images())
+
+
+class _SplitTrainer(AdversarialTrainer):
+    """The generator's last kernel is left to a `"generator"` group."""
+
+    def generator_variables(self):
+        last = self.generator.layers[-1].kernel
+        return [v for v in super().generator_variables() if v is not last]
+
+
+def test_a_generator_group_shares_the_generator_backward_pass():
+    def fit(split: bool):
+        keras.utils.set_random_seed(0)
+        kind = _SplitTrainer if split else AdversarialTrainer
+        trainer = kind(_generator("student", "g_gate"), _discriminator(), taps=None)
+        groups = []
+        if split:
+            groups.append(
+                OptimizerGroup(
+                    "kernel",
+                    keras.optimizers.SGD(0.1),
+                    variables=lambda: [trainer.generator.layers[-1].kernel],
+                    losses=lambda step: {},
+                    loss_names=[],
+                    when="generator",
+                )
+            )
+        trainer.compile(
+            keras.optimizers.SGD(0.1),
+            keras.optimizers.SGD(0.1),
+            jit_compile=False,
+            groups=groups,
+        )
+        x, y = _images()
+        history = trainer.fit(x, y, batch_size=2, epochs=1, verbose=0)
+        return trainer, history.history
+
+    split, split_history = fit(True)
+    plain, _ = fit(False)
+    # The same SGD step, whichever optimizer holds the kernel.
+    for a, b in zip(split.generator.weights, plain.generator.weights, strict=True):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), atol=1e-6)
+    assert int(split.group_optimizers["kernel"].iterations) == 1
+    assert "kernel_loss" not in split_history

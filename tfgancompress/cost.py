@@ -91,6 +91,8 @@ class _GridWalker(_Walker):
             self.grids[id(operation)] = grid
             if isinstance(operation, keras_layers.SelectiveActivationConv2D):
                 self.grids[id(operation.conv)] = grid
+            if isinstance(operation, keras_layers.FakeQuantWeights):
+                self.grids[id(operation.layer)] = grid
         return outputs
 
 

@@ -36,7 +36,7 @@ import numbers
 import keras
 import numpy as np
 
-from keras_layers import SelectiveActivationConv2D
+from keras_layers import FakeQuantWeights, SelectiveActivationConv2D
 
 _TRANSPOSED = (
     keras.layers.Conv1DTranspose,
@@ -258,6 +258,8 @@ def _conv_macs(layer, in_shape, out_shape, active) -> int:
 def _layer_macs(layer, name: str, inputs: list, out_shape, active) -> int:
     if isinstance(layer, SelectiveActivationConv2D):
         return _layer_macs(layer.conv, name, inputs, out_shape, active)
+    if isinstance(layer, FakeQuantWeights):
+        return _layer_macs(layer.layer, name, inputs, out_shape, active)
     if isinstance(layer, _SEPARABLE + _DEPTHWISE + _TRANSPOSED + _CONV):
         return _conv_macs(layer, _shape_of(inputs[0], name), out_shape, active)
     if isinstance(layer, keras.layers.Dense):

@@ -62,6 +62,52 @@ def plot_channels(channels, path: str, title: str = "") -> None:
         plt.close(figure)
 
 
+def plot_mask_trajectory(
+    history: Sequence[dict], path: str, budget_macs: int | None = None, title: str = ""
+) -> None:
+    """Live channels and their MACs against the training step, as a PNG.
+
+    Args:
+        history: Records with `step`, `open_channels`, `open_macs` and
+            `bound` (e.g. `training.methods.dmad.DmadSchedule.history`).
+        path: PNG path.
+        budget_macs: Draws the MACs budget as a line, if given.
+        title: Chart title.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [r["step"] for r in history]
+    figure, (channels, macs) = plt.subplots(2, 1, figsize=(7.0, 6.0), sharex=True)
+    step_style = {"drawstyle": "steps-post"}
+    channels.plot(
+        steps, [r["open_channels"] for r in history], color="#1f77b4", **step_style
+    )
+    channels.set_ylabel("live channels")
+    band = channels.twinx()
+    band.plot(
+        steps, [r["bound"] for r in history], color="#aaaaaa", ls="--", **step_style
+    )
+    band.set_ylabel("band half-width b")
+    macs.plot(
+        steps, [r["open_macs"] / 1e9 for r in history], color="#d62728", **step_style
+    )
+    if budget_macs is not None:
+        macs.axhline(budget_macs / 1e9, color="black", lw=0.8, label="budget")
+        macs.legend()
+    macs.set_ylabel("G MACs of live channels")
+    macs.set_xlabel("step")
+    channels.set_title(title)
+    figure.tight_layout()
+    try:
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, dpi=100)
+    finally:
+        plt.close(figure)
+
+
 def write_report(output_dir: str, stem: str, report: dict, markdown: str) -> None:
     """Writes `<stem>.json` and `<stem>.md` to `output_dir` and prints the table.
 

@@ -5,9 +5,11 @@ returns `(should_prune, sparsity)` tensors, exactly like
 `tfmot.sparsity.keras.PolynomialDecay`. Here *sparsity* is the fraction of a
 layer's channels to remove, and `apply_sparsity` turns it into a
 `ChannelGate` decision: the gate keeps exactly `keep_count(sparsity, C)`
-channels in inference mode. Any tfmot schedule is interchangeable with the
-two below, and everything runs eagerly, in `tf.function` and under XLA
-(`jit_compile=True`).
+channels in inference mode. Any tfmot schedule is interchangeable with
+`ChannelSparsity` and `MacsBudget`, and everything runs eagerly, in
+`tf.function` and under XLA (`jit_compile=True`). `BandSchedule` follows
+the same protocol for DMAD's masks: it returns `(due, bound)`, the
+half-width of the soft band that `tfgancompress.masks.anneal` sets.
 
 ```python
 schedule = MacsBudget(initial_macs=56.8e9, target_macs=4e9,
@@ -228,12 +230,134 @@ class MacsBudget(PruningSchedule):
         }
 
 
+class BandSchedule(PruningSchedule):
+    """DMAD's band half-width `b(step)`, annealed from `initial_bound` to 0.
+
+    `b = initial_bound * (1 - p ** power)` with
+    `p = clip((step - begin_step) / (end_step - begin_step), 0, 1)`: the
+    "cube rule" of Li et al. is `power=1/3` over the first 75% of training
+    (`for_steps`); `power=1/2` is their "double" rule, 1 a linear one. Inside
+    the band `[-b, b]` a `ChannelGate(mode="dmad")` is a soft quadratic mask
+    of its weight; from `end_step` on the band is closed (`b = 0`) and every
+    mask is a hard 0/1 step. `tfgancompress.masks.anneal` applies a bound
+    to a model's gates (folding the masks that leave the band upwards into
+    the layers before them).
+
+    The tfmot protocol: `schedule(step)` returns `(due, bound)` tensors, due
+    every `frequency` steps within `[begin_step, end_step]` and always at
+    `end_step`, so that the band is closed whatever the frequency. Runs
+    eagerly, in `tf.function` and under XLA.
+
+    Args:
+        begin_step: Step at which annealing starts (the bound is
+            `initial_bound` until then), >= 0.
+        end_step: Step at which the bound reaches 0, > `begin_step`.
+        initial_bound: Half-width of the band at `begin_step`, > 0.
+        power: Exponent of the progress (1/3: the cube rule).
+        frequency: The bound is due every `frequency` steps (the reference
+            code updates it 150 times over the annealing).
+
+    Raises:
+        ValueError: If `end_step <= begin_step`, a step is negative,
+            `frequency < 1`, or `initial_bound`/`power` is not positive.
+
+    Example:
+
+    >>> schedule = BandSchedule(begin_step=0, end_step=1000)
+    >>> due, bound = schedule(125)
+    >>> bool(due), round(float(bound), 3)
+    (True, 0.5)
+    """
+
+    def __init__(
+        self,
+        begin_step: int,
+        end_step: int,
+        initial_bound: float = 1.0,
+        power: float = 1.0 / 3.0,
+        frequency: int = 1,
+    ):
+        self.begin_step, self.end_step, self.frequency = _check_steps(
+            begin_step, end_step, frequency
+        )
+        self.initial_bound = _check_positive("initial_bound", initial_bound)
+        self.power = _check_positive("power", power)
+
+    @classmethod
+    def for_steps(
+        cls,
+        steps: int,
+        anneal_fraction: float = 0.75,
+        updates: int = 150,
+        initial_bound: float = 1.0,
+        power: float = 1.0 / 3.0,
+    ) -> BandSchedule:
+        """The paper's schedule for a run of `steps`: closed at 75% of it.
+
+        Args:
+            steps: Training steps of the run (> 1).
+            anneal_fraction: Fraction of the run over which the band closes.
+            updates: About how many times the bound changes (the reference
+                code: 150); the frequency is `end_step // updates`, >= 1.
+            initial_bound: The band's initial half-width.
+            power: Exponent of the progress (1/3: the cube rule).
+
+        Returns:
+            A `BandSchedule` from step 0 to `max(1, round(anneal_fraction *
+            steps))`.
+
+        Raises:
+            ValueError: If `steps < 1`, `anneal_fraction` is outside (0, 1]
+                or `updates < 1`.
+        """
+        steps = _check_int("steps", steps, 1)
+        updates = _check_int("updates", updates, 1)
+        if not 0.0 < anneal_fraction <= 1.0:
+            raise ValueError(
+                f"anneal_fraction must be in (0, 1], got {anneal_fraction}."
+            )
+        end_step = max(1, round(anneal_fraction * steps))
+        return cls(
+            0,
+            end_step,
+            initial_bound=initial_bound,
+            power=power,
+            frequency=max(1, end_step // updates),
+        )
+
+    def bound(self, step):
+        """The band's half-width at `step` (float32 tensor)."""
+        elapsed = tf.cast(step, tf.float32) - float(self.begin_step)
+        span = float(self.end_step - self.begin_step)
+        progress = tf.clip_by_value(elapsed / span, 0.0, 1.0)
+        return self.initial_bound * (1.0 - tf.pow(progress, self.power))
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.int64)
+        in_range = (step >= self.begin_step) & (step <= self.end_step)
+        turn = tf.math.floormod(step - self.begin_step, self.frequency) == 0
+        due = in_range & (turn | (step == self.end_step))
+        return due, self.bound(step)
+
+    def get_config(self) -> dict:
+        return {
+            "class_name": self.__class__.__name__,
+            "config": {
+                "begin_step": self.begin_step,
+                "end_step": self.end_step,
+                "initial_bound": self.initial_bound,
+                "power": self.power,
+                "frequency": self.frequency,
+            },
+        }
+
+
 def deserialize(config: dict) -> PruningSchedule:
     """Rebuilds a schedule from `get_config()`: ours or tfmot's.
 
     Args:
         config: `{"class_name": ..., "config": {...}}` as returned by
-            `get_config()` of `ChannelSparsity`, `MacsBudget`,
+            `get_config()` of `ChannelSparsity`, `MacsBudget`, `BandSchedule`,
             `tfmot.sparsity.keras.PolynomialDecay` or `ConstantSparsity`.
 
     Returns:
@@ -253,6 +377,7 @@ def deserialize(config: dict) -> PruningSchedule:
         for cls in (
             ChannelSparsity,
             MacsBudget,
+            BandSchedule,
             tfmot.sparsity.keras.PolynomialDecay,
             tfmot.sparsity.keras.ConstantSparsity,
         )

@@ -24,6 +24,12 @@ up to float rounding.
 Super layers (`SuperConv2D`, ..., and the super norms after them) are
 sliced at their active width, so `slim` also extracts a sub-network from a
 once-for-all supernet.
+
+Quantization-aware models (`tgc.quantization.quantize_generator`) keep their
+quantizers: a `FakeQuant` is an elementwise function (per-channel ranges are
+sliced), a `FakeQuantWeights` convolution is rebuilt from its rounded kernel
+with its range, a `FakeQuantInstanceNormalization` keeps its input range.
+The result is the same function up to the rounding of folded constants.
 """
 
 from __future__ import annotations
@@ -41,7 +47,7 @@ _CARRIER_KINDS = ("conv", "conv_t", "dense")
 _ANCHOR_KINDS = ("conv", "conv_t", "separable", "dense", "depthwise")
 _ANCHOR_KINDS += ("instance_norm", "batch_norm")
 _SAME_CHANNEL_KINDS = ("depthwise", "instance_norm", "batch_norm", "activation")
-_SAME_CHANNEL_KINDS += ("spatial", "zero_pad", "identity")
+_SAME_CHANNEL_KINDS += ("spatial", "zero_pad", "identity", "fake_quant")
 _SPATIAL_LAYERS = (
     keras_layers.ReflectionPadding2D,
     keras.layers.Cropping2D,
@@ -169,7 +175,8 @@ def _activation_name(layer) -> str:
     return keras.activations.serialize(activation)
 
 
-def _lower_conv(graph, layer, tensor, name) -> int:
+def _lower_conv(graph, layer, tensor, name, kernel=None) -> int:
+    """Adds a convolution; `kernel` overrides the layer's (fake-quantized)."""
     _check_conv(layer)
     activation = _activation_name(layer)
     if isinstance(layer, keras.layers.SeparableConv2D):
@@ -187,8 +194,9 @@ def _lower_conv(graph, layer, tensor, name) -> int:
             bias=_bias(layer, pointwise.shape[1]) * mask,
             activation=activation,
         )
+    kernel = _numpy(layer.kernel if kernel is None else kernel)
     if isinstance(layer, keras.layers.DepthwiseConv2D):
-        kernel = _numpy(layer.kernel)[:, :, :, 0]
+        kernel = kernel[:, :, :, 0]
         return graph.add(
             "depthwise",
             name,
@@ -200,7 +208,6 @@ def _lower_conv(graph, layer, tensor, name) -> int:
             activation=activation,
         )
     if isinstance(layer, keras.layers.Conv2DTranspose):
-        kernel = _numpy(layer.kernel)
         mask = _output_mask(layer, kernel.shape[2])
         return graph.add(
             "conv_t",
@@ -212,7 +219,6 @@ def _lower_conv(graph, layer, tensor, name) -> int:
             bias=_bias(layer, kernel.shape[2]) * mask,
             activation=activation,
         )
-    kernel = _numpy(layer.kernel)
     mask = _output_mask(layer, kernel.shape[3])
     return graph.add(
         "conv",
@@ -268,6 +274,14 @@ def _lower_layer(graph: _Graph, layer, tensors: list[int], name: str) -> int:
             scale=scale.astype(np.float64),
             shift=shift.astype(np.float64),
         )
+    if isinstance(layer, keras_layers.FakeQuantWeights):
+        inner = f"{name[: len(name) - len(layer.name)]}{layer.layer.name}"
+        kernel = layer.quantized_kernel()
+        output = _lower_conv(graph, layer.layer, tensors[0], inner, kernel)
+        graph.ops[-1].params["weight_quant"] = layer
+        return output
+    if isinstance(layer, keras_layers.FakeQuant):
+        return graph.add("fake_quant", name, tensors, graph.channels[tensors[0]], layer)
     if isinstance(layer, _CONV_LAYERS):
         return _lower_conv(graph, layer, tensors[0], name)
     if isinstance(layer, keras.layers.Dense):
@@ -307,7 +321,8 @@ def _lower_layer(graph: _Graph, layer, tensors: list[int], name: str) -> int:
         f"type {type(layer).__name__}. Supported: convolutions (plain, "
         "transposed, depthwise, separable, Super*), Dense, Instance/Batch "
         "normalization, ChannelGate, SelectiveActivationConv2D, activations, "
-        "padding/cropping/pooling/dropout, Add and channel Concatenate."
+        "FakeQuant, FakeQuantWeights, padding/cropping/pooling/dropout, Add and "
+        "channel Concatenate."
     )
 
 
@@ -358,7 +373,7 @@ def _apply_activation(op: _Op, values: np.ndarray) -> np.ndarray:
     known = ~np.isnan(values)
     if not known.any():
         return values
-    if op.kind == "activation":
+    if op.kind in ("activation", "fake_quant"):
         function = op.layer
     else:
         function = keras.activations.get(op.params["activation"])
@@ -540,8 +555,8 @@ def _const_norm(op: _Op, const: _Const) -> _Const:
 
 def _const_activation(op: _Op, const: _Const) -> _Const:
     out = _apply_activation(op, const.value)
-    if _apply_activation(op, np.zeros(1))[0] != 0.0:
-        out[const.padded] = np.nan
+    moves_zero = _apply_activation(op, np.zeros_like(const.value)) != 0.0
+    out[const.padded & moves_zero] = np.nan
     return _Const(out, const.padded & ~np.isnan(out))
 
 
@@ -567,7 +582,7 @@ def _propagate_constants(graph: _Graph) -> list[_Const]:
             out = _const_depthwise(op, inputs[0])
         elif op.kind in ("instance_norm", "batch_norm"):
             out = _const_norm(op, inputs[0])
-        elif op.kind == "activation":
+        elif op.kind in ("activation", "fake_quant"):
             out = _const_activation(op, inputs[0])
         elif op.kind == "zero_pad":
             value = inputs[0].value
@@ -787,19 +802,56 @@ def _build_same_channel(op: _Op, keep, name):
     if op.kind == "instance_norm":
         gamma, beta = params["gamma"][keep], params["beta"][keep]
         scale, center = bool(np.any(gamma != 1)), bool(np.any(beta != 0))
+        weights = ([gamma] if scale else []) + ([beta] if center else [])
+        if isinstance(layer, keras_layers.FakeQuantInstanceNormalization):
+            new = keras_layers.FakeQuantInstanceNormalization(
+                num_bits=layer.num_bits,
+                momentum=layer.momentum,
+                center=center,
+                scale=scale,
+                epsilon=layer.epsilon,
+                name=name,
+            )
+            return new, weights + layer.input_quant.get_weights()
         new = keras_layers.InstanceNormalization(
             center=center, scale=scale, epsilon=layer.epsilon, name=name
         )
-        return new, ([gamma] if scale else []) + ([beta] if center else [])
+        return new, weights
     if op.kind == "batch_norm":
         new = keras.layers.BatchNormalization(
             epsilon=layer.epsilon, momentum=layer.momentum, name=name
         )
         weights = [params[k][keep] for k in ("gamma", "beta", "mean", "variance")]
         return new, weights
+    if op.kind == "fake_quant":
+        return _sliced_fake_quant(layer, keep, name)
     config = layer.get_config()
     config["name"] = name
     return type(layer).from_config(config), []
+
+
+def _sliced_fake_quant(layer: keras_layers.FakeQuant, keep, name: str):
+    """A copy of a FakeQuant for the kept channels (its ranges are per channel
+    only with `per_channel=True`)."""
+    config = layer.get_config()
+    config["name"] = name
+    weights = layer.get_weights()
+    if layer.per_channel:
+        for key in ("min_value", "max_value"):
+            if isinstance(config[key], list):
+                config[key] = list(np.asarray(config[key])[keep])
+        weights = [w[keep] if w.ndim == 1 else w for w in weights]
+    return keras_layers.FakeQuant.from_config(config), weights
+
+
+def _weight_quantized(op: _Op, conv: keras.layers.Layer) -> keras.layers.Layer:
+    """`conv` wrapped like the op's original `FakeQuantWeights`, if it had one."""
+    original = op.params.get("weight_quant")
+    if original is None:
+        return conv
+    return keras_layers.FakeQuantWeights(
+        conv, num_bits=original.num_bits, name=original.name
+    )
 
 
 def _rebuild(graph: _Graph, live: _Liveness, model) -> keras.Model:
@@ -828,10 +880,15 @@ def _rebuild(graph: _Graph, live: _Liveness, model) -> keras.Model:
         if op.kind in _CONV_KINDS:
             keep_in = live.alive(op.inputs[0])
             layer, weights = _build_conv(op, live, keep_in, keep_out, op.name)
+            call = _weight_quantized(op, layer)
         else:
             layer, weights = _build_same_channel(op, keep_out, op.name)
-        tensors[op.output] = layer(tensors[op.inputs[0]])
+            call = layer
+        tensors[op.output] = call(tensors[op.inputs[0]])
         pending.append((layer, weights))
+        if call is not layer:  # the kernel's grid stays that of the original
+            ranges = op.params["weight_quant"].kernel_quant.get_weights()
+            pending.append((call.kernel_quant, ranges))
     for layer, weights in pending:
         if weights:
             layer.set_weights([np.asarray(w, np.float32) for w in weights])

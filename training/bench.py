@@ -93,7 +93,9 @@ def _train_row(method: str, teacher, held_out, config: dict):
         student,
         os.path.join(run_dir, "student_int8.tflite"),
         quantization="int8",
-        representative_data=config["calibration"],
+        representative_data=None
+        if tgc.quantization.is_quantized(student)
+        else config["calibration"],
         input_shape=shape,
     )
     discriminator = pipeline.discriminator_report(result.student)

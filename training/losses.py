@@ -581,9 +581,9 @@ def attention_distillation_loss(student_feats, teacher_targets):
     """Attention distillation: `sum_i mean((A(f_s,i) - T_i)^2)`.
 
     Each target `T_i` is a teacher feature map (turned into `attention_map`)
-    or an attention map already (rank 3). DMAD's co-attention target is
-    `0.5 * attention_map(teacher_G_tap) + 0.5 * attention_map(teacher_D_tap)`.
-    Attention maps are width-free: no mapper is needed.
+    or an attention map already (rank 3), e.g. DMAD's `co_attention_target`
+    of the teacher generator's and discriminator's maps. Attention maps are
+    width-free: no mapper is needed.
 
     Args:
         student_feats: A tensor or a list of `(B, H, W, C)` student maps.
@@ -618,6 +618,199 @@ def attention_distillation_loss(student_feats, teacher_targets):
             [_distance(s, t, "mse") for s, t in zip(students, targets, strict=True)]
         )
     )
+
+
+def _normalised(energy, epsilon: float = 1e-12):
+    norm = ops.sqrt(ops.sum(ops.square(energy), axis=(1, 2), keepdims=True))
+    return energy / ops.maximum(norm, epsilon)
+
+
+def co_attention_target(generator_features, discriminator_features, weight=0.5):
+    """DMAD's co-attention target of one student tap.
+
+    `normalise(weight * A(f_G) + (1 - weight) * A(f_D))` where `A` is
+    `attention_map` (per-sample L2-normalised), `f_G` the teacher
+    generator's tap and `f_D` the teacher discriminator's features on the
+    *student's* output (its second LeakyReLU), resized to the tap's size
+    when they differ. The reference code mixes the raw maps `mean_c f^2`,
+    whose scales differ between the two networks; mixing the normalised
+    maps gives each the stated share. The mix is normalised again, as the
+    reference's loss normalises its target.
+
+    Args:
+        generator_features: The teacher generator's tap `(B, H, W, C)`.
+        discriminator_features: The teacher discriminator's features
+            `(B, H', W', C')` on the student's output.
+        weight: Share of the generator's map, in [0, 1].
+
+    Returns:
+        A `(B, H, W)` float32 map with unit L2 norm per sample, for
+        `attention_distillation_loss`.
+
+    Raises:
+        ValueError: On tensors that are not `(B, H, W, C)` or a `weight`
+            outside [0, 1].
+
+    Example:
+
+    >>> g = keras.ops.ones((1, 4, 4, 8))
+    >>> d = keras.ops.ones((1, 2, 2, 16))
+    >>> co_attention_target(g, d).shape
+    TensorShape([1, 4, 4])
+    """
+    if not 0.0 <= weight <= 1.0:
+        raise ValueError(f"weight must be in [0, 1], got {weight}.")
+    g_map = attention_map(generator_features)
+    d_map = attention_map(discriminator_features)
+    size = tuple(g_map.shape[1:3])
+    if tuple(d_map.shape[1:3]) != size:
+        if None in size:
+            size = tuple(ops.shape(g_map)[1:3])
+        d_map = _normalised(
+            ops.image.resize(d_map[..., None], size, interpolation="bilinear")[..., 0]
+        )
+    return _normalised(weight * g_map + (1.0 - weight) * d_map)
+
+
+def feature_norm_loss(x_feats, y_feats):
+    """Mean over the batch of the per-sample L2 norm `||f(x) - f(y)||_2`.
+
+    DMAD's teacher-discriminator distillation: the norm of the difference
+    of the teacher discriminator's features (its last LeakyReLU) on the
+    student's and on the teacher's outputs, weighted by 1e-4 in the paper
+    (batch 1, so the batch mean is the reference's norm).
+
+    Args:
+        x_feats: A tensor or a list of `(B, ...)` feature maps.
+        y_feats: The matching feature maps.
+
+    Returns:
+        A float32 scalar: the sum over maps.
+
+    Raises:
+        ValueError: On a count or shape mismatch.
+
+    Example:
+
+    >>> x = keras.ops.zeros((2, 2, 2, 1))
+    >>> float(feature_norm_loss(x, x + 1.0))
+    2.0
+    """
+    xs = _as_list(x_feats, "feature_norm_loss features")
+    ys = _as_list(y_feats, "feature_norm_loss features")
+    if len(xs) != len(ys):
+        raise ValueError(
+            f"feature_norm_loss: {len(xs)} feature tensors but {len(ys)} targets."
+        )
+    norms = []
+    for i, (x, y) in enumerate(zip(xs, ys, strict=True)):
+        _check_same_shape(x, y, f"feature_norm_loss (map {i})")
+        diff = _float(x) - _float(y)
+        axes = tuple(range(1, len(diff.shape)))
+        norms.append(ops.mean(ops.sqrt(ops.sum(ops.square(diff), axis=axes))))
+    return ops.sum(ops.stack(norms))
+
+
+def _in_band(weight, bound):
+    return ops.cast(ops.abs(weight) < bound, "float32")
+
+
+def mask_sparsity_loss(weight, bound, coefficients=None):
+    """DMAD's sparsity loss of one mask: `sum(1[|w| < b] * (w + b) * coeff)`.
+
+    Its gradient pushes every weight inside the band `[-b, b]` down (by
+    `coeff` per weight) towards `-b`, where the mask closes; weights outside
+    the band feel nothing. With the band closed (`b = 0`) it is 0.
+
+    Args:
+        weight: The mask weights `(C,)` of a `ChannelGate(mode="dmad")`.
+        bound: The band's half-width (scalar).
+        coefficients: Optional per-channel factors `(C,)` (the cross-block
+            group coefficients, `group_sparsity_coefficients`); no gradient
+            flows into them.
+
+    Returns:
+        A float32 scalar.
+
+    Example:
+
+    >>> float(mask_sparsity_loss([-2.0, -0.5, 0.5, 2.0], 1.0))
+    2.0
+    """
+    weight, bound = _float(weight), _float(bound)
+    terms = _in_band(weight, bound) * (weight + bound)
+    if coefficients is not None:
+        terms = terms * ops.stop_gradient(_float(coefficients))
+    return ops.sum(terms)
+
+
+def mask_binarising_loss(weight, bound):
+    """DMAD's binarising loss of one mask: `||(b - |w|)[|w| < b]||_2`.
+
+    Used on up-sampling masks instead of the sparsity loss: it pushes every
+    weight inside the band away from 0 towards the nearer edge, so the mask
+    becomes 0 or 1 without a preference for pruning. 0 when no weight is in
+    the band (and then without a NaN gradient).
+
+    Args:
+        weight: The mask weights `(C,)`.
+        bound: The band's half-width (scalar).
+
+    Returns:
+        A float32 scalar.
+
+    Example:
+
+    >>> round(float(mask_binarising_loss([-0.6, 0.2, 3.0], 1.0)), 4)
+    0.8944
+    """
+    weight, bound = _float(weight), _float(bound)
+    squares = ops.sum(_in_band(weight, bound) * ops.square(bound - ops.abs(weight)))
+    positive = squares > 0.0
+    return ops.where(positive, ops.sqrt(ops.where(positive, squares, 1.0)), 0.0)
+
+
+def group_sparsity_coefficients(weights, bound):
+    """DMAD's adaptive cross-block group sparsity coefficients.
+
+    The `G` masks of one residual group (the residual stream's channels
+    masked after down2 and after every ResBlock's second norm) decide each
+    channel together. Per channel: 0 if some mask is above the band
+    (`w > b`: the channel is alive anywhere, so it is kept whatever the
+    other masks do) or if every mask is below it (already pruned); else
+    `G / n` with `n` the number of masks inside the band, so a channel that
+    only a few masks still hold is pushed harder. No gradient flows through
+    the coefficients.
+
+    Args:
+        weights: The group's mask weights stacked `(G, C)`.
+        bound: The band's half-width (scalar).
+
+    Returns:
+        A `(C,)` float32 tensor.
+
+    Raises:
+        ValueError: If `weights` is not of rank 2.
+
+    Example:
+
+    >>> weights = [[2.0, -2.0, 0.5, -2.0], [0.5, -2.0, 0.5, 0.1]]
+    >>> group_sparsity_coefficients(weights, 1.0).numpy().tolist()
+    [0.0, 0.0, 1.0, 2.0]
+    """
+    weights = ops.stop_gradient(_float(weights))
+    if len(weights.shape) != 2:
+        raise ValueError(
+            "group_sparsity_coefficients needs (masks, channels) weights, got "
+            f"shape {tuple(weights.shape)}."
+        )
+    bound = _float(bound)
+    count = ops.cast(ops.shape(weights)[0], "float32")
+    above = ops.sum(ops.cast(weights > bound, "float32"), axis=0)
+    below = ops.sum(ops.cast(weights < -bound, "float32"), axis=0)
+    inside = count - above - below
+    settled = (above > 0.0) | (inside <= 0.0)
+    return ops.where(settled, 0.0, count / ops.maximum(inside, 1.0))
 
 
 def perceptual_loss(

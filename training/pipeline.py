@@ -10,7 +10,8 @@ one step budget:
    steps (none for the baselines);
 3. `slim`: plain, physically smaller models; optionally the generator is
    wrapped in a global colour skip (`tgc.models.with_colour_skip`), whose
-   MACs the budget the method builds to leaves room for;
+   MACs the budget the method builds to leaves room for (unless the
+   method opts out: `Method.colour_skip`);
 4. `refit`: least-squares refit of the student's convolutions to the
    teacher (`tgc.reconstruction`) on calibration images, when the student
    inherits the teacher's channels; skipped without calibration images;
@@ -447,6 +448,8 @@ def compress(
             f"{type(method).__name__}.split_steps({steps}) returned {split}: it "
             f"must be {{'search': n, 'finetune': m}} with n + m = {steps}."
         )
+    if not method.colour_skip:
+        colour_map = None
     seconds, histories = {}, {}
     directories, refit_images = {}, None
     if setup.validation is None:

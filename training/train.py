@@ -271,7 +271,9 @@ def run(**overrides) -> dict:
             student,
             os.path.join(output_dir, "student_int8.tflite"),
             quantization="int8",
-            representative_data=reference_pairs[0],
+            representative_data=None
+            if tgc.quantization.is_quantized(student)
+            else reference_pairs[0],
             input_shape=shape,
         ),
     }

@@ -47,7 +47,7 @@ from training import losses
 from training.image_pool import ImagePool
 
 MODES = ("paired", "unpaired")
-WHEN = ("before", "after")
+WHEN = ("before", "generator", "after")
 
 
 @dataclasses.dataclass
@@ -105,7 +105,11 @@ class OptimizerGroup:
             differentiated through everything the step computed in one
             tape, from `gate_masks` through both networks' forward passes
             and losses (`step.g_terms`, `step.d_terms`): pruning agents that
-            drive the gates.
+            drive the gates. `"generator"`: the variables minimise the
+            generator's loss, their gradients taken in the generator's own
+            backward pass (`losses` is not used): parameters of the
+            generator that want another optimizer (GAN Slimming's SGD on
+            the scale gates).
 
     Example:
 
@@ -518,6 +522,7 @@ class AdversarialTrainer(_TrackedModel):
         group_names = [
             name
             for group in self.groups
+            if group.when != "generator"
             for name in (f"{group.name}_loss", *group.loss_names)
         ]
         self._make_trackers(
@@ -723,6 +728,18 @@ class AdversarialTrainer(_TrackedModel):
         self._trackers[f"{group.name}_loss"].update_state(total)
         return total / _replicas()
 
+    def _apply_generator(self, loss, tape) -> None:
+        """One backward pass for the generator and its `"generator"` groups."""
+        shared = [g for g in self.groups if g.when == "generator"]
+        parts = [(self.optimizer, self.generator_variables())]
+        parts += [(g.optimizer, list(g.variables())) for g in shared]
+        grads = tape.gradient(loss, [v for _, variables in parts for v in variables])
+        start = 0
+        for optimizer, variables in parts:
+            end = start + len(variables)
+            optimizer.apply_gradients(zip(grads[start:end], variables, strict=True))
+            start = end
+
     def train_step(self, data):
         x, y = _unpack(data, f"{type(self).__name__} ({self.mode})")
         step = self.prepare_step(x, y)
@@ -754,7 +771,7 @@ class AdversarialTrainer(_TrackedModel):
                 g_loss = _total(step.g_terms)
                 scaled = g_loss / replicas
             with _paused(step_tape):
-                _apply(self.optimizer, scaled, g_tape, self.generator_variables())
+                self._apply_generator(scaled, g_tape)
             group_losses = [self._group_losses(group, step) for group in after]
         for group, loss in zip(after, group_losses, strict=True):
             _apply_group(group, loss, step_tape)

@@ -242,11 +242,15 @@ class Method(abc.ABC):
             default; its `__post_init__` may validate them.
         search_share: Fraction of the pipeline's steps given to the search
             phase by the default `split_steps`.
+        colour_skip: Whether the pipeline may wrap the slimmed generator in
+            the global colour skip (which resets its output layer); `False`
+            for a student that keeps the output layer it trained.
     """
 
     name: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     search_share: ClassVar[float] = 0.0
+    colour_skip: ClassVar[bool] = True
 
     def __init__(self, options=None, **overrides):
         if isinstance(options, self.Options):

@@ -1,0 +1,167 @@
+"""Tests of the gan_slimming methods: the README's model.fit example, the
+trainer's proximal pruning of the prunable gates, GS-8 and the options."""
+
+import functools
+import pathlib
+import re
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import keras_layers
+import tfgancompress as tgc
+from tfgancompress import proximal
+from training import methods
+from training.budget import Budget
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHAPE = (32, 32, 3)
+
+
+def _readme_block(section: str) -> str:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    parts = re.split(r"^## ", readme, flags=re.MULTILINE)
+    (text,) = [part for part in parts if part.startswith(section + "\n")]
+    (block,) = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    return block
+
+
+def _eager(get):
+    """`methods.get` whose search trainers run eagerly."""
+
+    def eager_get(*args, **kwargs):
+        method = get(*args, **kwargs)
+        search_trainer = method.search_trainer
+
+        def eager_search_trainer(*trainer_args, **trainer_kwargs):
+            trainer = search_trainer(*trainer_args, **trainer_kwargs)
+            trainer.run_eagerly = True
+            return trainer
+
+        method.search_trainer = eager_search_trainer
+        return method
+
+    return eager_get
+
+
+@pytest.fixture(scope="module")
+def teacher():
+    keras.utils.set_random_seed(0)
+    model = tgc.models.resnet_generator(ngf=16, n_blocks=1, affine=True)
+    rng = np.random.default_rng(0)
+    for layer in model.layers:
+        if getattr(layer, "gamma", None) is not None:
+            layer.gamma.assign(rng.uniform(0.3, 1.5, layer.gamma.shape))
+            layer.beta.assign(rng.uniform(-0.3, 0.3, layer.beta.shape))
+    return model
+
+
+@pytest.fixture(scope="module")
+def pairs(teacher):
+    views = np.random.default_rng(1).uniform(-1, 1, (8, *SHAPE)).astype("float32")
+    dataset = tf.data.Dataset.from_tensor_slices((views, teacher(views)))
+    return views, dataset.batch(2, drop_remainder=True).repeat()
+
+
+def test_readme_model_fit_example_slims_to_the_budget(teacher, pairs, monkeypatch):
+    views, dataset = pairs
+    # The example imports `training.methods`: its steps run eagerly here
+    # (tracing and compiling a step takes longer than its four runs).
+    monkeypatch.setattr(methods, "get", _eager(methods.get))
+    monkeypatch.setattr(
+        methods, "Setup", functools.partial(methods.Setup, jit_compile=False)
+    )
+    namespace = {"teacher": teacher, "pairs": dataset, "steps": 4}
+    exec(compile(_readme_block("GAN Slimming"), "README.md", "exec"), namespace)
+    generator, trainer = namespace["generator"], namespace["trainer"]
+    kinds = {type(layer) for layer in generator._flatten_layers(include_self=False)}
+    assert keras_layers.ChannelGate not in kinds
+    budget = namespace["setup"].budget
+    macs = tgc.profile(generator, budget.input_shape).macs
+    assert macs <= budget.macs
+    assert budget.teacher_macs / macs >= 20
+    # Extraction is exact: the slimmed generator computes the gated one.
+    np.testing.assert_allclose(
+        generator.predict(views, verbose=0),
+        trainer.generator.predict(views, verbose=0),
+        atol=1e-4,
+    )
+
+
+def _student(teacher, method_name: str, options: str = ""):
+    method = methods.get(method_name, options)
+    budget = Budget.resolve(teacher, macs_ratio=4, input_shape=SHAPE)
+    setup = methods.Setup(budget, ndf=8, jit_compile=False)
+    return method, setup, method.build(teacher, setup)
+
+
+def test_proximal_step_closes_the_prunable_gates_only(teacher, pairs):
+    method, setup, student = _student(teacher, "gan_slimming", "content=mse")
+    np.testing.assert_allclose(  # the student starts as the teacher
+        student.generator.predict(pairs[0], verbose=0), teacher(pairs[0]), atol=1e-5
+    )
+    trainer = method.search_trainer(student, teacher, setup, steps=2)
+    trainer.run_eagerly = True  # one step: tracing it would take longer
+    prunable = proximal.scale_gates(student.generator)
+    residual = [
+        gate
+        for gate in proximal.scale_gates(student.generator, residual=True)
+        if gate not in prunable
+    ]
+    gammas = {id(gate.gamma) for gate in prunable}
+    assert not gammas & {id(v) for v in trainer.generator_variables()}
+    trainer.rho.assign(1e4)  # threshold rho * 0.1 >> |gamma|
+    residual_before = [gate.gamma.numpy() for gate in residual]
+    history = trainer.fit(pairs[1], epochs=1, steps_per_epoch=1, verbose=0)
+    assert set(history.history) >= {"gan", "mse", "g_loss", "d_loss"}
+    assert all(not gate.gamma.numpy().any() for gate in prunable)
+    for gate, before in zip(residual, residual_before, strict=True):
+        assert gate.gamma.numpy().all()
+        assert not np.array_equal(gate.gamma.numpy(), before)  # trained by Adam
+
+
+def test_gs8_trains_quantization_aware_and_exports_without_data(
+    teacher, pairs, tmp_path
+):
+    method, setup, student = _student(teacher, "gan_slimming_int8", "content=mse")
+    assert method.options.quantize == "search"
+    assert tgc.quantization.is_quantized(student.generator)
+    trainer = method.search_trainer(student, teacher, setup, steps=2)
+    trainer.run_eagerly = True
+    trainer.fit(
+        pairs[1],
+        epochs=1,
+        steps_per_epoch=2,
+        callbacks=method.search_callbacks(student, setup, 2),
+        verbose=0,
+    )
+    student = method.slim(student)
+    generator = student.generator
+    assert tgc.quantization.is_quantized(generator)
+    assert tgc.profile(generator, SHAPE).macs <= setup.budget.macs
+    path = tgc.export.to_litert(generator, tmp_path / "g.tflite", "int8", None, SHAPE)
+    kernels = [
+        op
+        for op in tgc.export.litert_graph(path)
+        if op.name in ("CONV_2D", "TRANSPOSE_CONV")
+    ]
+    assert [op.output_dtypes for op in kernels[1:]] == [("int8",)] * (len(kernels) - 1)
+
+
+def test_options_are_checked():
+    assert methods.get("gan_slimming").options.beta == 20.0
+    assert methods.get("gan_slimming").options.quantize == "none"
+    with pytest.raises(ValueError, match="needs fine-tuning steps"):
+        methods.get("gan_slimming", "quantize=finetune")
+    with pytest.raises(ValueError, match="content must be one of"):
+        methods.get("gan_slimming", "content=l2")
+    with pytest.raises(ValueError, match="reach must be in"):
+        methods.get("gan_slimming", "reach=0")
+    with pytest.raises(ValueError, match="rho must be > 0"):
+        methods.get("gan_slimming", "rho=-1")
+    assert methods.get("gan_slimming", "search_share=0.5").split_steps(10) == {
+        "search": 5,
+        "finetune": 5,
+    }
