@@ -9,10 +9,13 @@ print(tgc.profile(teacher, (256, 256, 3)))
 """
 
 from tfgancompress import (
+    agents,
     cost,
     data,
+    density,
     export,
     latency,
+    lowering,
     masks,
     metrics,
     models,
@@ -30,11 +33,14 @@ from tfgancompress.surgery import live_channels, slim
 __all__ = [
     "LayerProfile",
     "ModelProfile",
+    "agents",
     "cost",
     "data",
+    "density",
     "export",
     "latency",
     "live_channels",
+    "lowering",
     "masks",
     "metrics",
     "models",
