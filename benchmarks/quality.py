@@ -35,7 +35,7 @@ from absl import app, flags, logging
 
 import tfgancompress as tgc
 from training import budget as budget_lib
-from training import evaluation, methods, pipeline, vintage
+from training import methods, pipeline, tasks
 from training.methods import base
 
 FLAGS = flags.FLAGS
@@ -253,8 +253,28 @@ def _views(views: Views, teacher, seed: int, work_dir: str):
             seed=seed,
             drop_remainder=False,
         )
-    inputs, targets = evaluation.as_arrays(dataset)
+    inputs, targets = (np.concatenate(part) for part in zip(*dataset, strict=True))
     return _as_uint8(inputs), _as_uint8(targets)
+
+
+class _Comparison:
+    """PSNR, SSIM and FD of outputs against fixed teacher outputs."""
+
+    def __init__(self, targets: np.ndarray):
+        self.targets = np.asarray(targets, np.float32)
+        self.features = tgc.metrics.compute_features(self.targets)
+
+    def score(self, outputs: np.ndarray) -> dict[str, float]:
+        outputs = np.asarray(outputs, np.float32)
+        frechet = tgc.metrics.FrechetDistance()
+        frechet.update_features(
+            real=self.features, fake=tgc.metrics.compute_features(outputs)
+        )
+        return {
+            "psnr": float(np.mean(tgc.metrics.psnr(self.targets, outputs))),
+            "ssim": float(np.mean(tgc.metrics.ssim(self.targets, outputs))),
+            "fd": max(0.0, float(frechet.result())),
+        }
 
 
 class Task:
@@ -264,10 +284,10 @@ class Task:
         self.seed = seed
         self.work_dir = work_dir
         self.teacher = tgc.models.pretrained("vintage")
-        config = {**vintage.DEFAULTS, "seed": seed}
-        self.held_out, self.reference = vintage.task_data(config)
+        loaded = tasks.load(seed=seed)
+        self.held_out, self.reference = loaded.held_out, loaded.reference
         self.colour_map = tgc.models.fit_colour_map(*self.reference, seed=seed)
-        self.comparison = evaluation.TeacherComparison(self.held_out[1])
+        self.comparison = _Comparison(self.held_out[1])
         inputs, targets = self.held_out
         self.identity_psnr = tgc.metrics.psnr(targets, inputs)
         self.macs_budget = int(macs_budget * 1e9)
@@ -444,20 +464,21 @@ def pixel_finetune(task: Task, student, recipe: Recipe) -> list[tuple[int, float
 def distill_finetune(task: Task, student, recipe: Recipe):
     """The main job's fine-tune: the `distill` method's trainer on its pairs."""
     views = recipe.train_views[0]
-    config = {
-        **vintage.DEFAULTS,
-        "batch_size": recipe.batch_size,
-        "crop_size": views.crop,
-        "crops_per_photo": views.per_photo,
-        "photo_size": views.photo_size,
-        "colour_jitter": views.jitter,
-        "seed": task.seed,
-    }
     setup = methods.Setup(
         budget_lib.Budget(task.macs_budget),
         learning_rate=recipe.learning_rate,
-        ndf=config["ndf"],
+        ndf=32,
         seed=task.seed,
+    )
+    pairs = tgc.data.vintage_pairs(
+        "train",
+        size=views.photo_size,
+        crop_size=views.crop,
+        crops_per_photo=views.per_photo,
+        colour_jitter=views.jitter,
+        batch_size=recipe.batch_size,
+        seed=task.seed,
+        repeat=True,
     )
     pair = methods.Student(student, base.discriminator(setup, 3))
     pipeline.finetune(
@@ -465,7 +486,7 @@ def distill_finetune(task: Task, student, recipe: Recipe):
         pair,
         task.teacher,
         setup,
-        vintage.training_data(config),
+        pairs,
         recipe.steps,
         verbose=0,
     )

@@ -6,13 +6,12 @@ Builds the pretrained vintage CycleGAN teacher and its uniform-width student
 (every layer cut to `--keep_ratio` of its filters by filter L1 norm, then
 slimmed: ~1/16 of the MACs at 1/4 width), exports the teacher (fp32) and the
 student (fp32 and full int8, calibrated on photos that are not evaluated),
-and times the three files interleaved with `tfgancompress.latency`
-(`--repeats` independent interleaved runs, each `--runs` rounds). Quality:
-PSNR of each file's output against the Keras teacher, and of the int8
-student against the fp32 student, on held-out photos (scikit-image
-astronaut, coffee, chelsea). The student is not fine-tuned, so its PSNR
-against the teacher is low; the int8-vs-fp32 difference is the number that
-matters here.
+and times the three files interleaved (`tgc.ship`: `--repeats` independent
+interleaved runs, each `--runs` rounds). Quality: PSNR of the student and
+of its int8 file against the Keras teacher, and of the int8 file against
+the student, on held-out photos (scikit-image astronaut, coffee, chelsea).
+The student is not fine-tuned, so its PSNR against the teacher is low; the
+int8-vs-fp32 difference is the number that matters here.
 
 Writes `speed.json`, `speed.md` and `speed.png` (per-op time of each model,
 stacked by op type) to `--output_dir`.
@@ -20,7 +19,6 @@ stacked by op type) to `--output_dir`.
 
 from __future__ import annotations
 
-import json
 import os
 import statistics
 import tempfile
@@ -31,7 +29,7 @@ from absl import app, flags, logging
 
 import keras_layers
 import tfgancompress as tgc
-from tfgancompress import export, latency, schedules
+from tfgancompress import latency, reports, schedules
 
 FLAGS = flags.FLAGS
 EVAL_PHOTOS = ("astronaut", "coffee", "chelsea")
@@ -61,32 +59,6 @@ def uniform_student(keep_ratio: float) -> keras.Model:
         if isinstance(layer, keras_layers.ChannelGate):
             schedules.apply_sparsity(layer, 1.0 - keep_ratio, importance[layer.name])
     return tgc.slim(gated)
-
-
-def psnr(a: np.ndarray, b: np.ndarray) -> float:
-    """PSNR in dB of images in [-1, 1] (peak-to-peak 2)."""
-    return float(10.0 * np.log10(4.0 / np.mean((a - b) ** 2)))
-
-
-def _outputs(path: str, images: np.ndarray, threads: int) -> np.ndarray:
-    return np.concatenate(
-        [export.run_litert(path, image[None], num_threads=threads) for image in images]
-    )
-
-
-def _quality(paths: dict, teacher_out: np.ndarray, images, threads: int) -> dict:
-    outputs = {name: _outputs(path, images, threads) for name, path in paths.items()}
-    quality = {
-        name: statistics.fmean(
-            psnr(o, t) for o, t in zip(out, teacher_out, strict=True)
-        )
-        for name, out in outputs.items()
-    }
-    quality["student_int8_vs_fp32"] = statistics.fmean(
-        psnr(a, b)
-        for a, b in zip(outputs["student_int8"], outputs["student_fp32"], strict=True)
-    )
-    return quality
 
 
 def _summary(report: dict) -> dict:
@@ -215,70 +187,59 @@ def run(
     """Builds, exports, times and evaluates; writes and returns the report."""
     os.makedirs(output_dir, exist_ok=True)
     work = tempfile.mkdtemp(prefix="tgc_speed_")
-    shape = (1, size, size, 3)
-    print("[1/4] teacher and uniform student", flush=True)
+    shape = (size, size, 3)
+    print("[1/3] teacher and uniform student", flush=True)
     teacher = tgc.models.pretrained("vintage")
     student = uniform_student(keep_ratio)
-    macs = {
-        "teacher_fp32": tgc.profile(teacher, shape[1:]).macs,
-        "student_fp32": tgc.profile(student, shape[1:]).macs,
-    }
-    macs["student_int8"] = macs["student_fp32"]
-    print("[2/4] exporting (teacher fp32, student fp32 and int8)", flush=True)
+    print(
+        "[2/3] shipping: teacher fp32, student fp32 and int8; quality on "
+        "held-out photos",
+        flush=True,
+    )
     calibration = photos(CALIBRATION_PHOTOS, size)
     calibration = np.concatenate([calibration, calibration[:, :, ::-1]])
-    paths = {
-        "teacher_fp32": export.to_litert(
-            teacher, os.path.join(work, "teacher_fp32.tflite"), input_shape=shape
-        ),
-        "student_fp32": export.to_litert(
-            student, os.path.join(work, "student_fp32.tflite"), input_shape=shape
-        ),
-        "student_int8": export.to_litert(
-            student,
-            os.path.join(work, "student_int8.tflite"),
-            quantization="int8",
-            representative_data=calibration,
-            input_shape=shape,
-        ),
-    }
-    print("[3/4] quality on held-out photos", flush=True)
-    images = photos(EVAL_PHOTOS, size)
-    teacher_out = np.asarray(teacher(images, training=False))
-    quality = _quality(
-        {k: v for k, v in paths.items() if k != "teacher_fp32"},
-        teacher_out,
-        images,
-        threads,
+    shipment = tgc.ship.ship(
+        {"teacher_fp32": teacher, "student_fp32": student},
+        work,
+        inputs=photos(EVAL_PHOTOS, size),
+        int8={"student_int8": "student_fp32"},
+        calibration=calibration,
+        input_shape=shape,
+        threads=threads,
+        distributions=False,
+        timing=False,
     )
-    print(f"[4/4] timing, {repeats} interleaved runs", flush=True)
+    files = {"teacher_fp32": os.path.join(work, "teacher_fp32.tflite")}
+    tgc.export.to_litert(teacher, files["teacher_fp32"], input_shape=(1, *shape))
+    files.update(shipment.files)
+    students = ("student_fp32", "student_int8")
+    quality = {name: shipment.rows[name]["psnr"] for name in students}
+    quality["student_int8_vs_fp32"] = float(
+        np.mean(tgc.metrics.psnr(*(shipment.outputs[name] for name in students)))
+    )
+    print(f"[3/3] timing, {repeats} interleaved runs", flush=True)
     report = {
         "size": size,
         "keep_ratio": keep_ratio,
         "threads": threads,
         "runs": runs,
-        "macs": macs,
+        "macs": {name: shipment.rows[name]["macs"] for name in files},
         "psnr": quality,
         "repeats": [],
     }
     for repeat in range(repeats):
-        comparison = latency.compare_latency(
-            paths,
-            num_threads=threads,
+        comparison = tgc.ship.time_files(
+            files,
             runs=runs,
+            threads=threads,
             warmup=warmup,
             profile_ops=repeat == repeats - 1,
             op_runs=op_runs,
         )
         report["repeats"].append(comparison.to_dict())
     report["summary"] = _summary(report)
-    with open(os.path.join(output_dir, "speed.json"), "w", encoding="utf-8") as file:
-        json.dump(report, file, indent=1)
-    markdown = to_markdown(report)
-    with open(os.path.join(output_dir, "speed.md"), "w", encoding="utf-8") as file:
-        file.write(markdown)
+    reports.write_report(output_dir, "speed", report, to_markdown(report))
     plot_ops(report, os.path.join(output_dir, "speed.png"))
-    print(markdown)
     return report
 
 
@@ -292,10 +253,11 @@ def _define_flags() -> None:
     flags.DEFINE_integer("repeats", 2, "Independent interleaved runs.", lower_bound=1)
     flags.DEFINE_integer("threads", 2, "LiteRT CPU threads.", lower_bound=1)
     flags.DEFINE_integer("op_runs", 3, "Timed runs per op for the profiles.")
+    flags.DEFINE_bool("verbose", False, "Show TensorFlow's and LiteRT's C++ log lines.")
 
 
 def main(argv):
-    logging.set_verbosity(logging.WARNING)
+    logging.set_verbosity(logging.INFO if FLAGS.verbose else logging.WARNING)
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if FLAGS.keep_ratio > 1.0:

@@ -1,35 +1,18 @@
 """The main job end to end at toy sizes, and its references."""
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
+from tiny_tasks import TRAINING, VIEW_SETTINGS, write_photos, write_pth_teacher
 
-from training import evaluation, train
+from tfgancompress import console
+from training import train
 from training.budget import BudgetError
-
-
-def test_colour_map_reference_recovers_a_linear_map():
-    rng = np.random.default_rng(0)
-    inputs = rng.uniform(-1, 1, (2, 16, 16, 3)).astype("float32")
-    matrix = np.array([[0.8, 0.1, 0.0], [0.0, 0.9, 0.1], [0.1, 0.0, 0.7]])
-    targets = (inputs @ matrix + 0.05).astype("float32")
-    mapped = evaluation.colour_map_reference((inputs, targets))(inputs)
-    np.testing.assert_allclose(mapped, targets, atol=1e-4)
-
-
-def test_teacher_comparison_scores():
-    rng = np.random.default_rng(1)
-    targets = rng.uniform(-1, 1, (4, 32, 32, 3)).astype("float32")
-    scores = evaluation.TeacherComparison(targets).score(targets * 0.5)
-    expected = 10 * np.log10(4 / np.mean((targets * 0.5) ** 2, axis=(1, 2, 3)))
-    assert scores["psnr"] == pytest.approx(np.mean(expected), rel=1e-4)
-    assert scores["l1"] == pytest.approx(np.mean(np.abs(targets * 0.5)), rel=1e-4)
-    assert scores["fd"] > 0
-    same = evaluation.TeacherComparison(targets).score(targets)
-    assert same["fd"] == pytest.approx(0.0, abs=1e-3)
-
 
 SMALL = {
     "steps": 2,
@@ -43,7 +26,7 @@ SMALL = {
     "ndf": 8,
     "latency_runs": 2,
     "jit_compile": False,
-    "verbose": 0,
+    "progress": 0,
 }
 
 
@@ -64,11 +47,14 @@ def test_main_job_writes_everything(tmp_path):
     assert report["macs_ratio"] >= 20
     assert rows["student"]["macs"] <= report["macs_budget"]
     assert rows["teacher"]["psnr"] == float("inf")
+    assert saved["rows"]["teacher"]["psnr"] is None  # strict JSON
     assert np.isfinite(rows["identity"]["psnr"])
-    assert rows["student"]["latency_ms"] > 0
+    assert rows["student"]["latency_ms"] > 0 and rows["student_int8"]["speedup"] > 0
     assert report["reconstruction_views"] == 8
     assert np.isfinite(report["initial_psnr"])
     assert "refitted by least squares on 8" in (tmp_path / "report.md").read_text()
+    assert saved["photos"]["held_out"] == 9 and saved["photos"]["validation"] == 16
+    assert set(saved["phase_seconds"]) >= {"task", "build", "refit", "finetune", "ship"}
     grid = np.asarray(Image.open(tmp_path / "samples.png"))
     assert grid.shape == (64 * report["eval_images"], 64 * 4, 3)
     with pytest.raises(ValueError, match="Unknown settings"):
@@ -76,9 +62,55 @@ def test_main_job_writes_everything(tmp_path):
 
 
 def test_main_job_rejects_unknown_methods_options_and_budgets(tmp_path):
-    with pytest.raises(ValueError, match="Unknown method 'gcc'; available: distill"):
-        train.run(method="gcc")
+    with pytest.raises(ValueError, match="Unknown method 'nope'; available: distill"):
+        train.run(method="nope")
     with pytest.raises(ValueError, match=r"\['lambda'\].*known: lambda_gan"):
         train.run(method="uniform", method_options="lambda=1")
     with pytest.raises(BudgetError, match="out of reach for method 'uniform'"):
         train.run(**SMALL, method="uniform", macs_ratio=1e6, output_dir=str(tmp_path))
+
+
+def _console_lines(output: str) -> list[str]:
+    """The lines a person reads besides progress bars and the final report."""
+    lines = output.replace("\r", "\n").splitlines()
+    report = next(i for i, line in enumerate(lines) if line.startswith("# "))
+    return [
+        line
+        for line in lines[:report]
+        if line.strip() and "\u2501" not in line and not line.startswith("Epoch ")
+    ]
+
+
+def test_your_teacher_and_photos_end_to_end(tmp_path):
+    """`--teacher=G.pth --photos=DIR`, run as a command: files, report, console."""
+    write_pth_teacher(tmp_path / "G.pth")
+    write_photos(tmp_path / "photos", 8)
+    write_photos(tmp_path / "held_out", 2, seed=5)
+    settings = {**TRAINING, **VIEW_SETTINGS}
+    del settings["progress"], settings["jit_compile"]
+    command = [
+        sys.executable,
+        "-m",
+        "training.train",
+        f"--teacher={tmp_path / 'G.pth'}",
+        f"--photos={tmp_path / 'photos'}",
+        f"--held_out={tmp_path / 'held_out'}",
+        f"--output_dir={tmp_path / 'out'}",
+        "--nojit_compile",
+        *(f"--{key}={value}" for key, value in settings.items()),
+    ]
+    environment = {**os.environ, "TFGANCOMPRESS_CACHE": str(tmp_path / "cache")}
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=environment, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = tmp_path / "out"
+    for name in ("student.keras", "student.tflite", "student_int8.tflite"):
+        assert (out / name).stat().st_size > 0
+    report = json.loads((out / "report.json").read_text())
+    assert report["task"] == "photos" and report["photos"]["held_out"] == 2
+    assert report["photos"]["train"] + report["photos"]["validation"] == 8
+    assert report["macs_ratio"] >= 20 and report["rows"]["student"]["psnr"] > 0
+    lines = _console_lines(result.stdout + result.stderr)
+    assert len(lines) < 30, "\n".join(lines)
+    assert not [line for line in lines if console.is_noise(line)]

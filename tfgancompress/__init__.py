@@ -8,11 +8,17 @@ print(tgc.profile(teacher, (256, 256, 3)))
 ```
 """
 
+from tfgancompress import console  # first: it acts before TensorFlow loads
+
+# isort: split
 from tfgancompress import (
+    agents,
     cost,
     data,
+    density,
     export,
     latency,
+    lowering,
     masks,
     metrics,
     models,
@@ -22,6 +28,7 @@ from tfgancompress import (
     reconstruction,
     schedules,
     search,
+    ship,
     surgery,
 )
 from tfgancompress.profile import LayerProfile, ModelProfile, profile
@@ -30,11 +37,15 @@ from tfgancompress.surgery import live_channels, slim
 __all__ = [
     "LayerProfile",
     "ModelProfile",
+    "agents",
+    "console",
     "cost",
     "data",
+    "density",
     "export",
     "latency",
     "live_channels",
+    "lowering",
     "masks",
     "metrics",
     "models",
@@ -45,6 +56,7 @@ __all__ = [
     "reconstruction",
     "schedules",
     "search",
+    "ship",
     "slim",
     "surgery",
 ]

@@ -5,14 +5,15 @@
 Loads the pretrained vintage CycleGAN generator, prunes every layer to
 `--keep_ratio` of its filters by filter L1 norm (residual channels ranked
 together), cuts the pruned channels out with `slim`, checks that the slimmed
-model computes exactly what the gated one does, exports both networks to
-LiteRT and times them side by side. The pruned student is *not fine-tuned*
-here (training is what `training/` adds), so its images show what pruning
-alone does; the speed and size numbers are the real ones.
+model computes exactly what the gated one does, then ships both networks
+(`tgc.ship`): LiteRT export, PSNR/SSIM against the teacher on held-out
+photos, both files timed side by side. The pruned student is *not
+fine-tuned* here (training is what `training/` adds), so its images show
+what pruning alone does; the speed and size numbers are the real ones.
 
 Writes to `--output_dir`: `student.keras`, `teacher.tflite`,
-`student.tflite`, `samples.png` (input | teacher | pruned student) and
-`report.md` / `report.json`.
+`student.tflite`, `samples.png` (input | teacher | pruned student |
+|teacher - student| x4) and `report.md` / `report.json`.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import numpy as np
 from absl import app, flags, logging
 
 import tfgancompress as tgc
-from tfgancompress import export, latency, reports
+from tfgancompress import reports
 from tfgancompress.atomic import atomic_path
 
 FLAGS = flags.FLAGS
@@ -41,6 +42,7 @@ def define_flags() -> None:
     flags.DEFINE_integer("size", 256, "Square input size for profiling and export.")
     flags.DEFINE_integer("runs", 20, "Timed LiteRT runs per model.", lower_bound=1)
     flags.DEFINE_integer("threads", 2, "LiteRT CPU threads.", lower_bound=1)
+    flags.DEFINE_bool("verbose", False, "Show TensorFlow's and LiteRT's C++ log lines.")
 
 
 SAMPLE_PHOTOS = 4
@@ -62,13 +64,14 @@ def _report_markdown(report: dict) -> str:
         f"{report['size']}x{report['size']}, {report['threads']} threads, "
         f"median of {report['runs']} interleaved runs. Not fine-tuned.",
         "",
-        "| model | MACs | params | LiteRT ms | .tflite MB |",
-        "|---|---:|---:|---:|---:|",
+        "| model | MACs | params | LiteRT ms | .tflite MB | PSNR vs teacher dB |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for name, row in (("teacher", teacher), ("student", student)):
+        psnr = "" if name == "teacher" else f"{row['psnr']:.2f}"
         lines.append(
             f"| {name} | {row['macs'] / 1e9:.2f} G | {row['params'] / 1e6:.2f} M "
-            f"| {row['latency_ms']:.1f} | {row['tflite_mb']:.1f} |"
+            f"| {row['latency_ms']:.1f} | {row['tflite_mb']:.1f} | {psnr} |"
         )
     lines += [
         "",
@@ -86,10 +89,10 @@ def run(output_dir: str, keep_ratio: float, size: int, runs: int, threads: int):
     """Runs the tour and writes its outputs; returns the report dict."""
     os.makedirs(output_dir, exist_ok=True)
     shape = (size, size, 3)
-    print("[1/5] loading the pretrained vintage teacher", flush=True)
+    print("[1/3] loading the pretrained vintage teacher", flush=True)
     teacher = tgc.models.pretrained("vintage")
 
-    print(f"[2/5] pruning to {keep_ratio:.0%} of the filters and slimming", flush=True)
+    print(f"[2/3] pruning to {keep_ratio:.0%} of the filters and slimming", flush=True)
     gated = tgc.pruning.add_gates(teacher, "binary")
     tgc.pruning.prune_gates_by_l1(gated, keep_ratio)
     student = tgc.slim(gated)
@@ -98,27 +101,26 @@ def run(output_dir: str, keep_ratio: float, size: int, runs: int, threads: int):
     student_out = np.asarray(student(photos, training=False))
     with atomic_path(os.path.join(output_dir, "student.keras")) as temporary:
         student.save(temporary)
-    models = {"teacher": teacher, "student": student}
 
-    print("[3/5] profiling", flush=True)
-    profiles = {
-        "teacher": tgc.profile(teacher, shape),
-        "student": tgc.profile(student, shape),
-    }
-
-    print("[4/5] exporting to LiteRT (fp32)", flush=True)
-    paths = {}
-    for name, model in models.items():
-        paths[name] = export.to_litert(
-            model, os.path.join(output_dir, f"{name}.tflite"), input_shape=(1, *shape)
-        )
-    litert_out = export.run_litert(paths["student"], photos[:1], num_threads=threads)
-
-    print(f"[5/5] timing both files, {runs} interleaved runs each", flush=True)
-    timing = latency.compare_latency(paths, runs=runs, num_threads=threads)
-    teacher_out = np.asarray(teacher(photos, training=False))
-    reports.save_image_grid(
-        os.path.join(output_dir, "samples.png"), [photos, teacher_out, student_out]
+    print(
+        f"[3/3] shipping: LiteRT export, quality, {runs} interleaved timing runs",
+        flush=True,
+    )
+    shipment = tgc.ship.ship(
+        {"teacher": teacher, "student": student},
+        output_dir,
+        inputs=photos,
+        input_shape=shape,
+        runs=runs,
+        threads=threads,
+        distributions=False,
+    )
+    litert_out = tgc.ship.litert_outputs(shipment.files["student"], photos[:1])
+    reports.save_comparison_grid(
+        os.path.join(output_dir, "samples.png"),
+        photos,
+        shipment.outputs["teacher"],
+        student_out,
     )
     report = {
         "keep_ratio": keep_ratio,
@@ -129,20 +131,19 @@ def run(output_dir: str, keep_ratio: float, size: int, runs: int, threads: int):
         "litert_max_abs_diff": float(np.abs(litert_out - student_out[:1]).max()),
     }
     for name in ("teacher", "student"):
+        row = shipment.rows[name]
         report[name] = {
-            "macs": profiles[name].macs,
-            "params": profiles[name].params,
-            "latency_ms": timing.results[name].median_ms,
-            "tflite_mb": os.path.getsize(paths[name]) / 2**20,
+            **{key: row[key] for key in ("macs", "params", "latency_ms", "psnr")},
+            "tflite_mb": os.path.getsize(row["file"]) / 2**20,
         }
     report["macs_ratio"] = report["teacher"]["macs"] / report["student"]["macs"]
-    report["speedup"] = timing.speedup["student"]
+    report["speedup"] = shipment.rows["student"]["speedup"]
     reports.write_report(output_dir, "report", report, _report_markdown(report))
     return report
 
 
 def main(argv):
-    logging.set_verbosity(logging.WARNING)
+    logging.set_verbosity(logging.INFO if FLAGS.verbose else logging.WARNING)
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     if FLAGS.keep_ratio > 1.0:

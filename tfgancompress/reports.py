@@ -6,8 +6,9 @@ Every file is written atomically (`tfgancompress.atomic`): complete or absent.
 from __future__ import annotations
 
 import json
+import math
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
@@ -29,6 +30,40 @@ def save_image_grid(path: str, columns: Sequence[np.ndarray]) -> None:
     pixels = np.clip((grid + 1.0) * 127.5 + 0.5, 0, 255).astype(np.uint8)
     with atomic_path(path) as temporary:
         Image.fromarray(pixels).save(temporary)
+
+
+def difference_image(
+    first: np.ndarray, second: np.ndarray, gain: float = 4.0
+) -> np.ndarray:
+    """`|first - second| * gain` as an image in [-1, 1]: black where equal.
+
+    Args:
+        first: Images in [-1, 1].
+        second: Images of the same shape.
+        gain: Amplification (a difference of `2 / gain` is white).
+    """
+    difference = np.abs(np.asarray(first) - np.asarray(second)) * gain
+    return (np.clip(difference, 0.0, 2.0) - 1.0).astype(np.float32)
+
+
+def save_comparison_grid(
+    path: str,
+    inputs: np.ndarray,
+    teacher: np.ndarray,
+    student: np.ndarray,
+    gain: float = 4.0,
+) -> None:
+    """Saves `input | teacher | student | |teacher - student| x gain` rows as a PNG.
+
+    Args:
+        path: PNG path.
+        inputs: `(N, H, W, 3)` inputs in [-1, 1].
+        teacher: The teacher's outputs on them.
+        student: The student's outputs on them.
+        gain: Amplification of the difference column.
+    """
+    difference = difference_image(teacher, student, gain)
+    save_image_grid(path, [inputs, teacher, student, difference])
 
 
 def plot_channels(channels, path: str, title: str = "") -> None:
@@ -60,6 +95,32 @@ def plot_channels(channels, path: str, title: str = "") -> None:
             figure.savefig(temporary, dpi=100)
     finally:
         plt.close(figure)
+
+
+def strict_json(value):
+    """`value` made strict JSON: non-finite floats become `None` (null).
+
+    JSON has no `Infinity` or `NaN` (Python's `json` writes them, other
+    readers reject the file). Mappings, lists/tuples and numpy scalars and
+    arrays are converted recursively.
+    """
+    if isinstance(value, Mapping):
+        return {str(key): strict_json(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [strict_json(item) for item in value]
+    if isinstance(value, np.ndarray):
+        return strict_json(value.tolist())
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: str, value) -> None:
+    """Writes `value` as strict JSON (`strict_json`), atomically."""
+    with atomic_write(path) as file:
+        json.dump(strict_json(value), file, indent=2, allow_nan=False)
 
 
 def plot_mask_trajectory(
@@ -111,15 +172,16 @@ def plot_mask_trajectory(
 def write_report(output_dir: str, stem: str, report: dict, markdown: str) -> None:
     """Writes `<stem>.json` and `<stem>.md` to `output_dir` and prints the table.
 
+    The JSON is strict (`strict_json`: an infinite PSNR is written as null).
+
     Args:
         output_dir: Existing folder.
         stem: File name without extension.
-        report: JSON-serializable results.
+        report: JSON-serializable results (numpy scalars allowed).
         markdown: The human-readable version.
     """
     path = os.path.join(output_dir, stem)
-    with atomic_write(f"{path}.json") as file:
-        json.dump(report, file, indent=2)
+    write_json(f"{path}.json", report)
     with atomic_write(f"{path}.md") as file:
         file.write(markdown)
     print(markdown)

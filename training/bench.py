@@ -1,243 +1,330 @@
-"""The method benchmark: every method on the vintage task, one table.
+"""The method benchmark: every method on one task at one budget, one table.
 
-    python -m training.bench --steps=300 --output_dir=benchmarks/results
+    python -m training.bench --steps=300              # every row, cached ones reused
+    python -m training.bench --methods=gcc            # train (or update) gcc only
+    python -m training.bench --methods=distill --retrain
+    python -m training.bench --variant=distill_pixel=distill:lambda_distill=0
 
-Rows: the teacher; the two references a real student must beat (identity,
-and the best global colour map fitted on training pairs); and every
-registered method (`training.methods.available()`), among them the
-baselines (`uniform`: the teacher's architecture at the budget's width
-trained from scratch, `distill`: the L1-pruned teacher, refitted by least
-squares and trained with pixel + feature distillation + GAN loss). Each
-trained row uses the same MACs budget (`--macs_ratio`, default 20, or
-`--macs_budget`), step count, seed and data (built-in photos; quality
-measured against the teacher on photos whose *sources* were held out of
-training). Latency: all LiteRT files
-timed interleaved in one run (fp32 and int8, 2 threads), so the speed-ups
-share the machine's noise.
+Rows: the teacher; the two references a real student must beat (the
+identity, and the task's least-squares global colour map); then every
+registered method (`training.methods.available()`, found automatically,
+the baselines `uniform` and `distill` first) and every option variant
+(`VARIANTS`, `--variant=label=method:key=value,...`). All trained rows
+share one MACs budget (`--macs_ratio`, default 20, or `--macs_budget`),
+one task (the vintage task by default; `--teacher`/`--photos`/`--pairs` as
+in `training.train`), one seed and one step budget.
 
-Writes `vintage.json`, `vintage.md` (with the command that made it) and
-`vintage.png` (MACs vs PSNR) to `--output_dir`.
+Each trained row is trained on its own through `training.train.compress`
+and cached under `<work_dir>/rows/<row>-<key>/`, the key a hash of the
+method, its options, the budget, the steps and the other training settings,
+the seed and the task's data (`training.train.run_key`). A finished row
+holds `student.keras`, `student.tflite`, `student_int8.tflite`,
+`samples.png` and, written last and atomically, `row.json` (quality of the
+fp32 model and of the int8 file against the teacher on the held-out photos,
+MACs, parameters, discriminator MACs before/after slimming, training
+time). A killed benchmark resumes where it stopped: finished rows are read
+back, an unfinished one resumes from its checkpoints. `--methods` lists
+the rows to produce now; every other row cached under the same settings is
+reused, so `--methods=gcc` trains gcc and keeps the others. `--retrain`
+trains the listed rows again.
+
+Then one pass times every row's fp32 and int8 LiteRT file and the
+teacher's, interleaved (`tgc.ship.time_files`), so the speed-ups share the
+machine's noise. Writes `<task>.json` (strict JSON), `<task>.md` (with the
+command that made it), `<task>.png` (MACs vs PSNR, every row) and
+`<task>_latency.png` (measured latency vs MACs) to `--output_dir`.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
+import math
 import os
+import shutil
 import sys
 
-import numpy as np
+import keras
 from absl import app, flags, logging
 
 import tfgancompress as tgc
 from tfgancompress import latency, reports
-from training import evaluation, methods, vintage
-from training.budget import DEFAULT_MACS_RATIO
+from tfgancompress.atomic import atomic_path
+from training import methods, ship, tasks, train
+from training.budget import BudgetError
 
-REFERENCES = ("identity", "colour_map")
+REFERENCES = ("teacher", "identity", "colour_map")
+BASELINES = ("uniform", "distill")
+# Option variants benchmarked as rows of their own: {label: (method, options)}.
+# A variant a method's module registers as a method of its own (e.g.
+# `gan_slimming_int8`) is a row already.
+VARIANTS: dict[str, tuple[str, str]] = {}
 
 FLAGS = flags.FLAGS
 
 
-def define_flags() -> None:
-    """Defines the command-line flags (only when run as a script)."""
-    flags.DEFINE_list(
-        "methods",
-        ["teacher", *REFERENCES, *methods.available()],
-        "Rows to produce: teacher, identity, colour_map and registered methods.",
-    )
-    flags.DEFINE_integer("steps", 300, "Training steps of every trained row.")
-    flags.DEFINE_float(
-        "macs_ratio",
-        DEFAULT_MACS_RATIO,
-        "Every student costs at most 1/macs_ratio of the teacher's MACs.",
-        lower_bound=1.0,
-    )
-    flags.DEFINE_float(
-        "macs_budget", None, "Student G MACs (1e9) at 256x256; overrides --macs_ratio."
-    )
-    flags.DEFINE_integer("seed", 0, "Seed of every trained row.")
-    flags.DEFINE_bool("colour_skip", True, "Wrap the students in a global colour skip.")
-    flags.DEFINE_integer(
-        "reconstruction_views",
-        vintage.DEFAULTS["reconstruction_views"],
-        "Views for the distill student's least-squares refit (0: off).",
-        lower_bound=0,
-    )
-    flags.DEFINE_integer("eval_size", 256, "Side of the held-out evaluation images.")
-    flags.DEFINE_integer("latency_runs", 10, "Interleaved LiteRT timing rounds.")
-    flags.DEFINE_string("output_dir", "benchmarks/results", "Where to write results.")
+@dataclasses.dataclass(frozen=True)
+class Row:
+    """A trained row: a method with options, under a label."""
+
+    label: str
+    method: str
+    options: str = ""
+
+    def make(self) -> methods.Method:
+        """The configured method."""
+        return methods.get(self.method, self.options)
 
 
-def _train_row(method: str, teacher, held_out, config: dict):
-    """Trains one student; returns (student, fp32 path, int8 path, seconds)."""
-    run_dir = os.path.join(config["output_dir"], "runs", method)
-    os.makedirs(run_dir, exist_ok=True)
-    result, _ = vintage.compress(
-        methods.get(method),
-        teacher,
-        {**config, "method": method, "output_dir": run_dir},
-        config["colour_map"],
-        held_out,
-    )
-    student = result.student.generator
-    seconds = sum(result.seconds.get(phase, 0.0) for phase in ("search", "finetune"))
-    shape = (config["eval_size"], config["eval_size"], 3)
-    fp32 = tgc.export.to_litert(
-        student, os.path.join(run_dir, "student.tflite"), input_shape=shape
-    )
-    int8 = tgc.export.to_litert(
-        student,
-        os.path.join(run_dir, "student_int8.tflite"),
-        quantization="int8",
-        representative_data=None
-        if tgc.quantization.is_quantized(student)
-        else config["calibration"],
-        input_shape=shape,
-    )
-    return student, fp32, int8, seconds
+def parse_variant(spec: str) -> tuple[str, tuple[str, str]]:
+    """`"label=method:key=value,..."` -> `(label, (method, options))`.
+
+    Raises:
+        ValueError: If the spec is malformed or the label is not an identifier.
+    """
+    label, equals, rest = spec.partition("=")
+    method, _, options = rest.partition(":")
+    if not equals or not label.isidentifier() or not method:
+        raise ValueError(
+            f"A variant is label=method:key=value,..., got {spec!r} (the label "
+            "an identifier)."
+        )
+    return label, (method, options)
 
 
-def _check_rows(rows) -> None:
-    unknown = sorted(set(rows) - {"teacher", *REFERENCES, *methods.available()})
+def known_rows(variants: dict[str, tuple[str, str]] | None = None) -> dict[str, Row]:
+    """Every trained row: registered methods (baselines first), then variants."""
+    names = [n for n in BASELINES if n in methods.available()]
+    names += [n for n in methods.available() if n not in BASELINES]
+    rows = {name: Row(name, name) for name in names}
+    for label, (method, options) in {**VARIANTS, **(variants or {})}.items():
+        rows[label] = Row(label, method, options)
+    return rows
+
+
+def _check_names(names, rows: dict[str, Row]) -> None:
+    unknown = sorted(set(names) - {*REFERENCES, *rows})
     if unknown:
         raise ValueError(
-            f"Unknown methods {unknown}; available: teacher, "
-            f"{', '.join([*REFERENCES, *methods.available()])}."
+            f"Unknown rows {unknown}; available: {', '.join([*REFERENCES, *rows])}."
         )
 
 
-def run(names, output_dir: str, **settings) -> dict:
+def row_dir(work_dir: str, label: str, key: str) -> str:
+    """Where the row `label` trained under `key` is cached."""
+    return os.path.join(work_dir, "rows", f"{label}-{key}")
+
+
+def load_row(directory: str) -> dict | None:
+    """A finished row's results, or `None` if it is not finished."""
+    path = os.path.join(directory, "row.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as file:
+        return json.load(file)
+
+
+def train_row(row: Row, task: tasks.TaskData, config: dict, directory: str) -> dict:
+    """Trains, exports and scores one row in `directory`; returns its results."""
+    method = row.make()
+    budget = train.budget_for(task, config)
+    os.makedirs(directory, exist_ok=True)
+    checkpoints = os.path.join(directory, "checkpoints")
+    result, d_macs = train.compress(method, task, config, budget, checkpoints)
+    student = result.student.generator
+    with atomic_path(os.path.join(directory, "student.keras")) as temporary:
+        student.save(temporary)
+    shipped = ship.ship(student, task, directory, timing=False)
+    fp32, int8 = shipped["rows"]["student"], shipped["rows"]["student_int8"]
+    results = {
+        "method": row.label,
+        "base_method": row.method,
+        "options": method.describe()["options"],
+        "macs": fp32["macs"],
+        "params": fp32["params"],
+        "d_macs": d_macs or None,
+        "steps": config["steps"],
+        "phase_steps": result.steps,
+        "train_seconds": sum(
+            result.seconds.get(phase, 0.0) for phase in ("search", "match", "finetune")
+        ),
+        "phase_seconds": result.seconds,
+        **{k: fp32[k] for k in ("psnr", "ssim", "l1", "fd", "kid")},
+        **{f"{k}_int8": int8[k] for k in ("psnr", "ssim", "l1", "fd", "kid")},
+        "files": {"fp32": fp32["file"], "int8": int8["file"]},
+    }
+    reports.write_json(os.path.join(directory, "row.json"), results)
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    keras.backend.clear_session()
+    return results
+
+
+def _teacher_file(task: tasks.TaskData, work_dir: str) -> str:
+    size = task.held_out[0].shape[1]
+    path = os.path.join(work_dir, f"teacher-{task.key}-{size}.tflite")
+    if not os.path.exists(path):
+        tgc.export.to_litert(task.teacher, path, input_shape=(1, size, size, 3))
+    return path
+
+
+def _reference_rows(task: tasks.TaskData) -> dict[str, dict]:
+    inputs, targets = task.held_out
+    scorer = tgc.ship.Scorer(targets)
+    cost = tgc.profile(task.teacher, inputs.shape[1:])
+    outputs = {"teacher": targets, **task.references()}
+    rows = {name: {"method": name, **scorer.score(o)} for name, o in outputs.items()}
+    rows["teacher"].update(macs=cost.macs, params=cost.params)
+    return rows
+
+
+def _time_rows(rows: dict[str, dict], teacher_file: str, runs: int) -> None:
+    """Times the teacher's and every trained row's files; adds the results."""
+    files = {"teacher": teacher_file}
+    for label, row in rows.items():
+        if "files" in row:
+            files[label] = row["files"]["fp32"]
+            files[f"{label}_int8"] = row["files"]["int8"]
+    timing = tgc.ship.time_files(files, runs=runs)
+    for name, result in timing.results.items():
+        label = name.removesuffix("_int8") if name != "teacher" else name
+        suffix = "_int8" if name.endswith("_int8") else ""
+        rows[label][f"latency_ms{suffix}"] = result.median_ms
+        rows[label][f"speedup{suffix}"] = timing.speedup[name]
+
+
+def run(
+    names,
+    output_dir: str,
+    work_dir: str | None = None,
+    *,
+    retrain: bool = False,
+    variants: dict[str, tuple[str, str]] | None = None,
+    task: tasks.TaskData | None = None,
+    **settings,
+) -> dict:
     """Runs the benchmark; returns the results (also written to disk).
 
     Args:
-        names: Rows: `teacher`, `identity`, `colour_map` and method names.
-        output_dir: Where to write the results (students under `runs/`).
-        **settings: Values replacing `vintage.DEFAULTS`.
+        names: Rows to produce now: registered methods and variant labels
+            (and `teacher`, `identity`, `colour_map`, which are always
+            there). Trained rows cached under the same settings are reused
+            (and listed) whether named or not.
+        output_dir: Where the table, JSON and plots go.
+        work_dir: Where rows are cached (default `<output_dir>/bench`).
+        retrain: Train the named rows again even when cached.
+        variants: More variants `{label: (method, options)}`.
+        task: A loaded task (default: the one `settings` describe).
+        **settings: Values replacing `training.train.DEFAULTS`.
+
+    Raises:
+        ValueError: On an unknown row, setting or option.
+        BudgetError: If a method cannot reach the budget.
     """
-    _check_rows(names)
-    config = {**vintage.DEFAULTS, **settings, "output_dir": output_dir}
-    size = config["eval_size"]
-    shape = (size, size, 3)
+    known = known_rows(variants)
+    _check_names(names, known)
+    config = train.settings({**settings, "output_dir": output_dir})
+    work_dir = work_dir or os.path.join(output_dir, "bench")
     os.makedirs(output_dir, exist_ok=True)
-    teacher = tgc.models.pretrained("vintage")
-    (inputs, targets), training_pairs = vintage.task_data(config)
-    config["calibration"] = training_pairs[0]
-    config["colour_map"] = (
-        tgc.models.fit_colour_map(*training_pairs, seed=config["seed"])
-        if config["colour_skip"]
-        else None
-    )
-    comparison = evaluation.TeacherComparison(targets)
-    teacher_cost = tgc.profile(teacher, shape)
-    rows: dict[str, dict] = {}
-    timed: dict[str, object] = {"teacher": teacher}
-    outputs = {
-        "teacher": targets,
-        "identity": inputs,
-        "colour_map": evaluation.colour_map_reference(training_pairs)(inputs),
-    }
-    for method in names:
-        if method not in ("teacher", *REFERENCES):
-            print(f"training {method} for {config['steps']} steps", flush=True)
-            student, fp32, int8, seconds = _train_row(
-                method, teacher, (inputs, targets), config
-            )
-            cost = tgc.profile(student, shape)
-            outputs[method] = np.asarray(student.predict(inputs, 2, verbose=0))
-            int8_outputs = evaluation.litert_outputs(int8, inputs)
-            rows[method] = {
-                "macs": cost.macs,
-                "params": cost.params,
-                "train_seconds": seconds,
-                "psnr_int8": comparison.score(int8_outputs)["psnr"],
-            }
-            timed[method] = fp32
-            timed[f"{method}_int8"] = int8
-        elif method == "teacher":
-            rows[method] = {"macs": teacher_cost.macs, "params": teacher_cost.params}
-        else:
-            rows[method] = {}
-        rows[method].update(comparison.score(outputs[method]))
-    print("timing all LiteRT files interleaved", flush=True)
-    timing = latency.compare_latency(
-        timed, input_shape=shape, runs=config["latency_runs"]
-    )
-    for name, result in timing.results.items():
-        row = rows[name.removesuffix("_int8")]
-        suffix = "_int8" if name.endswith("_int8") else ""
-        row[f"latency_ms{suffix}"] = result.median_ms
-        row[f"speedup{suffix}"] = timing.speedup[name]
+    print("loading the task (teacher views are cached)", flush=True)
+    task = task or tasks.from_settings(config)
+    budget = train.budget_for(task, config)
+    rows = _reference_rows(task)  # cheap: always there, the teacher the baseline
+    for label, row in known.items():
+        key = train.run_key(row.make(), budget, config, task)
+        directory = row_dir(work_dir, label, key)
+        cached = load_row(directory)
+        if label in names and (cached is None or retrain):
+            if retrain:
+                shutil.rmtree(directory, ignore_errors=True)
+            print(f"{label}: training, {config['steps']} steps", flush=True)
+            rows[label] = train_row(row, task, config, directory)
+        elif cached is not None:
+            print(f"{label}: cached in {directory}", flush=True)
+            rows[label] = cached
+    print("timing every LiteRT file interleaved", flush=True)
+    _time_rows(rows, _teacher_file(task, work_dir), config["latency_runs"])
+    teacher_macs = rows["teacher"]["macs"]
     for row in rows.values():
         if "macs" in row:
-            row["macs_ratio"] = teacher_cost.macs / row["macs"]
+            row["macs_ratio"] = teacher_macs / row["macs"]
     results = {
         "command": "python -m training.bench " + " ".join(sys.argv[1:]),
-        "task": "vintage",
+        **task.summary(),
+        "budget": budget.describe(),
+        "macs_budget": budget.macs,
         "steps": config["steps"],
         "seed": config["seed"],
-        "macs_ratio": config["macs_ratio"],
-        "macs_budget": config["macs_budget"],
-        "eval_images": len(inputs),
-        "eval_size": size,
+        "settings": {key: config[key] for key in train.RUN_KEYS},
+        "eval_images": len(task.held_out[0]),
+        "eval_size": task.held_out[0].shape[1],
         "threads": 2,
+        "latency_runs": config["latency_runs"],
         "rows": rows,
     }
     _write(results, output_dir)
     return results
 
 
+COLUMNS = (
+    ("G MACs", "macs", 1e9, ".2f"),
+    ("MACs ratio", "macs_ratio", 1, ".1f"),
+    ("M params", "params", 1e6, ".2f"),
+    ("train s", "train_seconds", 1, ".0f"),
+    ("PSNR dB", "psnr", 1, ".2f"),
+    ("SSIM", "ssim", 1, ".3f"),
+    ("FD", "fd", 1, ".2f"),
+    ("KID", "kid", 1, ".4f"),
+    ("fp32 ms", "latency_ms", 1, ".1f"),
+    ("speed-up", "speedup", 1, ".2f"),
+    ("int8 ms", "latency_ms_int8", 1, ".1f"),
+    ("int8 speed-up", "speedup_int8", 1, ".2f"),
+    ("int8 PSNR dB", "psnr_int8", 1, ".2f"),
+)
+
+
 def _markdown(results: dict) -> str:
     lines = [
-        "# Method benchmark: vintage CycleGAN teacher",
+        f"# Method benchmark: {results['task_description']}",
         "",
         f"Command: `{results['command']}`",
         "",
-        f"{results['steps']} training steps per trained row, seed "
-        f"{results['seed']}; quality vs the teacher on {results['eval_images']} "
-        f"photos held out by source ({results['eval_size']}x"
-        f"{results['eval_size']}); LiteRT timed interleaved, "
-        f"{results['threads']} threads.",
+        f"Budget {results['budget']}; {results['steps']} training steps per "
+        f"trained row, seed {results['seed']}; "
+        + ship.task_markdown(results)
+        + f" Quality against the teacher on {results['eval_images']} held-out "
+        f"photos ({results['eval_size']}x{results['eval_size']}); LiteRT files "
+        f"timed interleaved, {results['threads']} threads, "
+        f"{results['latency_runs']} rounds.",
         "",
-        "| method | G MACs | MACs ratio | M params | PSNR dB | SSIM | FD | KID "
-        "| fp32 ms | speed-up | int8 ms | int8 speed-up | int8 PSNR dB |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| row | " + " | ".join(name for name, *_ in COLUMNS) + " | D MACs G |",
+        "|---|" + "---:|" * (len(COLUMNS) + 1),
     ]
-
-    def cell(row, key, fmt):
-        return format(row[key], fmt) if key in row else ""
-
-    for name, row in results["rows"].items():
-        cells = [
-            cell({"g": row["macs"] / 1e9} if "macs" in row else {}, "g", ".2f"),
-            cell(row, "macs_ratio", ".1f"),
-            cell({"m": row["params"] / 1e6} if "params" in row else {}, "m", ".2f"),
-            cell(row, "psnr", ".2f"),
-            cell(row, "ssim", ".3f"),
-            cell(row, "fd", ".2f"),
-            cell(row, "kid", ".4f"),
-            cell(row, "latency_ms", ".1f"),
-            cell(row, "speedup", ".2f"),
-            cell(row, "latency_ms_int8", ".1f"),
-            cell(row, "speedup_int8", ".2f"),
-            cell(row, "psnr_int8", ".2f"),
-        ]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for label, row in results["rows"].items():
+        cells = []
+        for _, key, scale, fmt in COLUMNS:
+            value = row.get(key)
+            cells.append("" if value is None else format(value / scale, fmt))
+        d_macs = row.get("d_macs")
+        cells.append(
+            f"{d_macs['before'] / 1e9:.2f} -> {d_macs['after'] / 1e9:.2f}"
+            if d_macs
+            else ""
+        )
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
-def _plot(results: dict, path: str) -> None:
+def _plot_quality(results: dict, path: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, axis = plt.subplots(figsize=(6, 4))
+    figure, axis = plt.subplots(figsize=(6.5, 4.5))
     for name, row in results["rows"].items():
-        if name == "teacher" or "psnr" not in row:
-            continue
-        if "macs" in row:
-            axis.scatter(row["macs"] / 1e9, row["psnr"], s=40)
-            axis.annotate(name, (row["macs"] / 1e9, row["psnr"]), fontsize=8)
-        else:
+        if row.get("psnr") is None or not math.isfinite(row["psnr"]):
+            continue  # the teacher: infinitely close to itself
+        if "macs" not in row:
             axis.axhline(row["psnr"], linestyle="--", color="gray", linewidth=1)
             axis.text(
                 0.01,
@@ -248,40 +335,115 @@ def _plot(results: dict, path: str) -> None:
                 color="gray",
                 verticalalignment="bottom",
             )
-    axis.set_xlabel("G MACs at 256x256")
+            continue
+        axis.scatter(row["macs"] / 1e9, row["psnr"], s=40)
+        axis.annotate(name, (row["macs"] / 1e9, row["psnr"]), fontsize=8)
+    axis.set_xlabel(f"G MACs at {results['eval_size']}x{results['eval_size']}")
     axis.set_ylabel("PSNR vs teacher (dB)")
-    axis.set_title("vintage: quality vs cost (teacher: 56.8 G)")
+    teacher = results["rows"]["teacher"]["macs"] / 1e9
+    axis.set_title(f"{results['task']}: quality vs cost (teacher {teacher:.1f} G)")
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
-    plt.close(figure)
+    try:
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, dpi=100)
+    finally:
+        plt.close(figure)
+
+
+def _plot_latency(results: dict, path: str) -> None:
+    points = []
+    for name, row in results["rows"].items():
+        for suffix, kind in (("", "fp32"), ("_int8", "int8")):
+            if row.get(f"latency_ms{suffix}") and row.get("macs"):
+                label = name + suffix
+                points.append(
+                    latency.LatencyPoint(
+                        label, row["macs"], row[f"latency_ms{suffix}"], kind
+                    )
+                )
+    with atomic_path(path) as temporary:
+        latency.plot_latency_vs_macs(
+            points,
+            temporary,
+            "teacher",
+            title=f"{results['task']}: measured LiteRT latency vs MACs",
+        )
 
 
 def _write(results: dict, output_dir: str) -> None:
-    reports.write_report(output_dir, "vintage", results, _markdown(results))
-    _plot(results, os.path.join(output_dir, "vintage.png"))
+    stem = os.path.join(output_dir, results["task"])
+    reports.write_report(output_dir, results["task"], results, _markdown(results))
+    _plot_quality(results, f"{stem}.png")
+    _plot_latency(results, f"{stem}_latency.png")
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     try:
-        _check_rows(FLAGS.methods)
+        variants = dict(parse_variant(spec) for spec in FLAGS.variant)
+        for _, (method, options) in variants.items():
+            methods.get(method, options)
+        names = FLAGS.methods or [*REFERENCES, *known_rows(variants)]
+        _check_names(names, known_rows(variants))
     except ValueError as error:
-        raise app.UsageError(f"--methods: {error}") from error
-    logging.set_verbosity(logging.WARNING)
-    run(
-        FLAGS.methods,
-        FLAGS.output_dir,
-        steps=FLAGS.steps,
-        macs_ratio=FLAGS.macs_ratio,
-        macs_budget=FLAGS.macs_budget,
-        seed=FLAGS.seed,
-        colour_skip=FLAGS.colour_skip,
-        reconstruction_views=FLAGS.reconstruction_views,
-        eval_size=FLAGS.eval_size,
-        latency_runs=FLAGS.latency_runs,
-        steps_per_epoch=min(vintage.DEFAULTS["steps_per_epoch"], FLAGS.steps),
+        raise app.UsageError(f"--methods/--variant: {error}") from error
+    logging.set_verbosity(logging.INFO if FLAGS.verbose else logging.WARNING)
+    settings = {
+        key: FLAGS[key].value
+        for key in train.DEFAULTS
+        if key in FLAGS and key != "output_dir"
+    }
+    settings["steps_per_epoch"] = FLAGS.steps_per_epoch or min(
+        train.DEFAULTS["steps_per_epoch"], FLAGS.steps
     )
+    try:
+        run(
+            names,
+            FLAGS.output_dir,
+            FLAGS.work_dir,
+            retrain=FLAGS.retrain,
+            variants=variants,
+            **settings,
+        )
+    except (BudgetError, OSError, ValueError) as error:
+        if FLAGS.verbose:
+            raise
+        raise app.UsageError(str(error)) from error
+
+
+def define_flags() -> None:
+    """Defines the command-line flags (only when run as a script)."""
+    flags.DEFINE_list(
+        "methods",
+        None,
+        "Rows to produce now (default: all): teacher, identity, colour_map, "
+        f"registered methods ({', '.join(methods.available())}) and variant "
+        "labels. Other rows cached under the same settings are reused.",
+    )
+    flags.DEFINE_multi_string(
+        "variant",
+        [],
+        "An option variant as a row of its own: label=method:key=value,... "
+        "(repeatable).",
+    )
+    flags.DEFINE_bool("retrain", False, "Train the listed rows again even if cached.")
+    flags.DEFINE_integer(
+        "steps", 300, "Training steps of every trained row.", lower_bound=1
+    )
+    flags.DEFINE_integer(
+        "steps_per_epoch",
+        None,
+        "Steps between checkpoints and validation scores (default: "
+        f"{train.DEFAULTS['steps_per_epoch']}, at most --steps).",
+        lower_bound=1,
+    )
+    flags.DEFINE_string("output_dir", "benchmarks/results", "Where to write results.")
+    flags.DEFINE_string(
+        "work_dir", "outputs/bench", "Where trained rows are cached (resumable)."
+    )
+    train.define_run_flags()
+    tasks.define_flags()
 
 
 def cli() -> None:

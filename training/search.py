@@ -9,16 +9,16 @@ runs it at the end of the supernet's training, and saves the trained
 supernet as `<output_dir>/checkpoints/<run>/method/supernet.keras`). Every
 candidate configuration within the budget is scored by its PSNR to the
 targets of validation images of the *training* photos: by default the
-first `--validation_batches` batches of the vintage task's training views
-(the slice the pipeline scores on), or `--validation=FILE.npz` with arrays
-`inputs` and `targets`. The budget is MACs (`--macs_budget` G, or
-`--macs_ratio` of `--teacher`'s MACs) and optionally measured fp32 LiteRT
-latency (`--max_latency_ms`: each candidate is exported and timed once, the
-times kept in `--latency_cache`). Writes the log `<output>.json` (config,
-MACs, latency, score of every candidate; an interrupted evolution resumes
-from it) and the scatter `<output>.png`, and prints the best configuration,
-with its measured latency (`--time_best`), to pass on as
-`--method_options=config=...`.
+vintage task's validation split (`training.tasks`: central views of
+training photos never trained on, what `training.train` gives the method),
+or `--validation=FILE.npz` with arrays `inputs` and `targets`. The budget
+is MACs (`--macs_budget` G, or `--macs_ratio` of `--teacher`'s MACs) and
+optionally measured fp32 LiteRT latency (`--max_latency_ms`: each
+candidate is exported and timed once, the times kept in `--latency_cache`).
+Writes the log `<output>.json` (config, MACs, latency, score of every
+candidate; an interrupted evolution resumes from it) and the scatter
+`<output>.png`, and prints the best configuration, with its measured
+latency (`--time_best`), to pass on as `--method_options=config=...`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import numpy as np
 from absl import app, flags, logging
 
 import tfgancompress as tgc
-from training import methods, vintage
+from training import methods, tasks
 from training.budget import Budget, BudgetError
 
 FLAGS = flags.FLAGS
@@ -56,9 +56,6 @@ DEFAULTS = {
     "time_best": True,
     "input_size": 256,
     "validation": None,
-    "validation_batches": 4,
-    "batch_size": vintage.DEFAULTS["batch_size"],
-    "crop_size": vintage.DEFAULTS["crop_size"],
     "seed": 0,
     "jit_compile": True,
     "output": "outputs/search",
@@ -103,16 +100,8 @@ def define_flags() -> None:
         "validation",
         d["validation"],
         "A .npz with 'inputs' and 'targets' (N, H, W, C) in [-1, 1]; default: "
-        "the vintage task's training views.",
+        "the vintage task's validation photos.",
     )
-    flags.DEFINE_integer(
-        "validation_batches",
-        d["validation_batches"],
-        "Vintage training batches scored on.",
-        lower_bound=1,
-    )
-    flags.DEFINE_integer("batch_size", d["batch_size"], "Views per batch.")
-    flags.DEFINE_integer("crop_size", d["crop_size"], "View side.")
     flags.DEFINE_enum("search", d["search"], ["evolution", "brute_force"], "Algorithm.")
     flags.DEFINE_string(
         "choices", d["choices"], "Widths of each number, fractions of the largest."
@@ -122,13 +111,15 @@ def define_flags() -> None:
     flags.DEFINE_float("mutation_ratio", d["mutation_ratio"], "Mutants' share.")
     flags.DEFINE_float("parent_ratio", d["parent_ratio"], "Parents' share.")
     flags.DEFINE_float("mutate_prob", d["mutate_prob"], "Per-number redraw chance.")
-    flags.DEFINE_integer("seed", d["seed"], "Seed of the evolution and the views.")
+    flags.DEFINE_integer(
+        "seed", d["seed"], "Seed of the evolution and the validation split."
+    )
     flags.DEFINE_bool("jit_compile", d["jit_compile"], "XLA for the scoring pass.")
     flags.DEFINE_string("output", d["output"], "Log path prefix (.json, .png).")
 
 
 def validation_images(settings: dict) -> tuple[np.ndarray, np.ndarray]:
-    """`(inputs, targets)` from an .npz or the vintage training views.
+    """`(inputs, targets)` from an .npz or the vintage task's validation split.
 
     Raises:
         ValueError: If the .npz lacks `inputs` or `targets`.
@@ -142,17 +133,7 @@ def validation_images(settings: dict) -> tuple[np.ndarray, np.ndarray]:
                     f"{path} has no array(s) {sorted(missing)}; it holds {data.files}."
                 )
             return data["inputs"], data["targets"]
-    config = {
-        **vintage.DEFAULTS,
-        "batch_size": settings["batch_size"],
-        "crop_size": settings["crop_size"],
-        "seed": settings["seed"],
-    }
-    inputs, targets = [], []
-    for x, y in vintage.training_data(config).take(settings["validation_batches"]):
-        inputs.append(np.asarray(x))
-        targets.append(np.asarray(y))
-    return np.concatenate(inputs), np.concatenate(targets)
+    return tasks.vintage_task(seed=settings["seed"]).validation
 
 
 def _budget(settings: dict, shape: tuple) -> Budget:
@@ -214,7 +195,7 @@ def run(**overrides) -> tgc.search.SearchResult:
             if settings["max_latency_ms"] is not None
             else ""
         )
-        + f", scored on {len(inputs)} training views.",
+        + f", scored on {len(inputs)} validation views of training photos.",
         flush=True,
     )
     result = method.search_supernet(

@@ -1,8 +1,20 @@
-"""Compress the pretrained vintage CycleGAN teacher: the README's main job.
+"""Compress a generator on a task: your teacher and photos, or the built-in task.
 
-    python -m training.train --output_dir=outputs/vintage
+    python -m training.train --teacher=G.pth --photos=my_photos/ [--held_out=DIR]
+    python -m training.train --teacher=G.keras --pairs=facades/train
+    python -m training.train --output_dir=outputs/vintage      # the built-in task
     python -m training.train --method=uniform --macs_ratio=25
     python -m training.train --method=distill --method_options=lambda_distill=2
+
+The task (`training.tasks`): with `--teacher` (a `.pth` PyTorch checkpoint,
+read without torch, or a `.keras` file) and `--photos`, your generator's
+outputs on views of your photos are the targets; `--pairs` takes AB images
+(input left, target right) instead; `--held_out` is a folder held out for
+the final score, else `--held_out_fraction` of your files (seeded, by
+file). Without them: the pretrained vintage CycleGAN teacher on the
+built-in photos (the README's main job). The view settings (`--photo_size`,
+`--crop_size`, `--crops_per_photo`, ...) say how many teacher runs the data
+cost; the teacher's outputs are cached on disk.
 
 `--method` is any registered method (`training.methods.available()`), run
 through its phases by `training.pipeline` at `--macs_ratio` (default 20:
@@ -12,35 +24,60 @@ the student costs at most 1/20 of the teacher's MACs at 256x256) or
 distillation baseline: the teacher cut to the budget by filter L1 norm, its
 convolutions refitted to the teacher by least squares on
 `--reconstruction_views` training views (`tgc.reconstruction`), then
-trained with pixel + feature distillation + a GAN loss on exact
-pseudo-pairs (a view of a built-in training photo, the teacher's output on
-that view; `--crops_per_photo` colour-jittered views per photo). `uniform`
-trains the same widths from scratch. With `--colour_skip` (default) the
-student is wrapped as `y = colour_map(x) + student(x)`, starting at the
-least-squares colour map of the training photos
-(`tgc.models.with_colour_skip`).
+trained with pixel + feature distillation + a GAN loss. With
+`--colour_skip` (default) the student is wrapped as
+`y = colour_map(x) + student(x)`, starting at the task's least-squares
+colour map (`tgc.models.with_colour_skip`).
 
 Training checkpoints to `<output_dir>/checkpoints/` every epoch and after
 each phase; run the same command again after an interruption and it resumes
-there. Writes `student.keras`, `student.tflite` (fp32),
-`student_int8.tflite`, `samples.png` (input | teacher | student |
-|teacher - student| x 4) and `report.md`/`report.json` (MACs, params,
-LiteRT latency teacher vs student, PSNR/SSIM/FD vs the teacher on photos
-held out by source, next to the identity and colour-map references).
+there. Then `training.ship` writes `student.keras`, `student.tflite` (fp32),
+`student_int8.tflite`, `teacher.tflite`, `samples.png` (input | teacher |
+student | |teacher - student| x4) and `report.md`/`report.json` (MACs,
+params, LiteRT latency and speed-up, PSNR/SSIM/FD/KID vs the teacher on
+the held-out photos, next to the identity and colour-map references, and
+the wall time of every phase). TensorFlow's and LiteRT's C++ log lines are
+filtered out unless `--verbose` (`tfgancompress.console`).
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import time
+from collections.abc import Callable
 
 import numpy as np
 from absl import app, flags, logging
 
 import tfgancompress as tgc
-from tfgancompress import latency, reports
-from training import evaluation, methods, vintage
-from training.budget import BudgetError
+from tfgancompress.atomic import atomic_path
+from training import callbacks, methods, pipeline, ship, tasks
+from training.budget import DEFAULT_MACS_RATIO, Budget, BudgetError
+
+# The run's settings besides the task's (`tasks.DEFAULTS`).
+RUN_DEFAULTS = {
+    "method": "distill",
+    "method_options": "",
+    "macs_ratio": DEFAULT_MACS_RATIO,
+    "macs_budget": None,
+    "colour_skip": True,
+    "reconstruction_views": 64,
+    "match_steps": 1000,
+    "match_learning_rate": 1e-3,
+    "steps": 150,
+    "steps_per_epoch": 50,
+    "batch_size": 8,
+    "learning_rate": 2e-4,
+    "ndf": 32,
+    "latency_runs": 10,
+    "seed": 0,
+    "jit_compile": True,
+    "progress": 1,
+    "output_dir": "outputs/vintage",
+}
+DEFAULTS = {**RUN_DEFAULTS, **tasks.DEFAULTS}
 
 FLAGS = flags.FLAGS
 
@@ -49,7 +86,7 @@ def define_flags() -> None:
     """Defines the command-line flags (only when run as a script)."""
     flags.DEFINE_string(
         "method",
-        vintage.DEFAULTS["method"],
+        DEFAULTS["method"],
         "Compression method (training.methods.available(): "
         f"{', '.join(methods.available())}).",
     )
@@ -59,9 +96,28 @@ def define_flags() -> None:
         "The method's options as key=value,... (an unknown key is an error "
         "naming the known ones).",
     )
+    define_run_flags()
+    flags.DEFINE_integer(
+        "steps",
+        DEFAULTS["steps"],
+        "Training steps of all phases together (the method splits them).",
+        lower_bound=1,
+    )
+    flags.DEFINE_integer(
+        "steps_per_epoch",
+        DEFAULTS["steps_per_epoch"],
+        "Steps between checkpoints and validation scores.",
+        lower_bound=1,
+    )
+    flags.DEFINE_string("output_dir", DEFAULTS["output_dir"], "Where to write results.")
+    tasks.define_flags()
+
+
+def define_run_flags() -> None:
+    """Flags `training.train` and `training.bench` share (budget, training)."""
     flags.DEFINE_float(
         "macs_ratio",
-        vintage.DEFAULTS["macs_ratio"],
+        DEFAULTS["macs_ratio"],
         "The student costs at most 1/macs_ratio of the teacher's MACs at 256x256.",
         lower_bound=1.0,
     )
@@ -72,188 +128,281 @@ def define_flags() -> None:
     )
     flags.DEFINE_bool(
         "colour_skip",
-        vintage.DEFAULTS["colour_skip"],
+        DEFAULTS["colour_skip"],
         "Wrap the student in a global colour skip (y = colour map + student).",
     )
     flags.DEFINE_integer(
         "reconstruction_views",
-        vintage.DEFAULTS["reconstruction_views"],
+        DEFAULTS["reconstruction_views"],
         "Training views on which a student that inherits the teacher's channels "
         "is refitted to it by least squares before fine-tuning (0: off).",
         lower_bound=0,
     )
     flags.DEFINE_integer(
         "match_steps",
-        vintage.DEFAULTS["match_steps"],
+        DEFAULTS["match_steps"],
         "Steps after the refit in which the student alone learns the teacher's "
         "outputs (MSE; a fraction of a distillation step's cost); 0: off.",
         lower_bound=0,
     )
     flags.DEFINE_float(
         "match_learning_rate",
-        vintage.DEFAULTS["match_learning_rate"],
+        DEFAULTS["match_learning_rate"],
         "Adam learning rate of the match phase, cosine-decayed to 0.",
     )
     flags.DEFINE_integer(
-        "steps",
-        vintage.DEFAULTS["steps"],
-        "Training steps of all phases together (the method splits them).",
-        lower_bound=1,
-    )
-    flags.DEFINE_integer(
-        "steps_per_epoch",
-        vintage.DEFAULTS["steps_per_epoch"],
-        "Steps between checkpoints and held-out evaluations.",
-        lower_bound=1,
-    )
-    flags.DEFINE_integer(
-        "batch_size", vintage.DEFAULTS["batch_size"], "Pairs per step.", lower_bound=1
-    )
-    flags.DEFINE_integer(
-        "crop_size",
-        vintage.DEFAULTS["crop_size"],
-        "Training crop side.",
-        lower_bound=32,
-    )
-    flags.DEFINE_integer(
-        "crops_per_photo",
-        vintage.DEFAULTS["crops_per_photo"],
-        "Cached training views per photo (the teacher runs once on each).",
-        lower_bound=1,
-    )
-    flags.DEFINE_float(
-        "colour_jitter",
-        vintage.DEFAULTS["colour_jitter"],
-        "Colour jitter strength of the training views.",
-        lower_bound=0.0,
-        upper_bound=1.0,
+        "batch_size", DEFAULTS["batch_size"], "Pairs per step.", lower_bound=1
     )
     flags.DEFINE_float(
         "learning_rate",
-        vintage.DEFAULTS["learning_rate"],
+        DEFAULTS["learning_rate"],
         "Adam learning rate (G and D), cosine-decayed to 0 over --steps.",
     )
+    flags.DEFINE_integer("ndf", DEFAULTS["ndf"], "Discriminator width.", lower_bound=1)
     flags.DEFINE_integer(
-        "ndf", vintage.DEFAULTS["ndf"], "Discriminator width.", lower_bound=1
+        "latency_runs", DEFAULTS["latency_runs"], "Interleaved LiteRT timing rounds."
     )
-    flags.DEFINE_integer(
-        "eval_size",
-        vintage.DEFAULTS["eval_size"],
-        "Side of the held-out evaluation crops.",
-    )
-    flags.DEFINE_integer(
-        "photo_size",
-        vintage.DEFAULTS["photo_size"],
-        "Short side the photos are loaded at before views are cut (multiple of 4).",
-    )
-    flags.DEFINE_integer(
-        "latency_runs",
-        vintage.DEFAULTS["latency_runs"],
-        "Interleaved LiteRT timing rounds.",
-    )
-    flags.DEFINE_integer("seed", vintage.DEFAULTS["seed"], "Random seed.")
+    flags.DEFINE_integer("seed", DEFAULTS["seed"], "Random seed.")
     flags.DEFINE_bool(
-        "jit_compile",
-        vintage.DEFAULTS["jit_compile"],
-        "Compile the train step with XLA.",
+        "jit_compile", DEFAULTS["jit_compile"], "Compile the train steps with XLA."
     )
-    flags.DEFINE_string(
-        "output_dir", vintage.DEFAULTS["output_dir"], "Where to write results."
+    flags.DEFINE_bool(
+        "verbose",
+        False,
+        "Show TensorFlow's and LiteRT's C++ log lines and INFO logs.",
     )
 
 
-def _report_markdown(report: dict) -> str:
-    steps = report["phase_steps"]
-    if report["initial_psnr"] is None:
+def settings(overrides: dict) -> dict:
+    """`DEFAULTS` updated with `overrides`.
+
+    Raises:
+        ValueError: On a key `DEFAULTS` does not have.
+    """
+    unknown = sorted(set(overrides) - set(DEFAULTS))
+    if unknown:
+        raise ValueError(f"Unknown settings {unknown}; known: {sorted(DEFAULTS)}.")
+    return {**DEFAULTS, **overrides}
+
+
+# What a trained student depends on, besides the method, budget and task.
+RUN_KEYS = (
+    "colour_skip",
+    "reconstruction_views",
+    "match_steps",
+    "match_learning_rate",
+    "steps",
+    "steps_per_epoch",
+    "batch_size",
+    "learning_rate",
+    "ndf",
+    "seed",
+)
+
+
+def run_key(
+    method: methods.Method, budget: Budget, config: dict, task: tasks.TaskData
+) -> str:
+    """A short hash naming one run: method, options, budget, steps, seed, data."""
+    described = {
+        **method.describe(),
+        "macs_budget": budget.macs,
+        "data": task.key,
+        **{key: config[key] for key in RUN_KEYS},
+    }
+    text = json.dumps(described, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def _discriminator_macs(discriminator, budget: Budget) -> int:
+    shape = (*budget.input_shape[:2], discriminator.input_shape[-1])
+    return tgc.profile(discriminator, shape).macs
+
+
+class _DiscriminatorMacs:
+    """Records a gated discriminator's MACs before and after `slim`.
+
+    Kept in `<checkpoint_dir>/d_macs.json`, so a resumed run still knows them.
+    """
+
+    def __init__(self, budget: Budget, checkpoint_dir: str | None):
+        self.budget = budget
+        self.path = checkpoint_dir and os.path.join(checkpoint_dir, "d_macs.json")
+        self.macs: dict[str, int] = {}
+        if self.path and os.path.exists(self.path):
+            with open(self.path) as file:
+                self.macs = json.load(file)
+
+    def __call__(self, phase: str, student) -> None:
+        gated = callbacks.gates_of(student.discriminator)
+        if phase in ("build", "search") and gated:
+            self.macs = {
+                "before": _discriminator_macs(student.discriminator, self.budget)
+            }
+        elif phase == "slim" and "before" in self.macs:
+            self.macs["after"] = _discriminator_macs(student.discriminator, self.budget)
+            if self.path:
+                tgc.reports.write_json(self.path, self.macs)
+
+
+def budget_for(task: tasks.TaskData, config: dict) -> Budget:
+    """The MACs budget of the settings (`macs_ratio` or `macs_budget`)."""
+    return Budget.resolve(task.teacher, config["macs_ratio"], config["macs_budget"])
+
+
+def compress(
+    method: methods.Method,
+    task: tasks.TaskData,
+    config: dict,
+    budget: Budget,
+    checkpoint_dir: str | None = None,
+    after_phase: Callable | None = None,
+) -> tuple[pipeline.Compressed, dict]:
+    """Runs `method` through the pipeline on `task`.
+
+    Args:
+        method: A registered method (`training.methods.get`).
+        task: The loaded task.
+        config: Settings (`DEFAULTS` keys).
+        budget: The MACs budget (`budget_for`).
+        checkpoint_dir: Where the run checkpoints and resumes (one folder
+            per run: `run_key`); `None`: no checkpoints.
+        after_phase: Passed to `pipeline.compress`.
+
+    Returns:
+        `(result, d_macs)`: `d_macs` is `{"before", "after"}` when the
+        method slimmed a gated discriminator (plus `"live_fraction"`,
+        `{convolution: fraction of its channels kept}`, when the method
+        reports it, as GCC does), else empty.
+
+    Raises:
+        BudgetError: If the method cannot reach the budget.
+    """
+    setup = methods.Setup(
+        budget,
+        mode=task.mode,
+        learning_rate=config["learning_rate"],
+        ndf=config["ndf"],
+        seed=config["seed"],
+        jit_compile=config["jit_compile"],
+        validation=task.validation,
+    )
+    if checkpoint_dir:
+        os.makedirs(checkpoint_dir, exist_ok=True)
+    d_macs = _DiscriminatorMacs(budget, checkpoint_dir)
+
+    def phase_done(phase, student):
+        d_macs(phase, student)
+        if after_phase is not None:
+            after_phase(phase, student)
+
+    views = config["reconstruction_views"]
+    skip = config["colour_skip"] and method.colour_skip
+    result = pipeline.compress(
+        method,
+        task.teacher,
+        task.dataset(config["batch_size"], config["seed"]),
+        setup,
+        steps=config["steps"],
+        steps_per_epoch=config["steps_per_epoch"],
+        calibration=(lambda: task.calibration(views, config["seed"]))
+        if views
+        else None,
+        colour_map=task.colour_map if skip else None,
+        match_steps=config["match_steps"],
+        match_learning_rate=config["match_learning_rate"],
+        callbacks=[callbacks.Evaluate(*task.validation)] if task.validation else [],
+        checkpoint_dir=checkpoint_dir,
+        after_phase=phase_done,
+        verbose=config["progress"],
+    )
+    return result, {**d_macs.macs, **_reported_discriminator(result.student)}
+
+
+def _reported_discriminator(student) -> dict:
+    """What the method itself recorded on slimming its discriminator (GCC)."""
+    reported = pipeline.discriminator_report(student)
+    if "d_macs" not in reported:
+        return {}
+    return {
+        "before": reported["d_macs_before"],
+        "after": reported["d_macs"],
+        "live_fraction": reported.get("d_live_fraction", {}),
+    }
+
+
+def _notes(facts: dict) -> list[str]:
+    steps = facts["phase_steps"]
+    if facts["initial_psnr"] is None:
         initial = "not measured (resumed from a checkpoint)."
     else:
-        initial = f"{report['initial_psnr']:.2f} dB PSNR " + (
-            f"(refitted by least squares on {report['reconstruction_views']} "
+        initial = f"{facts['initial_psnr']:.2f} dB PSNR " + (
+            f"(refitted by least squares on {facts['reconstruction_views']} "
             "training views)."
-            if report["reconstruction_views"]
+            if facts["reconstruction_views"]
             else "(no least-squares refit)."
         )
-    state = report["method_state"]
+    seconds = ", ".join(f"{k} {v:.0f} s" for k, v in facts["phase_seconds"].items())
     method_state = []
-    if state:  # e.g. gan_compression's chosen config
-        items = ", ".join(f"{key}={value}" for key, value in state.items())
+    if facts["method_state"]:  # e.g. gan_compression's chosen config
+        items = ", ".join(f"{k}={v}" for k, v in facts["method_state"].items())
         method_state = [f"Method state: {items}.", ""]
-    lines = [
-        f"# Vintage teacher compressed with `{report['method']}`",
+    discriminator = []
+    if facts["d_macs"]:
+        d_macs = facts["d_macs"]
+        live = ", ".join(
+            f"{name} {fraction:.2f}"
+            for name, fraction in d_macs.get("live_fraction", {}).items()
+        )
+        discriminator = [
+            f"Discriminator slimmed from {d_macs['before'] / 1e9:.2f} to "
+            f"{d_macs['after'] / 1e9:.2f} G MACs"
+            + (f"; live channels per layer: {live}." if live else "."),
+            "",
+        ]
+    return [
+        f"`{facts['description']}` at a budget of {facts['budget']}.",
         "",
-        f"`{report['description']}` at a budget of {report['budget']}.",
-        "",
-        f"{report['steps']} steps (search {steps['search']}, fine-tuning "
-        f"{steps['finetune']}) after {report['match_steps']} match steps, batch "
-        f"{report['batch_size']}, crops "
-        f"{report['crop_size']}; {report['train_seconds']:.0f} s training, "
-        f"{report['wall_seconds']:.0f} s in all. Quality vs the teacher on "
-        f"{report['eval_images']} photos held out by source "
-        f"({report['eval_size']}x{report['eval_size']}).",
+        f"{facts['steps']} steps (search {steps['search']}, fine-tuning "
+        f"{steps['finetune']}) after {facts['match_steps']} match steps, "
+        f"batch {facts['batch_size']}; "
+        f"{facts['wall_seconds']:.0f} s in all ({seconds}).",
         "",
         f"Student before training: {initial}",
         "",
         *method_state,
-        "| model | G MACs | M params | LiteRT ms | PSNR dB | SSIM | FD |",
-        "|---|---:|---:|---:|---:|---:|---:|",
+        *discriminator,
     ]
-    for name in ("teacher", "student", "student_int8", "identity", "colour_map"):
-        row = report["rows"][name]
-        cells = [
-            f"{row['macs'] / 1e9:.2f}" if "macs" in row else "",
-            f"{row['params'] / 1e6:.2f}" if "params" in row else "",
-            f"{row['latency_ms']:.1f}" if "latency_ms" in row else "",
-            f"{row['psnr']:.2f}" if "psnr" in row else "",
-            f"{row['ssim']:.3f}" if "ssim" in row else "",
-            f"{row['fd']:.2f}" if "fd" in row else "",
-        ]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    lines += [
-        "",
-        f"MACs ratio {report['macs_ratio']:.1f}x, measured LiteRT speed-up "
-        f"{report['speedup']:.2f}x (fp32, {report['threads']} threads, "
-        f"{report['eval_size']}x{report['eval_size']}).",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def difference_image(teacher: np.ndarray, student: np.ndarray) -> np.ndarray:
-    """`|teacher - student| x 4` as an image in [-1, 1] (black: equal).
-
-    On [0, 1] intensities the difference is `|teacher - student| / 2`;
-    times 4 and back to [-1, 1], clipped.
-    """
-    return np.clip(4.0 * np.abs(teacher - student) - 1.0, -1.0, 1.0)
 
 
 def run(**overrides) -> dict:
     """The whole job; returns the report (also written to `output_dir`).
 
     Args:
-        **overrides: Values replacing `vintage.DEFAULTS` (the flags' defaults).
+        **overrides: Values replacing `DEFAULTS` (the flags' defaults).
 
     Raises:
-        ValueError: On an unknown setting, an unknown method or option.
+        ValueError: On an unknown setting, method or option, or a bad task
+            (a missing folder, no usable image, ...).
         BudgetError: If the method cannot reach the MACs budget.
     """
-    unknown = sorted(set(overrides) - set(vintage.DEFAULTS))
-    if unknown:
-        raise ValueError(
-            f"Unknown settings {unknown}; known: {sorted(vintage.DEFAULTS)}."
-        )
-    config = {**vintage.DEFAULTS, **overrides}
+    config = settings(overrides)
     method = methods.get(config["method"], config["method_options"])
     start = time.perf_counter()
     output_dir = config["output_dir"]
     os.makedirs(output_dir, exist_ok=True)
-    size = config["eval_size"]
-    shape = (size, size, 3)
-    print("[1/5] teacher and held-out views", flush=True)
-    teacher = tgc.models.pretrained("vintage")
-    held_out, reference_pairs = vintage.task_data(config)
-    colour_map = tgc.models.fit_colour_map(*reference_pairs, seed=config["seed"])
-    inputs, targets = held_out
+    seconds = {}
+    print("[1/3] loading the task (teacher views are cached)", flush=True)
+    task = tasks.from_settings(config)
+    seconds["task"] = time.perf_counter() - start
+    photos = task.photos
+    print(
+        f"      {task.description}: {photos['train']} training photos "
+        f"({len(task.train[0])} views), {photos['validation']} validation, "
+        f"{photos['held_out']} held out, {photos['reference']} reference",
+        flush=True,
+    )
+    inputs, targets = task.held_out
     initial = {}
 
     def score_untrained(phase, student):
@@ -262,99 +411,61 @@ def run(**overrides) -> dict:
             initial["psnr"] = float(np.mean(tgc.metrics.psnr(targets, outputs)))
             print(f"      after {phase}: {initial['psnr']:.2f} dB PSNR on held-out")
 
-    print(f"[2/5] compressing with {method.description}", flush=True)
-    result, budget = vintage.compress(
+    print(f"[2/3] compressing with {method.description}", flush=True)
+    budget = budget_for(task, config)
+    result, d_macs = compress(
         method,
-        teacher,
+        task,
         config,
-        colour_map if config["colour_skip"] else None,
-        held_out,
+        budget,
+        os.path.join(output_dir, "checkpoints", run_key(method, budget, config, task)),
         after_phase=score_untrained,
     )
+    seconds.update(result.seconds)
     student = result.student.generator
-    student.save(os.path.join(output_dir, "student.keras"))
+    with atomic_path(os.path.join(output_dir, "student.keras")) as temporary:
+        student.save(temporary)
 
-    print("[3/5] exporting fp32 and int8 LiteRT files", flush=True)
-    paths = {
-        "student": tgc.export.to_litert(
-            student, os.path.join(output_dir, "student.tflite"), input_shape=shape
-        ),
-        "student_int8": tgc.export.to_litert(
-            student,
-            os.path.join(output_dir, "student_int8.tflite"),
-            quantization="int8",
-            representative_data=None
-            if tgc.quantization.is_quantized(student)
-            else reference_pairs[0],
-            input_shape=shape,
-        ),
-    }
-
-    print("[4/5] measuring quality against the teacher", flush=True)
-    colour_map_reference = evaluation.colour_map_reference(
-        reference_pairs, seed=config["seed"]
+    print(
+        f"[3/3] shipping: fp32 and int8 LiteRT, quality on {len(inputs)} held-out "
+        "photos, timing",
+        flush=True,
     )
-    outputs = {
-        "teacher": targets,
-        "student": np.asarray(student.predict(inputs, batch_size=2, verbose=0)),
-        "student_int8": evaluation.litert_outputs(paths["student_int8"], inputs),
-        "identity": inputs,
-        "colour_map": colour_map_reference(inputs),
-    }
-    comparison = evaluation.TeacherComparison(targets)
-    rows = {name: comparison.score(out) for name, out in outputs.items()}
-
-    print("[5/5] timing teacher vs student in LiteRT", flush=True)
-    timing = latency.compare_latency(
-        {"teacher": teacher, **paths},
-        input_shape=shape,
-        runs=config["latency_runs"],
-    )
-    for name in ("teacher", "student"):
-        cost = tgc.profile(teacher if name == "teacher" else student, shape)
-        rows[name].update(macs=cost.macs, params=cost.params)
-    rows["student_int8"].update(macs=rows["student"]["macs"])
-    for name, timed in timing.results.items():
-        rows[name]["latency_ms"] = timed.median_ms
-    reports.save_image_grid(
-        os.path.join(output_dir, "samples.png"),
-        [
-            inputs,
-            targets,
-            outputs["student"],
-            difference_image(targets, outputs["student"]),
-        ],
-    )
-    report = {
-        **{
-            k: config[k]
-            for k in ("method", "steps", "match_steps", "batch_size", "crop_size")
-        },
-        "description": method.description,
-        "method_options": method.describe()["options"],
-        "budget": budget.describe(),
-        "macs_budget": budget.macs,
-        "phase_steps": result.steps,
-        "phase_seconds": result.seconds,
-        "method_state": {
+    ship_start = time.perf_counter()
+    report = ship.ship(student, task, output_dir, runs=config["latency_runs"])
+    seconds["ship"] = time.perf_counter() - ship_start
+    report.update(
+        method=config["method"],
+        description=method.description,
+        method_options=method.describe()["options"],
+        budget=budget.describe(),
+        macs_budget=budget.macs,
+        steps=config["steps"],
+        match_steps=config["match_steps"],
+        batch_size=config["batch_size"],
+        phase_steps=result.steps,
+        reconstruction_views=result.refit_images or 0,
+        initial_psnr=initial.get("psnr"),
+        d_macs=d_macs or None,
+        method_state={
             key: value
             for key, value in result.student.state.items()
-            if isinstance(value, str | int | float) and not isinstance(value, bool)
+            if isinstance(value, str | int | float)
+            and not isinstance(value, bool)
+            and key not in pipeline.DISCRIMINATOR_REPORT  # in d_macs
         },
-        "reconstruction_views": result.refit_images or 0,
-        "initial_psnr": initial.get("psnr"),
-        "eval_size": size,
-        "eval_images": len(inputs),
-        "threads": 2,
-        "train_seconds": sum(
+        train_seconds=sum(
             result.seconds.get(phase, 0.0) for phase in ("search", "match", "finetune")
         ),
-        "wall_seconds": time.perf_counter() - start,
-        "rows": rows,
-        "macs_ratio": rows["teacher"]["macs"] / rows["student"]["macs"],
-        "speedup": timing.speedup["student"],
-    }
-    reports.write_report(output_dir, "report", report, _report_markdown(report))
+        phase_seconds=seconds,
+        wall_seconds=time.perf_counter() - start,
+    )
+    ship.write_report(
+        output_dir,
+        report,
+        f"{task.teacher.name} compressed with `{config['method']}`",
+        _notes(report),
+    )
     return report
 
 
@@ -367,10 +478,12 @@ def main(argv):
         methods.get(FLAGS.method, FLAGS.method_options)
     except ValueError as error:
         raise app.UsageError(str(error)) from error
-    logging.set_verbosity(logging.WARNING)
+    logging.set_verbosity(logging.INFO if FLAGS.verbose else logging.WARNING)
     try:
-        run(**{key: FLAGS[key].value for key in vintage.DEFAULTS if key in FLAGS})
-    except BudgetError as error:
+        run(**{key: FLAGS[key].value for key in DEFAULTS if key in FLAGS})
+    except (BudgetError, OSError, ValueError) as error:
+        if FLAGS.verbose:
+            raise
         raise app.UsageError(str(error)) from error
 
 

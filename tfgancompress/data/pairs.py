@@ -156,8 +156,12 @@ def cached_pairs(
     return pairs, computed
 
 
-def _teacher_function(teacher: Callable) -> Callable[[np.ndarray], np.ndarray]:
-    """Image `uint8 (H, W, 3)` -> teacher output `uint8`, on the whole image."""
+def teacher_function(teacher: Callable) -> Callable[[np.ndarray], np.ndarray]:
+    """Image `uint8 (H, W, 3)` -> teacher output `uint8`, on the whole image.
+
+    The `make_function` result `cached_views` and `cached_pairs` need for a
+    teacher (a Keras model mapping [-1, 1] images to [-1, 1] images).
+    """
     forward = tf.function(lambda x: teacher(x, training=False), reduce_retracing=True)
 
     def run(image: np.ndarray) -> np.ndarray:
@@ -391,7 +395,7 @@ def pseudo_pairs(
         raise ValueError(f"key must be a non-empty file name, got {key!r}.")
     return _views_task(
         key,
-        lambda: _teacher_function(teacher),
+        lambda: teacher_function(teacher),
         split,
         holdout,
         size,
@@ -411,7 +415,7 @@ def pseudo_pairs(
 def _vintage_function() -> Callable[[np.ndarray], np.ndarray]:
     from tfgancompress import models
 
-    return _teacher_function(models.pretrained("vintage"))
+    return teacher_function(models.pretrained("vintage"))
 
 
 def vintage_pairs(

@@ -1,0 +1,161 @@
+"""Evaluate and ship a student on its task: LiteRT files, scores, speed, report.
+
+    report = ship.ship(student, task, "outputs/run")
+    ship.write_report("outputs/run", {**report, **facts}, title="...")
+
+Writes to the output folder `student.tflite` (fp32) and
+`student_int8.tflite` (int8, calibrated on the task's reference views),
+`teacher.tflite` when timing, `samples.png` (input | teacher | student |
+|teacher - student| x4 on the held-out photos) and `report.json` /
+`report.md`: MACs, parameters, measured LiteRT latency and speed-up (teacher,
+student and its int8 file timed interleaved), PSNR, SSIM, L1, FD and KID
+against the teacher on the held-out photos for the student, its int8 file
+and the task's references (identity, colour map). The task-free pieces are
+`tgc.ship` and `tgc.reports`; `training.train` and `training.bench` call
+this.
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+
+import tfgancompress as tgc
+from tfgancompress import reports
+from training.tasks import TaskData
+
+ROWS = ("teacher", "student", "student_int8", "identity", "colour_map")
+
+
+def _cell(row: dict, key: str, scale: float, fmt: str) -> str:
+    value = row.get(key)
+    return "" if value is None else format(value / scale, fmt)
+
+
+def rows_markdown(rows: dict[str, dict]) -> list[str]:
+    """The table of `ship`'s rows (MACs, params, latency, quality)."""
+    lines = [
+        "| model | G MACs | M params | LiteRT ms | speed-up | PSNR dB | SSIM | FD "
+        "| KID |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in rows.items():
+        cells = [
+            _cell(row, "macs", 1e9, ".2f"),
+            _cell(row, "params", 1e6, ".2f"),
+            _cell(row, "latency_ms", 1, ".1f"),
+            _cell(row, "speedup", 1, ".2f"),
+            _cell(row, "psnr", 1, ".2f"),
+            _cell(row, "ssim", 1, ".3f"),
+            _cell(row, "fd", 1, ".2f"),
+            _cell(row, "kid", 1, ".4f"),
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def task_markdown(task: dict) -> str:
+    """One line on the photos a run used, split by split."""
+    photos = task["photos"]
+    views = task["views"]
+    return (
+        f"Task `{task['task']}`: {task['task_description']}. Photos: "
+        f"{photos['train']} training ({task['training_views']} views of "
+        f"{views['crop_size']} px), {photos['validation']} validation, "
+        f"{photos['held_out']} held out, {photos['reference']} reference "
+        f"(colour map, int8 calibration; central {views['eval_size']} px)."
+    )
+
+
+def ship(
+    student: keras.Model,
+    task: TaskData,
+    output_dir: str,
+    *,
+    runs: int = 10,
+    threads: int = 2,
+    timing: bool = True,
+) -> dict:
+    """Exports, scores and times `student` on `task`; draws the sample grid.
+
+    Args:
+        student: The compressed generator.
+        task: Its task (teacher, held-out and reference views).
+        output_dir: Existing folder for the files.
+        runs: Interleaved LiteRT timing rounds.
+        threads: LiteRT CPU threads.
+        timing: Time teacher, student and its int8 file (off: no
+            `teacher.tflite`, no latency).
+
+    Returns:
+        The report (`write_report` writes it): the task's summary
+        (`TaskData.summary`), `rows` (see the module docstring),
+        `macs_ratio`, `speedup`, `speedup_int8`, `runs`, `threads`,
+        `ship_seconds` (`export`, `score`, `time`).
+    """
+    inputs, targets = task.held_out
+    shipment = tgc.ship.ship(
+        {"teacher": task.teacher, "student": student},
+        output_dir,
+        inputs=inputs,
+        targets=targets,
+        int8=["student"],
+        calibration=task.reference[0],
+        references=task.references(),
+        input_shape=inputs.shape[1:],
+        runs=runs,
+        threads=threads,
+        timing=timing,
+    )
+    rows = {name: shipment.rows[name] for name in ROWS}
+    reports.save_comparison_grid(
+        os.path.join(output_dir, "samples.png"),
+        inputs,
+        targets,
+        shipment.outputs["student"],
+    )
+    return {
+        **task.summary(),
+        "eval_size": inputs.shape[1],
+        "eval_images": len(inputs),
+        "runs": runs if timing else 0,
+        "threads": threads,
+        "rows": rows,
+        "macs_ratio": rows["teacher"]["macs"] / rows["student"]["macs"],
+        "speedup": rows["student"].get("speedup"),
+        "speedup_int8": rows["student_int8"].get("speedup"),
+        "ship_seconds": shipment.seconds,
+    }
+
+
+def write_report(
+    output_dir: str, report: dict, title: str, notes: list[str] | None = None
+) -> None:
+    """Writes `ship`'s report (with the caller's facts) as JSON and Markdown.
+
+    Args:
+        output_dir: Where `report.json` and `report.md` go.
+        report: `ship`'s report, maybe with more fields.
+        title: The Markdown heading.
+        notes: Markdown lines between the heading and the table.
+    """
+    size = report["eval_size"]
+    lines = [f"# {title}", "", *(notes or []), task_markdown(report), ""]
+    lines += rows_markdown(report["rows"])
+    lines.append("")
+    if report["runs"]:
+        lines.append(
+            f"MACs ratio {report['macs_ratio']:.1f}x; measured LiteRT speed-up "
+            f"{report['speedup']:.2f}x fp32, {report['speedup_int8']:.2f}x int8 "
+            f"({report['threads']} threads, {size}x{size}, {report['runs']} "
+            "interleaved rounds)."
+        )
+    lines += [
+        "",
+        f"Quality against the teacher on the {report['eval_images']} held-out "
+        "photos; `samples.png`: input | teacher | student | "
+        "|teacher - student| x4.",
+        "",
+    ]
+    reports.write_report(output_dir, "report", report, "\n".join(lines))

@@ -1,0 +1,194 @@
+"""Tasks: a teacher and the data to compress it on (methods know nothing of them).
+
+    from training import tasks
+
+    task = tasks.load()                                       # the vintage task
+    task = tasks.load(teacher="G.pth", photos="my_photos/")   # yours
+    task = tasks.load(teacher="G.keras", pairs="facades/train",
+                      held_out="facades/val")
+    task.dataset(batch_size=8)   # repeating (view, target) batches
+    task.held_out                # (inputs, teacher outputs) for the final score
+
+A task is a function returning a `TaskData` (`base`): `vintage_task`
+(the default), `photo_task` and `builtin_task` (`photos`), `pair_task`
+(`pairs`). The command-line tools take the same choices as flags
+(`define_flags`, `from_flags`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from training.tasks.base import TaskData, Views, split_photos
+from training.tasks.pairs import pair_task
+from training.tasks.photos import (
+    DEFAULT_HELD_OUT_FRACTION,
+    builtin_task,
+    load_teacher,
+    photo_task,
+)
+from training.tasks.vintage import VIEWS, vintage_task
+
+# The command-line choices of a task and their defaults (`load`'s arguments).
+DEFAULTS = {
+    "teacher": None,
+    "photos": None,
+    "pairs": None,
+    "held_out": None,
+    "held_out_fraction": DEFAULT_HELD_OUT_FRACTION,
+    **dataclasses.asdict(VIEWS),
+}
+
+
+def load(
+    teacher: str | os.PathLike | None = None,
+    photos: str | os.PathLike | None = None,
+    pairs: str | os.PathLike | None = None,
+    held_out: str | os.PathLike | None = None,
+    held_out_fraction: float = DEFAULT_HELD_OUT_FRACTION,
+    views: Views = VIEWS,
+    seed: int = 0,
+    cache_dir=None,
+) -> TaskData:
+    """The task of these choices, loaded once.
+
+    Args:
+        teacher: A `.pth` or `.keras` generator file (`load_teacher`);
+            `None`: the pretrained vintage teacher.
+        photos: A folder of your photos: the teacher's outputs on views of
+            them are the targets.
+        pairs: A folder of AB images (input left, target right).
+        held_out: A folder held out for the final score; `None` holds out
+            `held_out_fraction` of the `photos`/`pairs` files.
+        held_out_fraction: See `held_out`.
+        views: How to cut views.
+        seed: Seed of the splits.
+        cache_dir: View cache root.
+
+    Returns:
+        With no `teacher`, `photos` or `pairs`: the vintage task. With a
+        teacher only: that teacher on the built-in photos.
+
+    Raises:
+        ValueError: On `photos` and `pairs` together, data without a
+            teacher, or `held_out` without data.
+    """
+    if photos is not None and pairs is not None:
+        raise ValueError("Give photos or pairs, not both.")
+    data = photos if photos is not None else pairs
+    if data is not None and teacher is None:
+        raise ValueError(
+            "Your photos or pairs need your teacher: give a .pth or .keras "
+            "generator file too (--teacher)."
+        )
+    if held_out is not None and data is None:
+        raise ValueError(
+            "A held-out folder goes with your photos or pairs (--photos or --pairs)."
+        )
+    if teacher is None:
+        return vintage_task(views, seed, cache_dir)
+    model, key = load_teacher(teacher)
+    if photos is not None:
+        return photo_task(
+            model, key, photos, held_out, held_out_fraction, views, seed, cache_dir
+        )
+    if pairs is not None:
+        return pair_task(model, key, pairs, held_out, held_out_fraction, views, seed)
+    return builtin_task(model, key, views, seed, cache_dir=cache_dir, name="builtin")
+
+
+def from_settings(settings: dict) -> TaskData:
+    """`load` with the `DEFAULTS` keys of a settings dict (and its `seed`)."""
+    return load(
+        **{k: settings[k] for k in ("teacher", "photos", "pairs", "held_out")},
+        held_out_fraction=settings["held_out_fraction"],
+        views=Views.from_settings(settings),
+        seed=settings["seed"],
+    )
+
+
+def define_flags() -> None:
+    """The task flags of `training.train` and `training.bench`."""
+    from absl import flags
+
+    flags.DEFINE_string(
+        "teacher",
+        None,
+        "Your generator: a .pth (PyTorch pix2pix/CycleGAN ResNet, mobile ResNet "
+        "or U-Net; read without torch) or .keras file. Default: the pretrained "
+        "vintage teacher.",
+    )
+    flags.DEFINE_string(
+        "photos", None, "A folder of your photos (targets: the teacher's outputs)."
+    )
+    flags.DEFINE_string(
+        "pairs", None, "A folder of your AB pairs (input left half, target right)."
+    )
+    flags.DEFINE_string(
+        "held_out",
+        None,
+        "A folder held out for the final score (default: --held_out_fraction "
+        "of --photos/--pairs, by file).",
+    )
+    flags.DEFINE_float(
+        "held_out_fraction",
+        DEFAULTS["held_out_fraction"],
+        "Fraction of your files held out (seeded) when --held_out is not given.",
+        lower_bound=0.0,
+        upper_bound=1.0,
+    )
+    flags.DEFINE_integer(
+        "photo_size",
+        VIEWS.photo_size,
+        "Short side the photos are loaded at before views are cut (multiple of 4).",
+    )
+    flags.DEFINE_integer("crop_size", VIEWS.crop_size, "Side of the training views.")
+    flags.DEFINE_integer(
+        "crops_per_photo",
+        VIEWS.crops_per_photo,
+        "Training views per photo (the teacher runs once on each; cached).",
+        lower_bound=1,
+    )
+    flags.DEFINE_float(
+        "colour_jitter",
+        VIEWS.colour_jitter,
+        "Colour-jitter strength of the training views.",
+        lower_bound=0.0,
+        upper_bound=1.0,
+    )
+    flags.DEFINE_integer(
+        "eval_size",
+        VIEWS.eval_size,
+        "Side of the central held-out, validation and reference views.",
+    )
+    flags.DEFINE_integer(
+        "reference_photos",
+        VIEWS.reference_photos,
+        "Training photos whose central views fit the colour map and calibrate "
+        "int8 (a seeded subset).",
+        lower_bound=1,
+    )
+    flags.DEFINE_integer(
+        "validation_photos",
+        VIEWS.validation_photos,
+        "Training photos split off (seeded) for validation and searches.",
+        lower_bound=0,
+    )
+
+
+__all__ = [
+    "DEFAULTS",
+    "VIEWS",
+    "TaskData",
+    "Views",
+    "builtin_task",
+    "define_flags",
+    "from_settings",
+    "load",
+    "load_teacher",
+    "pair_task",
+    "photo_task",
+    "split_photos",
+    "vintage_task",
+]
