@@ -686,6 +686,8 @@ def apply_paths(
             if not isinstance(gate, keras_layers.ChannelGate):
                 raise ValueError(f"Layer {name!r} is not a ChannelGate.")
             schedules.apply_sparsity(gate, 1.0 - width / path.channels, importance)
+
+
 @dataclasses.dataclass(frozen=True)
 class BudgetPruning:
     """What `prune_to_budget` chose.
