@@ -3,6 +3,7 @@
 Nothing here imports `tfgancompress` or `training`: these layers stand alone.
 """
 
+from keras_layers.agents import PruningAgent, gumbel_sigmoid, resource_loss
 from keras_layers.conv import (
     SelectiveActivationConv2D,
     SuperBatchNormalization,
@@ -18,6 +19,7 @@ from keras_layers.quant import (
     FakeQuantInstanceNormalization,
     FakeQuantWeights,
 )
+from keras_layers.subpixel import SubPixelConv2D
 
 __all__ = [
     "ChannelGate",
@@ -25,13 +27,17 @@ __all__ = [
     "FakeQuantInstanceNormalization",
     "FakeQuantWeights",
     "InstanceNormalization",
+    "PruningAgent",
     "ReflectionPadding2D",
     "SelectiveActivationConv2D",
+    "SubPixelConv2D",
     "SuperBatchNormalization",
     "SuperConv2D",
     "SuperConv2DTranspose",
     "SuperInstanceNormalization",
     "SuperSeparableConv2D",
     "driven_gates",
+    "gumbel_sigmoid",
+    "resource_loss",
     "set_keeps",
 ]

@@ -13,38 +13,92 @@ def _stats(op: str, count: int, ms: float, percent: float) -> dict:
     }
 
 
-def test_markdown_states_speedups_ratios_and_op_tables():
-    names = ("teacher_fp32", "before_fp32", "before_int8", "after_fp32", "after_int8")
-    medians = dict(zip(names, (1000.0, 80.0, 40.0, 60.0, 20.0), strict=True))
-    report = {
+# (plain, lowered) median ms per model and kind.
+MEDIANS = {
+    ("teacher", "fp32"): (1000.0, 900.0),
+    ("teacher", "int8"): (500.0, 450.0),
+    ("norms", "fp32"): (100.0, 60.0),
+    ("norms", "int8"): (40.0, 30.0),
+    ("folded", "fp32"): (60.0, 45.0),
+    ("folded", "int8"): (20.0, 15.0),
+}
+
+
+def _report() -> dict:
+    results, macs, op_stats = {}, {}, {}
+    for index, lowering in enumerate(ops.LOWERINGS):
+        for model in ops.MODELS:
+            for kind in ops.KINDS:
+                name = ops.file_name(model, kind, lowering)
+                median = MEDIANS[model, kind][index]
+                results[name] = {"median_ms": median, "times_ms": [median] * 3}
+                macs[name] = 56.8e9 if model == "teacher" else 2.84e9
+                if model != "teacher":
+                    op_stats[name] = [
+                        _stats("CONV_2D", 22, median / 2, 50.0),
+                        _stats(
+                            "TRANSPOSE_CONV"
+                            if lowering == "plain"
+                            else "DEPTH_TO_SPACE",
+                            2,
+                            median / 2,
+                            50.0,
+                        ),
+                    ]
+    # Rounds of the plain fp32 student: per-round speed-ups 10, 8 and 12.5.
+    results["norms_fp32_plain"]["times_ms"] = [100.0, 125.0, 80.0]
+    return {
         "student": "s.keras",
         "size": 256,
         "threads": 2,
-        "runs": 10,
-        "macs": {name: 56.8e9 if name == "teacher_fp32" else 2.84e9 for name in names},
-        "psnr": {name: 23.0 for name in names[1:]},
-        "timing": {
-            "results": {name: {"median_ms": ms} for name, ms in medians.items()},
-            "speedup": {name: 1000.0 / ms for name, ms in medians.items()},
-        },
-        "ops": {
-            "before_fp32": [
-                _stats("CONV_2D", 22, 50.0, 62.5),
-                _stats("MEAN", 46, 30.0, 37.5),
-            ],
-            "after_fp32": [_stats("CONV_2D", 22, 55.0, 100.0)],
-            "before_int8": [
-                _stats("CONV_2D", 22, 20.0, 50.0),
-                _stats("MUL", 69, 20.0, 50.0),
-            ],
-            "after_int8": [_stats("CONV_2D", 22, 18.0, 100.0)],
-        },
+        "runs": 3,
+        "macs": macs,
+        "float_layers": {"teacher": [], "norms": ["up2_conv"], "folded": []},
+        "psnr": {name: 23.0 for name in results if not name.startswith("teacher")},
+        "timing": {"results": results},
+        "ops": op_stats,
     }
+
+
+def test_markdown_states_speedups_ratios_and_op_tables():
+    text = ops.to_markdown(_report())
+    # Speed-ups over the teacher fp32 file of the same lowering; MACs ratio 20.
+    assert (
+        "| teacher_fp32_plain | 56.80 | 1000.0 | 1.00x (1.00-1.00) | 1.00 |  |" in text
+    )
+    assert (
+        "| norms_fp32_plain | 2.84 | 100.0 | 10.00x (9.00-11.25) | 0.50 | 23.00 |"
+        in (text)
+    )
+    assert (
+        "| norms_fp32_lowered | 2.84 | 60.0 | 15.00x (15.00-15.00) | 0.75 | 23.00 |"
+        in (text)
+    )
+    assert "| teacher_int8_lowered | 56.80 | 450.0 | 2.00x (2.00-2.00) | 2.00 |  |" in (
+        text
+    )
+    assert "- norms, lowered: int8 2.00x faster than fp32." in text
+    assert "- folded, plain: int8 3.00x faster than fp32." in text
+    assert "- norms fp32: lowered 1.67x faster than plain." in text
+    assert "- teacher int8: lowered 1.11x faster than plain." in text
+    assert (
+        "Kept float32 in int8: teacher: none, norms: `up2_conv`, folded: none." in text
+    )
+    assert "| TRANSPOSE_CONV | 2 | 50.00 | 50.0 | 0 | 0.00 | 0.0 |" in text
+    assert text.count("| **total** |") == 4
+    assert "timing runs" not in text  # one run: no per-run table
+
+
+def test_markdown_gives_the_ratios_of_every_timing_run():
+    report = _report()
+    again = {
+        name: result["median_ms"]
+        for name, result in report["timing"]["results"].items()
+    }
+    again["folded_fp32_lowered"] = 36.0  # 900 / 36 = 25x: 1.25 of the MACs ratio
+    report["repeats"] = [again]
     text = ops.to_markdown(report)
-    # after_fp32: 1000 / 60 = 16.67x at a MACs ratio of 20: 0.83 of it.
-    assert "| after_fp32 | 2.84 | 60.0 | 16.67x | 0.83 | 23.00 |" in text
-    assert "| teacher_fp32 | 56.80 | 1000.0 | 1.00x | 1.00 |  |" in text
-    assert "- before: int8 2.00x faster than fp32." in text
-    assert "- after: int8 3.00x faster than fp32." in text
-    assert "| MEAN | 46 | 30.00 | 37.5 | 0 | 0.00 | 0.0 |" in text
-    assert text.count("| **total** |") == 2
+    assert "## The ratios in each of 2 interleaved timing runs" in text
+    assert "| folded_fp32_lowered / MACs ratio | 1.00 | 1.25 |" in text
+    assert "| norms lowered: int8 / fp32 | 2.00 | 2.00 |" in text
+    assert "| folded fp32: lowered / plain | 1.33 | 1.67 |" in text

@@ -153,6 +153,12 @@ class _Gradual(methods.Method):
     def finetune_trainer(self, student, teacher, setup, steps):
         return methods.distillation_trainer(student, teacher, setup, steps)
 
+    def finetune_callbacks(self, student, setup, steps):
+        def record(logs):
+            student.state.setdefault("finetuned", []).append(steps)
+
+        return [keras.callbacks.LambdaCallback(on_train_end=record)]
+
 
 def test_search_phase_checkpoints_and_resume(task, tmp_path):
     teacher, x, _, pairs = task
@@ -178,11 +184,13 @@ def test_search_phase_checkpoints_and_resume(task, tmp_path):
     assert result.steps == {"search": 2, "finetune": 2}
     assert len(result.histories["search"]["g_loss"]) == 1
     assert result.macs <= setup.budget.macs and result.refit_images == 4
+    assert result.student.state["finetuned"] == [2]  # the method's callbacks ran
     for name in ("searched", "refitted"):
         assert os.path.exists(os.path.join(checkpoints, name, "generator.keras"))
 
     again = pipeline.compress(_Gradual(), teacher, pairs, setup, **arguments)
     assert sorted(again.seconds) == ["finetune"]  # resumed from the refit
+    assert again.student.state["finetuned"] == [2]
     assert again.macs == result.macs
     np.testing.assert_array_equal(
         again.student.kept["stem_conv"], result.student.kept["stem_conv"]

@@ -80,3 +80,40 @@ def test_write_your_own_method_example_runs_through_the_pipeline(tmp_path):
     teacher_macs = tgc.profile(teacher, (256, 256, 3)).macs
     assert tgc.profile(student, (256, 256, 3)).macs == result.macs
     assert teacher_macs / result.macs >= 20
+
+
+def test_gcc_model_fit_example(monkeypatch, capsys):
+    """The GCC section's two fits prune to 1/20 and slim the discriminator."""
+    from training.trainer import AdversarialTrainer
+
+    compile_with_xla = AdversarialTrainer.compile
+
+    def compile_without_xla(self, *args, **kwargs):
+        # Two XLA programs would triple the test (XLA is tested elsewhere).
+        return compile_with_xla(self, *args, **{**kwargs, "jit_compile": False})
+
+    monkeypatch.setattr(AdversarialTrainer, "compile", compile_without_xla)
+    title = "GCC: cooperative compression with a selective-activation discriminator"
+    (example,) = _python_blocks(title)
+    keras.utils.set_random_seed(0)
+    teacher = tgc.models.resnet_generator(ngf=16, n_blocks=1, affine=True)
+    x = np.random.default_rng(0).uniform(-1, 1, (4, 32, 32, 3)).astype("float32")
+    pairs = tf.data.Dataset.from_tensor_slices((x, np.tanh(2 * x[..., ::-1])))
+    namespace = {
+        "teacher": teacher,
+        "pairs": pairs.batch(2, drop_remainder=True).repeat(),
+        "steps": 2,
+    }
+    exec(compile(example, "README.md", "exec"), namespace)
+    assert capsys.readouterr().out.splitlines()[-1].startswith("True {")
+    student, target = namespace["student"], namespace["target"]
+    assert tgc.profile(student.generator, target.input_shape).macs <= target.macs
+    assert tgc.profile(teacher, target.input_shape).macs >= 20 * target.macs
+    history = namespace["history"].history
+    assert {"content", "gram", "gate_coordination", "teacher_d_gan"} <= set(history)
+    assert not [
+        layer
+        for layer in student.discriminator._flatten_layers(include_self=False)
+        if isinstance(layer, keras_layers.ChannelGate)
+    ]
+    assert student.state["d_macs"] <= student.state["d_macs_before"]

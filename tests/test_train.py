@@ -61,8 +61,8 @@ def test_main_job_writes_everything(tmp_path):
 
 
 def test_main_job_rejects_unknown_methods_options_and_budgets(tmp_path):
-    with pytest.raises(ValueError, match="Unknown method 'gcc'; available: distill"):
-        train.run(method="gcc")
+    with pytest.raises(ValueError, match="Unknown method 'nope'; available: distill"):
+        train.run(method="nope")
     with pytest.raises(ValueError, match=r"\['lambda'\].*known: lambda_gan"):
         train.run(method="uniform", method_options="lambda=1")
     with pytest.raises(BudgetError, match="out of reach for method 'uniform'"):

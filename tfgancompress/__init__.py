@@ -8,12 +8,17 @@ print(tgc.profile(teacher, (256, 256, 3)))
 ```
 """
 
-from tfgancompress import (  # console first: it acts before TensorFlow loads
-    console,
+from tfgancompress import console  # first: it acts before TensorFlow loads
+
+# isort: split
+from tfgancompress import (
+    agents,
     cost,
     data,
+    density,
     export,
     latency,
+    lowering,
     masks,
     metrics,
     models,
@@ -32,12 +37,15 @@ from tfgancompress.surgery import live_channels, slim
 __all__ = [
     "LayerProfile",
     "ModelProfile",
+    "agents",
     "console",
     "cost",
     "data",
+    "density",
     "export",
     "latency",
     "live_channels",
+    "lowering",
     "masks",
     "metrics",
     "models",

@@ -9,6 +9,14 @@ this stack: weights stay unfrozen variables.) Every file is written
 atomically (`tfgancompress.atomic`): a failed or killed export leaves the
 destination as it was, never half-written.
 
+Before conversion `to_litert` applies `tfgancompress.lowering` (exact
+rewrites; `lowering=False` turns them off): transposed convolutions become
+sub-pixel convolutions (`CONV_2D` + `DEPTH_TO_SPACE`, which XNNPACK runs
+much faster per MAC than `TRANSPOSE_CONV`), and the 3-channel output
+convolution runs on a 2x coarser grid (`SPACE_TO_DEPTH` + `CONV_2D` to 12
+channels + `DEPTH_TO_SPACE`). Layer names are kept, so `float_layers` and
+the contract's `float32_convolutions` name the original layers.
+
 Quantization (`to_litert(..., quantization=...)`):
 
 | value       | weights         | activations | needs                 |
@@ -118,6 +126,8 @@ import tensorflow as tf
 
 from keras_layers.norm import InstanceNormalization
 from keras_layers.quant import FakeQuant
+from keras_layers.subpixel import SubPixelConv2D
+from tfgancompress import lowering as _lowering
 from tfgancompress import quantization as _quantization
 from tfgancompress.atomic import atomic_path, atomic_write
 from tfgancompress.quantization import (
@@ -450,16 +460,27 @@ def _float_layers(
         if isinstance(layer, InstanceNormalization)
     ]
     convolutions = [model.get_layer(name) for name in float_layers]
-    if any(isinstance(c, keras.layers.Conv2DTranspose) for c in convolutions):
-        # LiteRT's quantizer keeps transposed convolutions float32 by op
-        # type only (see `_convert_int8_float_layers`): all of them.
-        convolutions += [
-            layer
-            for layer in model.layers
-            if isinstance(layer, keras.layers.Conv2DTranspose)
-            and layer not in convolutions
-        ]
     return norms + convolutions + _activations_after(convolutions)
+
+
+def _in_converted_model(model: keras.Model, layers: list) -> list:
+    """`layers` (of the model before lowering) as layers of `model`.
+
+    LiteRT's quantizer keeps transposed convolutions float32 by op type
+    only (see `_convert_int8_float_layers`): if one of them stays float32,
+    all of them do. (`tfgancompress.lowering` leaves none in the generators
+    of the zoo.)
+    """
+    by_name = {layer.name: layer for layer in model._flatten_layers()}
+    found = [by_name[layer.name] for layer in layers]
+    if any(isinstance(layer, keras.layers.Conv2DTranspose) for layer in found):
+        transposed = [
+            layer
+            for layer in by_name.values()
+            if isinstance(layer, keras.layers.Conv2DTranspose) and layer not in found
+        ]
+        found += transposed + _activations_after(transposed)
+    return found
 
 
 def _activations_after(layers: list) -> list:
@@ -611,6 +632,7 @@ def to_litert(
     input_shape: Sequence[int] | None = None,
     float_norms: bool = True,
     float_layers: Sequence[str] | str = "auto",
+    lowering: bool = True,
 ) -> str:
     """Converts a Keras model into a builtin-ops-only LiteRT (`.tflite`) file.
 
@@ -641,6 +663,10 @@ def to_litert(
             (`tfgancompress.quantization.plan_int8`, a few forward passes
             of 8 calibration images per quantized tensor); `()` keeps
             none.
+        lowering: Apply the exact export-time rewrites of
+            `tfgancompress.lowering` (transposed convolutions as sub-pixel
+            convolutions, ...): the same function, a faster file. `False`
+            converts the layers as they are.
 
     Returns:
         `path` as a string. The file carries its input/output contract in
@@ -689,6 +715,9 @@ def to_litert(
         if float_norms:
             model = equalize_for_int8(model, batches)
             kept_float = _float_layers(model, float_layers, batches)
+    if lowering:
+        model = _lowering.lower_for_litert(model, shape)
+    kept_float = _in_converted_model(model, kept_float)
     with tempfile.TemporaryDirectory() as directory, _keep_absl_log_level():
         _saved_model_for(model, shape, directory)
         converter = tf.lite.TFLiteConverter.from_saved_model(directory)
@@ -710,7 +739,10 @@ def to_litert(
     names = [
         layer.name
         for layer in kept_float
-        if isinstance(layer, keras.layers.Conv2D | keras.layers.Conv2DTranspose)
+        if isinstance(
+            layer,
+            keras.layers.Conv2D | keras.layers.Conv2DTranspose | SubPixelConv2D,
+        )
     ]
     text = json.dumps(_contract(flatbuffer, quantization, names), indent=2)
     with atomic_write(path, "wb") as file:

@@ -263,6 +263,100 @@ def gan_losses(name: str) -> GanLoss:
     return _GAN_LOSSES[name]
 
 
+_FAKE_TERMS = {
+    "lsgan": lambda outputs: ops.mean(ops.square(outputs)),
+    "hinge": lambda outputs: ops.mean(ops.relu(1.0 + outputs)),
+    "vanilla": lambda outputs: ops.mean(ops.softplus(outputs)),
+}
+
+
+def discriminator_fake_loss(name: str, discriminator_gen_outputs):
+    """The fake term of GAN loss `name`'s discriminator loss, unhalved.
+
+    `mean(D(G)^2)` (lsgan), `mean(relu(1 + D(G)))` (hinge) or
+    `mean(softplus(D(G)))` (vanilla): what the discriminator pays on
+    generated images (its loss is half this plus half the real term).
+
+    Args:
+        name: `"lsgan"`, `"hinge"` or `"vanilla"`.
+        discriminator_gen_outputs: The discriminator's outputs on generated
+            images.
+
+    Returns:
+        A float32 scalar.
+
+    Raises:
+        ValueError: On an unknown `name`.
+
+    Example:
+
+    >>> float(discriminator_fake_loss("lsgan", keras.ops.ones((1, 4))))
+    1.0
+    """
+    gan_losses(name)
+    return _FAKE_TERMS[name](_float(discriminator_gen_outputs))
+
+
+def adversarial_balance(name: str, discriminator_gen_outputs):
+    """GCC's balance of a generator-discriminator pair: `|L_G^adv - L_D^fake|`.
+
+    On the same discriminator outputs on generated images, the generator's
+    adversarial loss and the discriminator's fake term pull in opposite
+    directions; their gap measures who is winning. GCC (Li et al. 2021)
+    keeps a student pair's gap close to its teacher pair's.
+
+    Args:
+        name: `"lsgan"`, `"hinge"` or `"vanilla"`.
+        discriminator_gen_outputs: The discriminator's outputs on generated
+            images.
+
+    Returns:
+        A float32 scalar >= 0.
+
+    Example:
+
+    >>> float(adversarial_balance("lsgan", keras.ops.zeros((1, 4))))
+    1.0
+    """
+    generator = gan_losses(name).generator(discriminator_gen_outputs)
+    fake = discriminator_fake_loss(name, discriminator_gen_outputs)
+    return ops.abs(generator - fake)
+
+
+def selective_activation_loss(
+    name: str, real_outputs, gen_outputs, teacher_balance
+) -> dict:
+    """GCC's loss of the discriminator's channel gates (selective activation).
+
+    - global coordination: `|balance_S - teacher_balance|`, the student
+      pair's `adversarial_balance` against the teacher pair's (GCC: its
+      exponential moving average);
+    - local capacity: the discriminator's own loss, `(L_D^real + L_D^fake)/2`.
+
+    Args:
+        name: `"lsgan"`, `"hinge"` or `"vanilla"`.
+        real_outputs: The gated discriminator's outputs on real images.
+        gen_outputs: Its outputs on the student's (detached) images.
+        teacher_balance: The teacher pair's balance (a scalar, no gradient).
+
+    Returns:
+        `{"coordination": scalar, "capacity": scalar}`.
+
+    Example:
+
+    >>> terms = selective_activation_loss(
+    ...     "lsgan", keras.ops.ones((1, 4)), keras.ops.zeros((1, 4)), 0.25)
+    >>> {k: float(v) for k, v in terms.items()}
+    {'coordination': 0.75, 'capacity': 0.0}
+    """
+    balance = adversarial_balance(name, gen_outputs)
+    teacher_balance = ops.stop_gradient(_float(teacher_balance))
+    return {
+        "coordination": ops.abs(balance - teacher_balance),
+        "capacity": gan_losses(name).discriminator(real_outputs, gen_outputs),
+    }
+
+
 def l1_loss(x, y):
     """Mean absolute error `mean(|x - y|)` over all elements.
 

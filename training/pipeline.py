@@ -308,8 +308,9 @@ def finetune(
 ) -> dict | None:
     """Phase 5: the method's fine-tuning trainer, fit for `steps` steps.
 
-    Arguments as `search`. The student's generator and discriminator are
-    trained in place (the trainer holds the same models).
+    Arguments as `search`; the method's `finetune_callbacks` run first.
+    The student's generator and discriminator are trained in place (the
+    trainer holds the same models).
 
     Returns:
         The `fit` history, or `None` when `steps` is 0.
@@ -318,7 +319,27 @@ def finetune(
         return None
     keras.utils.set_random_seed(setup.seed)
     trainer = method.finetune_trainer(student, teacher, setup, steps)
-    return _fit(trainer, data, steps, steps_per_epoch, callbacks, backup_dir, verbose)
+    run = [*method.finetune_callbacks(student, setup, steps), *callbacks]
+    return _fit(trainer, data, steps, steps_per_epoch, run, backup_dir, verbose)
+
+
+DISCRIMINATOR_REPORT = ("d_macs", "d_macs_before", "d_live_fraction")
+
+
+def discriminator_report(student: Student) -> dict:
+    """What a method recorded on slimming its discriminator, for reports.
+
+    A method that slims its discriminator after training (GCC) keeps in
+    `student.state`: `d_macs` and `d_macs_before`, the discriminator's
+    MACs after and before slimming (at the budget's input size), and
+    `d_live_fraction`, `{convolution: fraction of its output channels
+    kept}`.
+
+    Returns:
+        Those entries present in `student.state` (empty when none).
+    """
+    state = student.state
+    return {key: state[key] for key in DISCRIMINATOR_REPORT if key in state}
 
 
 # Checkpoints between phases ---------------------------------------------------

@@ -255,7 +255,9 @@ def compress(
 
     Returns:
         `(result, d_macs)`: `d_macs` is `{"before", "after"}` when the
-        method slimmed a gated discriminator, else empty.
+        method slimmed a gated discriminator (plus `"live_fraction"`,
+        `{convolution: fraction of its channels kept}`, when the method
+        reports it, as GCC does), else empty.
 
     Raises:
         BudgetError: If the method cannot reach the budget.
@@ -296,7 +298,19 @@ def compress(
         after_phase=phase_done,
         verbose=config["progress"],
     )
-    return result, d_macs.macs
+    return result, {**d_macs.macs, **_reported_discriminator(result.student)}
+
+
+def _reported_discriminator(student) -> dict:
+    """What the method itself recorded on slimming its discriminator (GCC)."""
+    reported = pipeline.discriminator_report(student)
+    if "d_macs" not in reported:
+        return {}
+    return {
+        "before": reported["d_macs_before"],
+        "after": reported["d_macs"],
+        "live_fraction": reported.get("d_live_fraction", {}),
+    }
 
 
 def _notes(facts: dict) -> list[str]:
@@ -315,6 +329,19 @@ def _notes(facts: dict) -> list[str]:
     if facts["method_state"]:  # e.g. gan_compression's chosen config
         items = ", ".join(f"{k}={v}" for k, v in facts["method_state"].items())
         method_state = [f"Method state: {items}.", ""]
+    discriminator = []
+    if facts["d_macs"]:
+        d_macs = facts["d_macs"]
+        live = ", ".join(
+            f"{name} {fraction:.2f}"
+            for name, fraction in d_macs.get("live_fraction", {}).items()
+        )
+        discriminator = [
+            f"Discriminator slimmed from {d_macs['before'] / 1e9:.2f} to "
+            f"{d_macs['after'] / 1e9:.2f} G MACs"
+            + (f"; live channels per layer: {live}." if live else "."),
+            "",
+        ]
     return [
         f"`{facts['description']}` at a budget of {facts['budget']}.",
         "",
@@ -325,6 +352,7 @@ def _notes(facts: dict) -> list[str]:
         f"Student before training: {initial}",
         "",
         *method_state,
+        *discriminator,
     ]
 
 
@@ -402,7 +430,9 @@ def run(**overrides) -> dict:
         method_state={
             key: value
             for key, value in result.student.state.items()
-            if isinstance(value, str | int | float) and not isinstance(value, bool)
+            if isinstance(value, str | int | float)
+            and not isinstance(value, bool)
+            and key not in pipeline.DISCRIMINATOR_REPORT  # in d_macs
         },
         train_seconds=sum(
             result.seconds.get(phase, 0.0) for phase in ("search", "finetune")

@@ -8,9 +8,14 @@ made explicit by a `ZeroPadding2D`):
 - `out_pad`, `out_conv` (one channel of patch logits)
 
 Layers 1..n_layers have stride 2, layer n_layers+1 and the output stride 1.
-With `gated=True`, each `layer{i}_conv` is a `SelectiveActivationConv2D`
-(its sub-layers `.conv`, `.norm`, `.gate`) and there is no separate
-`layer{i}_norm`: GCC's selective-activation discriminator.
+With `gated` set to a `ChannelGate` mode (`True` means `"binary"`), each
+`layer{i}_conv` is a `SelectiveActivationConv2D` (its sub-layers `.conv`,
+`.norm`, `.gate`, the gate named `layer{i}_conv_gate` by
+`tfgancompress.surgery.gate_layers`) and there is no separate
+`layer{i}_norm`. `gated="binary"` is GCC's selective-activation
+discriminator; other modes let other methods prune the discriminator with
+their own gates. `tfgancompress.slim` turns any of them into the plain
+discriminator with the switched-off channels removed.
 """
 
 from __future__ import annotations
@@ -18,21 +23,38 @@ from __future__ import annotations
 import keras
 
 from keras_layers import SelectiveActivationConv2D
-from tfgancompress.models.layers import NORMS, check_choice, input_layer, normalization
+from tfgancompress.models.layers import (
+    GATE_MODES,
+    NORMS,
+    check_choice,
+    input_layer,
+    normalization,
+)
 
 _INIT = keras.initializers.RandomNormal(mean=0.0, stddev=0.02)
 
 
-def _unit(x, i: int, filters: int, strides: int, norm, bias: bool, gated: bool):
+def _gate_mode(gated) -> str | None:
+    """The `ChannelGate` mode `gated` asks for (`True`: binary), or `None`."""
+    if gated is None or gated is False:
+        return None
+    if gated is True:
+        return "binary"
+    check_choice("gated", gated, (None, False, True, *GATE_MODES))
+    return gated
+
+
+def _unit(x, i: int, filters: int, strides: int, norm, bias: bool, gate_mode):
     x = keras.layers.ZeroPadding2D(1, name=f"layer{i}_pad")(x)
     unit_norm = norm if i > 1 else None
-    if gated:
+    if gate_mode is not None:
         x = SelectiveActivationConv2D(
             filters,
             4,
             strides=strides,
             use_bias=bias or i == 1,
             norm=unit_norm,
+            gate_mode=gate_mode,
             kernel_initializer=_INIT,
             name=f"layer{i}_conv",
         )(x)
@@ -56,7 +78,7 @@ def patchgan_discriminator(
     input_channels: int = 3,
     conditional: bool = False,
     norm: str = "instance",
-    gated: bool = False,
+    gated: bool | str | None = False,
     input_shape: tuple | None = None,
     name: str = "patchgan_discriminator",
 ) -> keras.Model:
@@ -76,8 +98,11 @@ def patchgan_discriminator(
         conditional: If `True` the input is `concat(x, y)` with
             `2 * input_channels` channels (pix2pix).
         norm: `"instance"` or `"batch"`.
-        gated: GCC's selective activation: `SelectiveActivationConv2D` units
-            with a binary `ChannelGate` after each conv(+norm).
+        gated: `False`/`None` for a plain discriminator, or the
+            `ChannelGate` mode of a gate after each conv(+norm) of layers
+            1..n_layers+1 (`SelectiveActivationConv2D` units): `"binary"`
+            (GCC's selective activation, also `True`), `"dmad"`, `"scale"`
+            or `"gumbel"`.
         input_shape: `(height, width, channels)`; defaults to
             `(None, None, channels)`.
         name: Model name.
@@ -86,8 +111,8 @@ def patchgan_discriminator(
         A flat functional `keras.Model` mapping images to patch logits.
 
     Raises:
-        ValueError: On an unknown `norm`, `n_layers < 1` or a bad
-            `input_shape`.
+        ValueError: On an unknown `norm` or `gated` mode, `n_layers < 1` or
+            a bad `input_shape`.
 
     Example:
 
@@ -96,6 +121,7 @@ def patchgan_discriminator(
     TensorShape([1, 6, 6, 1])
     """
     check_choice("norm", norm, NORMS)
+    gate_mode = _gate_mode(gated)
     if n_layers < 1:
         raise ValueError(f"n_layers must be >= 1, got {n_layers}.")
     if ndf < 1:
@@ -107,7 +133,7 @@ def patchgan_discriminator(
     for i in range(1, n_layers + 2):
         filters = ndf * min(2 ** (i - 1), 8)
         strides = 2 if i <= n_layers else 1
-        x = _unit(x, i, filters, strides, norm, bias, gated)
+        x = _unit(x, i, filters, strides, norm, bias, gate_mode)
     x = keras.layers.ZeroPadding2D(1, name="out_pad")(x)
     outputs = keras.layers.Conv2D(1, 4, kernel_initializer=_INIT, name="out_conv")(x)
     return keras.Model(inputs, outputs, name=name)

@@ -15,7 +15,8 @@ shares (`training.pipeline` runs them in order):
    discriminator), recording which teacher channels the student kept;
 4. the least-squares refit to the teacher, done by the pipeline when the
    student inherits the teacher's channels (`Student.inherits_teacher`);
-5. `finetune_trainer(...)`: the method's own objective, a compiled trainer;
+5. `finetune_trainer(...)` + `finetune_callbacks(...)`: the method's own
+   objective, a compiled trainer, and the callbacks of its `fit`;
 6. ship: the entry points export, score and time the result.
 
 Every phase is a public call, so one method runs from plain Keras code:
@@ -380,6 +381,14 @@ class Method(abc.ABC):
             A compiled `keras.Model` whose `generator` attribute is the
             student generator (an `AdversarialTrainer` or subclass).
         """
+
+    def finetune_callbacks(self, student: Student, setup: Setup, steps: int) -> list:
+        """Phase 5: callbacks of the fine-tuning `fit` over `steps` steps.
+
+        E.g. one that slims a gated discriminator when training ends.
+        None by default.
+        """
+        return []
 
 
 def check_non_negative(options, method: str) -> None:
