@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import keras
 import pytest
@@ -165,3 +166,29 @@ def test_a_killed_bench_resumes_without_retraining_finished_rows(tmp_path):
     assert saved["rows"]["teacher"]["fd"] == pytest.approx(0.0, abs=1e-3)
     for name in ("identity", "colour_map", "uniform", "distill"):
         assert saved["rows"][name]["fd"] > 1e-2, name
+
+
+def test_timing_keeps_a_row_named_like_another_rows_int8_file(monkeypatch):
+    """`gan_slimming_int8` is a row of its own, not `gan_slimming`'s int8 file."""
+    rows = {
+        "teacher": {},
+        "a": {"files": {"fp32": "a.tflite", "int8": "a8.tflite"}},
+        "a_int8": {"files": {"fp32": "b.tflite", "int8": "b8.tflite"}},
+    }
+    milliseconds = {"t.tflite": 8.0, "a.tflite": 4.0, "a8.tflite": 2.0}
+    milliseconds.update({"b.tflite": 5.0, "b8.tflite": 1.0})
+
+    def time_files(files, runs):
+        results = {
+            name: types.SimpleNamespace(median_ms=milliseconds[path])
+            for name, path in files.items()
+        }
+        speedup = {name: 8.0 / r.median_ms for name, r in results.items()}
+        return types.SimpleNamespace(results=results, speedup=speedup)
+
+    monkeypatch.setattr(bench.tgc.ship, "time_files", time_files)
+    bench._time_rows(rows, "t.tflite", runs=1)
+    assert rows["a"]["latency_ms"] == 4.0 and rows["a"]["latency_ms_int8"] == 2.0
+    assert rows["a_int8"]["latency_ms"] == 5.0
+    assert rows["a_int8"]["latency_ms_int8"] == 1.0
+    assert rows["a_int8"]["speedup_int8"] == 8.0 and rows["teacher"]["speedup"] == 1.0

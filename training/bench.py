@@ -180,14 +180,17 @@ def _reference_rows(task: tasks.TaskData) -> dict[str, dict]:
 def _time_rows(rows: dict[str, dict], teacher_file: str, runs: int) -> None:
     """Times the teacher's and every trained row's files; adds the results."""
     files = {"teacher": teacher_file}
+    owners = {"teacher": ("teacher", "")}  # file name -> (row, key suffix)
     for label, row in rows.items():
         if "files" in row:
-            files[label] = row["files"]["fp32"]
-            files[f"{label}_int8"] = row["files"]["int8"]
+            for kind, suffix in (("fp32", ""), ("int8", "_int8")):
+                # A row may be named like another's int8 file (gan_slimming_int8).
+                name = f"{label} {kind}"
+                files[name] = row["files"][kind]
+                owners[name] = (label, suffix)
     timing = tgc.ship.time_files(files, runs=runs)
     for name, result in timing.results.items():
-        label = name.removesuffix("_int8") if name != "teacher" else name
-        suffix = "_int8" if name.endswith("_int8") else ""
+        label, suffix = owners[name]
         rows[label][f"latency_ms{suffix}"] = result.median_ms
         rows[label][f"speedup{suffix}"] = timing.speedup[name]
 
