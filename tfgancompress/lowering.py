@@ -261,7 +261,7 @@ def _replacements(model: keras.Model, input_shape) -> dict:
 
 
 def lower_for_litert(model: keras.Model, input_shape=None) -> keras.Model:
-    """A copy of `model` with every exact export-time rewrite applied.
+    """`model` with every exact export-time rewrite applied, as a new model.
 
     Layer names are kept (a rewritten layer's replacement has its name), so
     name-based choices such as `to_litert`'s `float_layers` still apply.
@@ -273,7 +273,9 @@ def lower_for_litert(model: keras.Model, input_shape=None) -> keras.Model:
             rewrite needs even output sizes).
 
     Returns:
-        The rewritten copy, or `model` itself when nothing applies.
+        A new model holding the replacement layers and sharing every other
+        layer (and its weights) with `model`; `model` itself when nothing
+        applies.
 
     Example:
 
@@ -288,14 +290,13 @@ def lower_for_litert(model: keras.Model, input_shape=None) -> keras.Model:
         return model
 
     def clone_layer(layer):
+        # Unchanged layers are shared, not copied: a copy would need every
+        # layer to round-trip through its config (a Python `Lambda` does not).
         if layer.name in replacements:
             return SubPixelConv2D(**replacements[layer.name]["config"])
-        return layer.__class__.from_config(layer.get_config())
+        return layer
 
     twin = keras.models.clone_model(model, clone_function=clone_layer)
-    for layer in twin.layers:
-        if layer.name in replacements:
-            layer.set_weights(replacements[layer.name]["weights"])
-        elif layer.weights:
-            layer.set_weights(model.get_layer(layer.name).get_weights())
+    for name, replacement in replacements.items():
+        twin.get_layer(name).set_weights(replacement["weights"])
     return twin

@@ -73,11 +73,11 @@ without opencv-doc).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import hashlib
 import importlib.util
 import io
 import os
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -387,6 +387,27 @@ def open_photo(photo: Photo | str | os.PathLike) -> Image.Image:
     return image
 
 
+def _once_per_index(load: Callable[[int], np.ndarray]) -> Callable[[int], np.ndarray]:
+    """`load` memoised by index: each index is loaded once.
+
+    tf.data's parallel map can ask for one index from two threads at once,
+    where `functools.cache` would load it twice.
+    """
+    cache: dict[int, np.ndarray] = {}
+    locks: dict[int, threading.Lock] = {}
+    guard = threading.Lock()
+
+    def loaded(i: int) -> np.ndarray:
+        with guard:
+            lock = locks.setdefault(i, threading.Lock())
+        with lock:
+            if i not in cache:
+                cache[i] = load(i)
+            return cache[i]
+
+    return loaded
+
+
 def load_photo(photo: Photo | str | os.PathLike, short_side: int) -> np.ndarray:
     """An RGB `uint8 (H, W, 3)` photo resized so its short side is `short_side`.
 
@@ -561,12 +582,8 @@ def photos(
     training = split != "eval" if training is None else training
     chosen = select(split, holdout, opencv_dir)
 
-    @functools.cache
-    def image(i: int) -> np.ndarray:
-        return load_photo(chosen[i], load_size)
-
     return _crops(
-        image,
+        _once_per_index(lambda i: load_photo(chosen[i], load_size)),
         len(chosen),
         3,
         crop_size=crop_size,
