@@ -261,7 +261,7 @@ def _replacements(model: keras.Model, input_shape) -> dict:
 
 
 def lower_for_litert(model: keras.Model, input_shape=None) -> keras.Model:
-    """`model` with every exact export-time rewrite applied, as a new model.
+    """A copy of `model` with every exact export-time rewrite applied.
 
     Layer names are kept (a rewritten layer's replacement has its name), so
     name-based choices such as `to_litert`'s `float_layers` still apply.
@@ -273,8 +273,8 @@ def lower_for_litert(model: keras.Model, input_shape=None) -> keras.Model:
             rewrite needs even output sizes).
 
     Returns:
-        A new model holding the replacement layers and sharing every other
-        layer (and its weights) with `model`; `model` itself when nothing
+        The rewritten copy (weightless `Lambda` layers are shared with
+        `model`, every other layer copied), or `model` itself when nothing
         applies.
 
     Example:
@@ -290,13 +290,18 @@ def lower_for_litert(model: keras.Model, input_shape=None) -> keras.Model:
         return model
 
     def clone_layer(layer):
-        # Unchanged layers are shared, not copied: a copy would need every
-        # layer to round-trip through its config (a Python `Lambda` does not).
         if layer.name in replacements:
             return SubPixelConv2D(**replacements[layer.name]["config"])
-        return layer
+        if isinstance(layer, keras.layers.Lambda):
+            # Shared, not copied: a Python lambda does not round-trip its
+            # config, and the layer holds no weights or state.
+            return layer
+        return layer.__class__.from_config(layer.get_config())
 
     twin = keras.models.clone_model(model, clone_function=clone_layer)
-    for name, replacement in replacements.items():
-        twin.get_layer(name).set_weights(replacement["weights"])
+    for layer in twin.layers:
+        if layer.name in replacements:
+            layer.set_weights(replacements[layer.name]["weights"])
+        elif layer.weights:
+            layer.set_weights(model.get_layer(layer.name).get_weights())
     return twin
