@@ -18,8 +18,11 @@ model works too (then it is the network itself).
 
 from __future__ import annotations
 
+import json
 import math
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 
 import keras
@@ -29,6 +32,8 @@ import tensorflow as tf
 import keras_layers
 import tfgancompress as tgc
 from tfgancompress import reports, schedules
+from tfgancompress.atomic import atomic_write
+from training import distribute
 
 NETWORKS = ("generator", "discriminator")
 
@@ -407,3 +412,48 @@ class StopOnNaN(keras.callbacks.Callback):
                     "training stopped. The last checkpoint is kept: lower the "
                     "learning rate or check the data, then run again to resume."
                 )
+
+
+class BackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras' `BackupAndRestore`, written atomically and by the chief only.
+
+    Every worker of a distributed run restores from `backup_dir` (shared
+    storage); only the chief (`training.distribute.is_chief`) writes it and
+    deletes it when `fit` ends (the others save to a scratch folder: saving
+    reads distributed variables, which all workers must do together). The
+    weights go to a temporary file renamed over the previous backup, then
+    the epoch record (atomically too): a process killed while saving leaves
+    the previous, complete backup. If it dies between the two renames, the
+    record is one epoch behind the weights; step-counted training
+    (`training.pipeline`) still stops at its step, since the optimizer's
+    step counter is part of the weights.
+
+    Args:
+        backup_dir: The backup folder.
+        **kwargs: As `keras.callbacks.BackupAndRestore`.
+    """
+
+    def _save_model(self):
+        # Every worker saves (reading distributed variables is a collective
+        # operation); the others' copies go to a scratch folder.
+        chief = distribute.is_chief(self.model.distribute_strategy)
+        folder = self.backup_dir if chief else tempfile.mkdtemp(prefix="backup-")
+        os.makedirs(folder, exist_ok=True)
+        temporary = os.path.join(folder, f".partial-{os.getpid()}.weights.h5")
+        try:
+            self.model.save_weights(temporary, overwrite=True)
+            if chief:
+                os.replace(temporary, self._weights_path)
+        finally:
+            if chief and os.path.exists(temporary):
+                os.remove(temporary)
+            if not chief:
+                shutil.rmtree(folder, ignore_errors=True)
+        if chief:
+            with atomic_write(self._training_metadata_path) as file:
+                epoch = {"epoch": self._current_epoch, "batch": self._last_batch_seen}
+                json.dump(epoch, file)
+
+    def on_train_end(self, logs=None):
+        if distribute.is_chief(self.model.distribute_strategy):
+            super().on_train_end(logs)

@@ -55,6 +55,8 @@ import numpy as np
 
 import tfgancompress as tgc
 from training import callbacks as callbacks_lib
+from training import distribute
+from training.distribute import MultiWorkerFit
 from training.methods import Method, Setup, Student
 
 PHASES = ("build", "search", "slim", "refit", "match", "finetune")
@@ -72,6 +74,9 @@ class Compressed:
         histories: `fit` histories of the training phases run in this call.
         refit_images: Calibration images of the least-squares refit run in
             this call, or `None`.
+        trained_steps: The step counter of each training phase's trainer
+            when its `fit` ended in this call (a resumed phase counts the
+            steps made before the interruption too).
     """
 
     student: Student
@@ -80,6 +85,7 @@ class Compressed:
     seconds: dict[str, float]
     histories: dict[str, dict]
     refit_images: int | None = None
+    trained_steps: dict[str, int] = dataclasses.field(default_factory=dict)
 
 
 class _StopAtStep(keras.callbacks.Callback):
@@ -90,7 +96,7 @@ class _StopAtStep(keras.callbacks.Callback):
         self.steps = int(steps)
 
     def on_train_batch_end(self, batch, logs=None):
-        if int(callbacks_lib.training_step(self.model)) >= self.steps:
+        if int(callbacks_lib.training_step(self.model).numpy()) >= self.steps:
             self.model.stop_training = True
 
 
@@ -187,7 +193,7 @@ def _fit(
     per_epoch = min(steps_per_epoch, steps)
     run = [callbacks_lib.StopOnNaN()]
     if backup_dir:
-        run.append(keras.callbacks.BackupAndRestore(backup_dir))
+        run.append(callbacks_lib.BackupAndRestore(backup_dir))
     run += [*callbacks, _StopAtStep(steps)]
     history = trainer.fit(
         data,
@@ -197,6 +203,7 @@ def _fit(
         shuffle=False,  # the dataset shuffles; Keras warns about its own flag
         verbose=verbose,
     )
+    history.history["trained_steps"] = int(callbacks_lib.training_step(trainer).numpy())
     return history.history
 
 
@@ -298,7 +305,7 @@ def refit(
     )
 
 
-class OutputMatcher(keras.Model):
+class OutputMatcher(MultiWorkerFit, keras.Model):
     """A generator, trained alone on `(input, target image)` batches.
 
     The model `match` compiles with a mean-squared-error loss: `fit` trains
@@ -315,6 +322,12 @@ class OutputMatcher(keras.Model):
 
     def call(self, inputs, training=False):
         return self.generator(inputs, training=training)
+
+    def train_step(self, data):
+        return self.reducible_logs(super().train_step(data))
+
+    def test_step(self, data):
+        return self.reducible_logs(super().test_step(data))
 
 
 def _teacher_targets(data, teacher: keras.Model):
@@ -432,13 +445,14 @@ def discriminator_report(student: Student) -> dict:
 
 
 def _save(student: Student, directory: str) -> None:
-    os.makedirs(directory, exist_ok=True)
-    student.generator.save(os.path.join(directory, "generator.keras"))
-    student.discriminator.save(os.path.join(directory, "discriminator.keras"))
-    if student.kept is not None:
-        np.savez(os.path.join(directory, "kept.npz"), **student.kept)
-    with open(os.path.join(directory, "student.json"), "w") as file:
-        json.dump({"inherits_teacher": student.inherits_teacher}, file)
+    """Saves `student` to `directory` as a whole (atomically; the chief only)."""
+    with distribute.chief_path(directory, directory=True) as temporary:
+        student.generator.save(os.path.join(temporary, "generator.keras"))
+        student.discriminator.save(os.path.join(temporary, "discriminator.keras"))
+        if student.kept is not None:
+            np.savez(os.path.join(temporary, "kept.npz"), **student.kept)
+        with open(os.path.join(temporary, "student.json"), "w") as file:
+            json.dump({"inherits_teacher": student.inherits_teacher}, file)
 
 
 def _load(directory: str) -> Student | None:
@@ -473,8 +487,8 @@ def _claim(checkpoint_dir: str, run: dict) -> None:
                 f"this one is {run}. Use another directory or delete it."
             )
         return
-    with open(path, "w") as file:
-        json.dump(run, file, indent=1)
+    if distribute.is_chief():
+        tgc.reports.write_json(path, run)
 
 
 def compress(
@@ -682,4 +696,9 @@ def compress(
             **training_kwargs,
         )
         finished("finetune", student)
-    return Compressed(student, macs, split, seconds, histories, refit_images)
+    trained = {
+        phase: history.pop("trained_steps")
+        for phase, history in histories.items()
+        if history is not None
+    }
+    return Compressed(student, macs, split, seconds, histories, refit_images, trained)

@@ -48,12 +48,12 @@ import os
 import time
 from collections.abc import Callable
 
+import keras
 import numpy as np
 from absl import app, flags, logging
 
 import tfgancompress as tgc
-from tfgancompress.atomic import atomic_path
-from training import callbacks, methods, pipeline, ship, tasks
+from training import callbacks, distribute, methods, pipeline, ship, tasks
 from training.budget import DEFAULT_MACS_RATIO, Budget, BudgetError
 
 # The run's settings besides the task's (`tasks.DEFAULTS`).
@@ -75,7 +75,10 @@ RUN_DEFAULTS = {
     "seed": 0,
     "jit_compile": True,
     "progress": 1,
+    "strategy": "default",
+    "ship": True,
     "output_dir": "outputs/vintage",
+    "overwrite": False,
 }
 DEFAULTS = {**RUN_DEFAULTS, **tasks.DEFAULTS}
 
@@ -110,6 +113,26 @@ def define_flags() -> None:
         lower_bound=1,
     )
     flags.DEFINE_string("output_dir", DEFAULTS["output_dir"], "Where to write results.")
+    flags.DEFINE_bool(
+        "overwrite",
+        DEFAULTS["overwrite"],
+        "Replace the results of a different run in --output_dir (without it, "
+        "such a run is refused; the same run resumes).",
+    )
+    flags.DEFINE_bool(
+        "ship",
+        DEFAULTS["ship"],
+        "After training, export, score and time the student (off: stop at "
+        "student.keras, e.g. to ship it elsewhere with training.export).",
+    )
+    flags.DEFINE_enum(
+        "strategy",
+        DEFAULTS["strategy"],
+        distribute.STRATEGIES,
+        "tf.distribute strategy: default (one device), mirrored (all devices "
+        "of this machine), multi_worker (the cluster in TF_CONFIG; start the "
+        "same command on every worker), tpu.",
+    )
     tasks.define_flags()
 
 
@@ -200,18 +223,74 @@ RUN_KEYS = (
 )
 
 
-def run_key(
+def run_settings(
     method: methods.Method, budget: Budget, config: dict, task: tasks.TaskData
-) -> str:
-    """A short hash naming one run: method, options, budget, steps, seed, data."""
-    described = {
+) -> dict:
+    """What names one run: method, options, budget, training settings, data."""
+    return {
         **method.describe(),
         "macs_budget": budget.macs,
         "data": task.key,
         **{key: config[key] for key in RUN_KEYS},
     }
-    text = json.dumps(described, sort_keys=True)
+
+
+def run_key(
+    method: methods.Method, budget: Budget, config: dict, task: tasks.TaskData
+) -> str:
+    """A short hash naming one run (`run_settings`)."""
+    text = json.dumps(run_settings(method, budget, config, task), sort_keys=True)
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# What a run writes to its output folder besides `checkpoints/`.
+OUTPUT_FILES = (
+    "student.keras",
+    "student.tflite",
+    "student_int8.tflite",
+    "teacher.tflite",
+    "samples.png",
+    "report.md",
+    "report.json",
+)
+
+
+def claim_output_dir(output_dir: str, settings: dict, overwrite: bool) -> None:
+    """Records in `<output_dir>/run.json` which run writes there.
+
+    The same run (a rerun after an interruption) resumes; a run with other
+    settings is refused unless `overwrite`, which deletes the previous run's
+    results (`OUTPUT_FILES`; checkpoints are kept per run) first.
+
+    Raises:
+        FileExistsError: If `output_dir` holds another run's results and
+            `overwrite` is False.
+    """
+    path = os.path.join(output_dir, "run.json")
+    if os.path.exists(path):
+        with open(path) as file:
+            previous = json.load(file)
+        if previous == json.loads(json.dumps(settings)):
+            return
+        changed = sorted(
+            key
+            for key in set(previous) | set(settings)
+            if previous.get(key) != settings.get(key)
+        )
+        if not overwrite:
+            differences = ", ".join(
+                f"{key}: {previous.get(key)!r} -> {settings.get(key)!r}"
+                for key in changed
+            )
+            raise FileExistsError(
+                f"{output_dir} holds the results of a run with other settings "
+                f"({differences}). Use another --output_dir, or --overwrite to "
+                "replace them."
+            )
+        for name in OUTPUT_FILES:
+            if os.path.exists(os.path.join(output_dir, name)):
+                os.remove(os.path.join(output_dir, name))
+    tgc.reports.write_json(path, settings)
 
 
 def _discriminator_macs(discriminator, budget: Budget) -> int:
@@ -241,7 +320,7 @@ class _DiscriminatorMacs:
             }
         elif phase == "slim" and "before" in self.macs:
             self.macs["after"] = _discriminator_macs(student.discriminator, self.budget)
-            if self.path:
+            if self.path and distribute.is_chief():
                 tgc.reports.write_json(self.path, self.macs)
 
 
@@ -301,7 +380,7 @@ def compress(
     result = pipeline.compress(
         method,
         task.teacher,
-        task.dataset(config["batch_size"], config["seed"]),
+        distribute.shard(task.dataset(config["batch_size"], config["seed"])),
         setup,
         steps=config["steps"],
         steps_per_epoch=config["steps_per_epoch"],
@@ -329,6 +408,17 @@ def _reported_discriminator(student) -> dict:
         "after": reported["d_macs"],
         "live_fraction": reported.get("d_live_fraction", {}),
     }
+
+
+def _generate(generator, inputs: np.ndarray, batch_size: int = 2) -> np.ndarray:
+    """`generator` on `inputs` in batches, on this process alone (no `predict`,
+    which would be a collective operation under a multi-worker strategy)."""
+    return np.concatenate(
+        [
+            np.asarray(generator(inputs[i : i + batch_size], training=False))
+            for i in range(0, len(inputs), batch_size)
+        ]
+    )
 
 
 def _notes(facts: dict) -> list[str]:
@@ -389,8 +479,11 @@ def run(**overrides) -> dict:
     config = settings(overrides)
     method = methods.get(config["method"], config["method_options"])
     start = time.perf_counter()
+    distribution = distribute.strategy(config["strategy"])
+    chief = distribute.is_chief(distribution)
     output_dir = config["output_dir"]
-    os.makedirs(output_dir, exist_ok=True)
+    if chief:
+        os.makedirs(output_dir, exist_ok=True)
     seconds = {}
     print("[1/3] loading the task (teacher views are cached)", flush=True)
     task = tasks.from_settings(config)
@@ -402,29 +495,53 @@ def run(**overrides) -> dict:
         f"{photos['held_out']} held out, {photos['reference']} reference",
         flush=True,
     )
+    budget = budget_for(task, config)
+    if chief:
+        described = run_settings(method, budget, config, task)
+        claim_output_dir(output_dir, described, config["overwrite"])
     inputs, targets = task.held_out
     initial = {}
 
     def score_untrained(phase, student):
         if phase in ("slim", "refit"):
-            outputs = student.generator.predict(inputs, 2, verbose=0)
+            outputs = _generate(student.generator, inputs)
             initial["psnr"] = float(np.mean(tgc.metrics.psnr(targets, outputs)))
             print(f"      after {phase}: {initial['psnr']:.2f} dB PSNR on held-out")
 
     print(f"[2/3] compressing with {method.description}", flush=True)
-    budget = budget_for(task, config)
-    result, d_macs = compress(
-        method,
-        task,
-        config,
-        budget,
-        os.path.join(output_dir, "checkpoints", run_key(method, budget, config, task)),
-        after_phase=score_untrained,
-    )
+    if distribution.num_replicas_in_sync > 1:
+        print(
+            f"      {config['strategy']}: {distribution.num_replicas_in_sync} "
+            f"replicas, batch {config['batch_size']} in all"
+            + ("" if chief else "; the chief writes checkpoints and results"),
+            flush=True,
+        )
+    with distribution.scope():
+        result, d_macs = compress(
+            method,
+            task,
+            config,
+            budget,
+            os.path.join(
+                output_dir, "checkpoints", run_key(method, budget, config, task)
+            ),
+            after_phase=score_untrained,
+        )
     seconds.update(result.seconds)
-    student = result.student.generator
-    with atomic_path(os.path.join(output_dir, "student.keras")) as temporary:
-        student.save(temporary)
+    student_path = os.path.join(output_dir, "student.keras")
+    with distribute.chief_path(student_path) as temporary:
+        result.student.generator.save(temporary)
+    if not chief:
+        return {"phase_steps": result.steps, "trained_steps": result.trained_steps}
+    if not config["ship"]:
+        print(f"      student saved to {student_path} (--noship)", flush=True)
+        return {
+            "student": student_path,
+            "phase_steps": result.steps,
+            "trained_steps": result.trained_steps,
+        }
+    # Shipped from the file: plain variables, whatever the strategy.
+    student = keras.models.load_model(student_path)
 
     print(
         f"[3/3] shipping: fp32 and int8 LiteRT, quality on {len(inputs)} held-out "
@@ -436,6 +553,8 @@ def run(**overrides) -> dict:
     seconds["ship"] = time.perf_counter() - ship_start
     report.update(
         method=config["method"],
+        strategy=config["strategy"],
+        replicas=distribution.num_replicas_in_sync,
         description=method.description,
         method_options=method.describe()["options"],
         budget=budget.describe(),
@@ -444,6 +563,7 @@ def run(**overrides) -> dict:
         match_steps=config["match_steps"],
         batch_size=config["batch_size"],
         phase_steps=result.steps,
+        trained_steps=result.trained_steps,
         reconstruction_views=result.refit_images or 0,
         initial_psnr=initial.get("psnr"),
         d_macs=d_macs or None,

@@ -44,6 +44,7 @@ import tensorflow as tf
 import keras_layers
 from tfgancompress.models import tap_names, with_taps
 from training import losses
+from training.distribute import MultiWorkerFit
 from training.image_pool import ImagePool
 
 MODES = ("paired", "unpaired")
@@ -243,8 +244,12 @@ def _pool_shape(discriminator, image_size) -> tuple:
     return full
 
 
-class _TrackedModel(keras.Model):
-    """Metric trackers by name, created in `compile()` (shared by trainers)."""
+class _TrackedModel(MultiWorkerFit, keras.Model):
+    """Metric trackers by name, created in `compile()` (shared by trainers).
+
+    `fit` runs under every `tf.distribute` strategy, multi-worker too
+    (`training.distribute.MultiWorkerFit`).
+    """
 
     def _make_trackers(self, names: Sequence[str]) -> None:
         if len(set(names)) != len(names):
@@ -782,7 +787,7 @@ class AdversarialTrainer(_TrackedModel):
         )
         self._update(step.g_terms, self.generator_loss_names(), "generator")
         self._update(step.d_terms, self.discriminator_loss_names(), "discriminator")
-        return self._results()
+        return self.reducible_logs(self._results())
 
     def test_step(self, data):
         x, y = _unpack(data, f"{type(self).__name__} ({self.mode})")
@@ -798,7 +803,7 @@ class AdversarialTrainer(_TrackedModel):
         fake = self.generator(x, training=False)
         _check_images(fake, target, "Generator output vs target")
         self._eval_tracker.update_state(losses.l1_loss(fake, target))
-        return {self._eval_name: self._eval_tracker.result()}
+        return self.reducible_logs({self._eval_name: self._eval_tracker.result()})
 
 
 class CycleGANTrainer(_TrackedModel):
@@ -997,7 +1002,7 @@ class CycleGANTrainer(_TrackedModel):
             [name for name in self._trackers],
             "cyclegan",
         )
-        return self._results()
+        return self.reducible_logs(self._results())
 
     def test_step(self, data):
         a, b = self._unpack_pair(data, "CycleGANTrainer")
@@ -1006,4 +1011,4 @@ class CycleGANTrainer(_TrackedModel):
         self._eval_tracker.update_state(
             0.5 * (losses.l1_loss(rec_a, a) + losses.l1_loss(rec_b, b))
         )
-        return {self._eval_name: self._eval_tracker.result()}
+        return self.reducible_logs({self._eval_name: self._eval_tracker.result()})

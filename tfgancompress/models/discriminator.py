@@ -29,9 +29,8 @@ from tfgancompress.models.layers import (
     check_choice,
     input_layer,
     normalization,
+    weight_initializer,
 )
-
-_INIT = keras.initializers.RandomNormal(mean=0.0, stddev=0.02)
 
 
 def _gate_mode(gated) -> str | None:
@@ -55,7 +54,7 @@ def _unit(x, i: int, filters: int, strides: int, norm, bias: bool, gate_mode):
             use_bias=bias or i == 1,
             norm=unit_norm,
             gate_mode=gate_mode,
-            kernel_initializer=_INIT,
+            kernel_initializer=weight_initializer(),
             name=f"layer{i}_conv",
         )(x)
     else:
@@ -64,7 +63,7 @@ def _unit(x, i: int, filters: int, strides: int, norm, bias: bool, gate_mode):
             4,
             strides=strides,
             use_bias=bias or i == 1,
-            kernel_initializer=_INIT,
+            kernel_initializer=weight_initializer(),
             name=f"layer{i}_conv",
         )(x)
         if unit_norm is not None:
@@ -135,5 +134,7 @@ def patchgan_discriminator(
         strides = 2 if i <= n_layers else 1
         x = _unit(x, i, filters, strides, norm, bias, gate_mode)
     x = keras.layers.ZeroPadding2D(1, name="out_pad")(x)
-    outputs = keras.layers.Conv2D(1, 4, kernel_initializer=_INIT, name="out_conv")(x)
+    outputs = keras.layers.Conv2D(
+        1, 4, kernel_initializer=weight_initializer(), name="out_conv"
+    )(x)
     return keras.Model(inputs, outputs, name=name)

@@ -143,6 +143,19 @@ class SuperTorchConv2DTranspose(SuperConv2DTranspose, TorchConv2DTranspose):
     """
 
 
+def weight_initializer() -> keras.initializers.Initializer:
+    """pix2pix's N(0, 0.02) kernel initializer; call it once per layer.
+
+    A new initializer per layer takes its seed from Keras' global seed
+    (`keras.utils.set_random_seed`) when the layer is made: the same seed
+    gives the same weights in every process (a multi-worker run and its
+    single-worker reference), and same-shaped layers differ. One instance
+    shared by layers and made at import time gives every same-shaped
+    kernel the same values, different in every process.
+    """
+    return keras.initializers.RandomNormal(mean=0.0, stddev=0.02)
+
+
 def check_choice(name: str, value, choices) -> None:
     """Raises a `ValueError` naming `name` if `value` is not in `choices`."""
     if value not in choices:

@@ -37,9 +37,8 @@ from tfgancompress.models.layers import (
     check_choice,
     input_layer,
     norm_gate,
+    weight_initializer,
 )
-
-_INIT = keras.initializers.RandomNormal(mean=0.0, stddev=0.02)
 
 
 def _check_args(
@@ -66,7 +65,7 @@ def _conv(filters: int, kernel: int, name: str, strides: int = 1, bias: bool = T
         kernel,
         strides=strides,
         use_bias=bias,
-        kernel_initializer=_INIT,
+        kernel_initializer=weight_initializer(),
         name=name,
     )
 
@@ -81,7 +80,7 @@ def _separable_conv(x, filters: int, prefix: str, index: int, bias: bool):
     x = keras.layers.DepthwiseConv2D(
         3,
         use_bias=bias,
-        depthwise_initializer=_INIT,
+        depthwise_initializer=weight_initializer(),
         name=f"{prefix}_dwconv{index}",
     )(x)
     x = InstanceNormalization(name=f"{prefix}_dwnorm{index}")(x)
@@ -137,7 +136,7 @@ def _build(
             torch_padding=1,
             torch_output_padding=1,
             use_bias=bias,
-            kernel_initializer=_INIT,
+            kernel_initializer=weight_initializer(),
             name=f"up{i}_conv",
         )(x)
         x = norm_gate(x, norm, affine, gated, f"up{i}")

@@ -27,9 +27,8 @@ from tfgancompress.models.layers import (
     check_choice,
     input_layer,
     norm_gate,
+    weight_initializer,
 )
-
-_INIT = keras.initializers.RandomNormal(mean=0.0, stddev=0.02)
 
 
 def _widths(ngf: int, num_downs: int) -> list[int]:
@@ -62,7 +61,7 @@ def _down(x, i: int, filters: int, num_downs: int, norm, gated, bias: bool):
         4,
         strides=2,
         use_bias=bias,
-        kernel_initializer=_INIT,
+        kernel_initializer=weight_initializer(),
         name=f"down{i}_conv",
     )(x)
     if 1 < i < num_downs:
@@ -78,7 +77,7 @@ def _up(x, i: int, filters: int, norm, gated, bias, dropout: bool):
         strides=2,
         padding="same",
         use_bias=bias or i == 1,
-        kernel_initializer=_INIT,
+        kernel_initializer=weight_initializer(),
         name=f"up{i}_conv",
     )(x)
     if i == 1:
