@@ -433,6 +433,13 @@ class BackupAndRestore(keras.callbacks.BackupAndRestore):
         **kwargs: As `keras.callbacks.BackupAndRestore`.
     """
 
+    def completed_epochs(self) -> int:
+        """Epochs the backup on disk has completed (0 without a backup)."""
+        if not os.path.exists(self._training_metadata_path):
+            return 0
+        with open(self._training_metadata_path) as file:
+            return int(json.load(file)["epoch"])
+
     def _save_model(self):
         # Every worker saves (reading distributed variables is a collective
         # operation); the others' copies go to a scratch folder.

@@ -189,11 +189,20 @@ def _fit(
     backup_dir: str | None,
     verbose: int,
 ) -> dict:
-    """`trainer.fit` for exactly `steps` steps, backed up every epoch."""
+    """`trainer.fit` for exactly `steps` steps, backed up every epoch.
+
+    Resumed from the backup, the run sees the batches it would have seen
+    uninterrupted (the data skips the steps of the completed epochs), so
+    with stateless randomness it ends where the uninterrupted run ends.
+    """
     per_epoch = min(steps_per_epoch, steps)
     run = [callbacks_lib.StopOnNaN()]
     if backup_dir:
-        run.append(callbacks_lib.BackupAndRestore(backup_dir))
+        backup = callbacks_lib.BackupAndRestore(backup_dir)
+        run.append(backup)
+        completed = backup.completed_epochs()
+        if completed:  # continue the batch stream where the backup left it
+            data = data.skip(completed * per_epoch)
     run += [*callbacks, _StopAtStep(steps)]
     history = trainer.fit(
         data,

@@ -528,6 +528,9 @@ def run(**overrides) -> dict:
             after_phase=score_untrained,
         )
     seconds.update(result.seconds)
+    if result.trained_steps:
+        steps = ", ".join(f"{k} {v}" for k, v in result.trained_steps.items())
+        print(f"      trained steps: {steps}", flush=True)
     student_path = os.path.join(output_dir, "student.keras")
     with distribute.chief_path(student_path) as temporary:
         result.student.generator.save(temporary)
