@@ -10,7 +10,9 @@ twice, in two of the phases `PHASES` (cache building, least-squares refit,
 training, export, report), each time at a random moment of that phase
 (uniform over the phase's duration in the reference run), and rerun after
 each kill with the same command until it finishes. The pairs of phases
-cycle so that over 5 runs every phase is hit twice.
+cycle so that over 5 runs every phase is hit twice. (When the job ends
+before the chosen moment, it is started again and the kill retried, up to
+`MAX_TRIES` times.)
 
 A run is recovered when its last rerun exits 0 and:
 
@@ -92,6 +94,7 @@ OUTPUT_FILES = (
     "run.json",
 )
 PSNR_TOLERANCE = 0.1
+MAX_TRIES = 3
 TIMEOUT = 1800
 
 
@@ -365,14 +368,15 @@ def run_benchmark(runs: int, seed: int, work_dir: Path) -> dict:
         output_dir, cache_dir = folder / "out", folder / "cache"
         run = {"run": index, "kills": [], "attempts": []}
         for target in targets:
-            attempt = Attempt(output_dir, cache_dir)
-            kill = attempt.kill_during(target, float(rng.uniform()), durations)
-            run["kills"].append(kill)
-            run["attempts"].append(
-                {"seconds": round(attempt.log[-1][0], 1) if attempt.log else 0.0}
-                | {"kill": kill}
-            )
-            print(f"run {index}: {kill}", flush=True)
+            for _ in range(MAX_TRIES):  # a job that ends first is started again
+                attempt = Attempt(output_dir, cache_dir)
+                kill = attempt.kill_during(target, float(rng.uniform()), durations)
+                run["kills"].append(kill)
+                seconds = round(attempt.log[-1][0], 1) if attempt.log else 0.0
+                run["attempts"].append({"seconds": seconds, "kill": kill})
+                print(f"run {index}: {kill}", flush=True)
+                if kill["killed"]:
+                    break
         final = Attempt(output_dir, cache_dir)
         returncode = final.finish()
         run["attempts"].append({"seconds": round(final.log[-1][0], 1)})

@@ -31,7 +31,12 @@ colour map (`tgc.models.with_colour_skip`).
 
 Training checkpoints to `<output_dir>/checkpoints/` every epoch and after
 each phase; run the same command again after an interruption and it resumes
-there. Then `training.ship` writes `student.keras`, `student.tflite` (fp32),
+there. `<output_dir>/run.json` names the run: a rerun with other settings
+is refused (`--overwrite` replaces the other run's results). `--strategy`
+trains under a `tf.distribute` strategy (`training.distribute`;
+`multi_worker` reads `TF_CONFIG`, and only the chief writes files).
+
+Then `training.ship` writes `student.keras`, `student.tflite` (fp32),
 `student_int8.tflite`, `teacher.tflite`, `samples.png` (input | teacher |
 student | |teacher - student| x4) and `report.md`/`report.json` (MACs,
 params, LiteRT latency and speed-up, PSNR/SSIM/FD/KID vs the teacher on
@@ -471,10 +476,17 @@ def run(**overrides) -> dict:
     Args:
         **overrides: Values replacing `DEFAULTS` (the flags' defaults).
 
+    Returns:
+        The report; with `ship=False`, only `student` (its path),
+        `phase_steps` and `trained_steps`; on a non-chief worker of a
+        distributed run, only `phase_steps` and `trained_steps`.
+
     Raises:
-        ValueError: On an unknown setting, method or option, or a bad task
-            (a missing folder, no usable image, ...).
+        ValueError: On an unknown setting, method, option or strategy, or a
+            bad task (a missing folder, no usable image, ...).
         BudgetError: If the method cannot reach the MACs budget.
+        FileExistsError: If `output_dir` holds another run's results and
+            `overwrite` is False (`claim_output_dir`).
     """
     config = settings(overrides)
     method = methods.get(config["method"], config["method_options"])
