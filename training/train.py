@@ -275,16 +275,17 @@ def claim_output_dir(output_dir: str, settings: dict, overwrite: bool) -> None:
     if os.path.exists(path):
         with open(path) as file:
             previous = json.load(file)
-        if previous == json.loads(json.dumps(settings)):
+        current = json.loads(json.dumps(settings))  # as JSON reads it back
+        if previous == current:
             return
         changed = sorted(
             key
-            for key in set(previous) | set(settings)
-            if previous.get(key) != settings.get(key)
+            for key in set(previous) | set(current)
+            if previous.get(key) != current.get(key)
         )
         if not overwrite:
             differences = ", ".join(
-                f"{key}: {previous.get(key)!r} -> {settings.get(key)!r}"
+                f"{key}: {previous.get(key)!r} -> {current.get(key)!r}"
                 for key in changed
             )
             raise FileExistsError(
