@@ -158,7 +158,7 @@ def test_options_are_checked():
     assert (paper.content, paper.learning_rate_scale) == ("perceptual", 0.05)
     assert (paper.search_share, paper.refit) == (1.0, False)
     with pytest.raises(ValueError, match="needs fine-tuning steps"):
-        methods.get("gan_slimming", "quantize=finetune")
+        methods.get("gan_slimming", "quantize=finetune,search_share=1")
     with pytest.raises(ValueError, match="content must be one of"):
         methods.get("gan_slimming", "content=l2")
     with pytest.raises(ValueError, match="reach must be in"):
