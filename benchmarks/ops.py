@@ -5,7 +5,8 @@
 Exports the vintage teacher, the student as it is ("norms": instance norms
 computed per image) and the student with its norms folded into the
 convolutions ("folded": `tgc.export.fold_instance_norms`, statistics frozen
-on the calibration views), each in fp32 and int8, each converted as its
+on the calibration views, each norm at what it sees once the norms before it
+are frozen), each in fp32 and int8, each converted as its
 layers are ("plain": `to_litert(..., lowering=False)`) and with the exact
 export-time rewrites ("lowered", the default: `tfgancompress.lowering`,
 transposed convolutions as sub-pixel convolutions, the few-channel output

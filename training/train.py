@@ -36,7 +36,11 @@ there. Then `training.ship` writes `student.keras`, `student.tflite` (fp32),
 student | |teacher - student| x4) and `report.md`/`report.json` (MACs,
 params, LiteRT latency and speed-up, PSNR/SSIM/FD/KID vs the teacher on
 the held-out photos, next to the identity and colour-map references, and
-the wall time of every phase). TensorFlow's and LiteRT's C++ log lines are
+the wall time of every phase). With `--fold_norms` (the default) the
+`.tflite` files, and the student's row, are of the student with its
+instance norms frozen and folded into its convolutions (faster; the
+report's `student_unfolded` row scores the trained student itself).
+TensorFlow's and LiteRT's C++ log lines are
 filtered out unless `--verbose` (`tfgancompress.console`).
 """
 
