@@ -110,6 +110,12 @@ def test_variants_are_rows_of_their_own():
     assert row.make().options.lambda_distill == 0.0
     with pytest.raises(ValueError, match="label=method"):
         bench.parse_variant("distill")
+    paper = bench.known_rows()["gan_slimming_paper"].make()  # a registered variant
+    assert (paper.name, paper.options.content, paper.options.refit) == (
+        "gan_slimming",
+        "perceptual",
+        False,
+    )
 
 
 def _bench_command(tmp_path) -> list[str]:

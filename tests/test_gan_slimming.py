@@ -15,6 +15,7 @@ import tfgancompress as tgc
 from tfgancompress import proximal
 from training import methods
 from training.budget import Budget
+from training.methods import gan_slimming
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHAPE = (32, 32, 3)
@@ -153,8 +154,11 @@ def test_gs8_trains_quantization_aware_and_exports_without_data(
 def test_options_are_checked():
     assert methods.get("gan_slimming").options.beta == 20.0
     assert methods.get("gan_slimming").options.quantize == "none"
+    paper = methods.get("gan_slimming", gan_slimming.PAPER_OPTIONS).options
+    assert (paper.content, paper.learning_rate_scale) == ("perceptual", 0.05)
+    assert (paper.search_share, paper.refit) == (1.0, False)
     with pytest.raises(ValueError, match="needs fine-tuning steps"):
-        methods.get("gan_slimming", "quantize=finetune")
+        methods.get("gan_slimming", "quantize=finetune,search_share=1")
     with pytest.raises(ValueError, match="content must be one of"):
         methods.get("gan_slimming", "content=l2")
     with pytest.raises(ValueError, match="reach must be in"):

@@ -63,13 +63,16 @@ from tfgancompress import latency, reports
 from tfgancompress.atomic import atomic_path
 from training import methods, ship, tasks, train
 from training.budget import BudgetError
+from training.methods import gan_slimming
 
 REFERENCES = ("teacher", "identity", "colour_map")
 BASELINES = ("uniform", "distill")
 # Option variants benchmarked as rows of their own: {label: (method, options)}.
 # A variant a method's module registers as a method of its own (e.g.
 # `gan_slimming_int8`) is a row already.
-VARIANTS: dict[str, tuple[str, str]] = {}
+VARIANTS: dict[str, tuple[str, str]] = {
+    "gan_slimming_paper": ("gan_slimming", gan_slimming.PAPER_OPTIONS),
+}
 
 FLAGS = flags.FLAGS
 
