@@ -27,8 +27,8 @@ where it stopped: finished rows are read back, an unfinished one resumes
 from its checkpoints.
 
 The files are made under the export settings (`export_settings`:
-`--fold_norms`, on by default: instance norms frozen on the reference
-views and folded into the convolutions, `training.ship.shipped_model`;
+`--fold_norms`, off by default (it costs quality): instance norms frozen
+on the reference views and folded into the convolutions, `training.ship.shipped_model`;
 the row's quality, int8 quality and speed are then those of the folded
 files, `psnr_unfolded` etc. the trained student's own). They are not part
 of the training key: a cached row exported under other settings is
