@@ -5,7 +5,8 @@
 Exports the vintage teacher, the student as it is ("norms": instance norms
 computed per image) and the student with its norms folded into the
 convolutions ("folded": `tgc.export.fold_instance_norms`, statistics frozen
-on the calibration views), each in fp32 and int8, each converted as its
+on the calibration views, each norm at what it sees once the norms before it
+are frozen), each in fp32 and int8, each converted as its
 layers are ("plain": `to_litert(..., lowering=False)`) and with the exact
 export-time rewrites ("lowered", the default: `tfgancompress.lowering`,
 transposed convolutions as sub-pixel convolutions, the few-channel output
@@ -13,9 +14,9 @@ convolution on a coarser grid). Times the twelve files interleaved
 (`tgc.latency.compare_latency`, `--repeats` runs, the ratios of each
 shown), profiles each student file op by op
 (`tgc.latency.op_profile`), scores each file's PSNR against the teacher on
-the held-out photos, and writes `ops.md`, `ops.json` and `ops.png`
+the held-out photos, and writes `<name>.md`, `<name>.json` and `<name>.png`
 (latency vs MACs of the lowered files, with the line speed-up = MACs ratio)
-to `--output_dir`.
+to `--output_dir` (`--name`, default `ops`).
 
 The int8 files keep the convolutions `tgc.quantization.plan_int8` picks in
 float32 (one plan per student, shared by both lowerings); the teacher's
@@ -268,6 +269,7 @@ def run(
     threads: int,
     description: str | None = None,
     repeats: int = 1,
+    name: str = "ops",
 ) -> dict:
     """Exports, times, profiles and scores; writes and returns the report."""
     import tfgancompress.models  # noqa: F401  (registers the zoo layers)
@@ -310,9 +312,9 @@ def run(
         if not name.startswith("teacher"):
             ops, _ = latency.op_profile(path, num_threads=threads)
             report["ops"][name] = [vars(op) for op in ops]
-    with open(os.path.join(output_dir, "ops.json"), "w", encoding="utf-8") as file:
+    with open(os.path.join(output_dir, f"{name}.json"), "w", encoding="utf-8") as file:
         json.dump(report, file, indent=1)
-    with open(os.path.join(output_dir, "ops.md"), "w", encoding="utf-8") as file:
+    with open(os.path.join(output_dir, f"{name}.md"), "w", encoding="utf-8") as file:
         file.write(to_markdown(report))
     points = [
         latency.LatencyPoint(
@@ -326,7 +328,7 @@ def run(
     ]
     latency.plot_latency_vs_macs(
         points,
-        os.path.join(output_dir, "ops.png"),
+        os.path.join(output_dir, f"{name}.png"),
         baseline="teacher_fp32",
         title="LiteRT latency vs MACs, lowered files",
     )
@@ -345,6 +347,7 @@ def _define_flags() -> None:
     flags.DEFINE_string(
         "description", None, "How the student was made (default: its path)."
     )
+    flags.DEFINE_string("name", "ops", "Stem of the report files.")
 
 
 def main(argv):
@@ -359,6 +362,7 @@ def main(argv):
         FLAGS.threads,
         FLAGS.description,
         FLAGS.repeats,
+        FLAGS.name,
     )
     print(to_markdown(report))
 

@@ -9,11 +9,13 @@ import time
 import types
 
 import keras
+import numpy as np
 import pytest
 from tiny_tasks import TRAINING, VIEW_SETTINGS, VIEWS, write_photos, write_pth_teacher
 
 import tfgancompress as tgc
-from training import bench, tasks
+from tfgancompress import reports
+from training import bench, ship, tasks, train
 
 ROW_KEYS = (
     "method",
@@ -198,3 +200,98 @@ def test_timing_keeps_a_row_named_like_another_rows_int8_file(monkeypatch):
     assert rows["a_int8"]["latency_ms"] == 5.0
     assert rows["a_int8"]["latency_ms_int8"] == 1.0
     assert rows["a_int8"]["speedup_int8"] == 8.0 and rows["teacher"]["speedup"] == 1.0
+
+
+def test_other_export_settings_reship_cached_rows_without_training(
+    tmp_path, monkeypatch
+):
+    """A row cached before `--fold_norms` existed is re-exported, not retrained."""
+    keras.utils.set_random_seed(0)
+    teacher = tgc.models.resnet_generator(ngf=8, n_blocks=1, affine=True)
+    write_photos(tmp_path / "photos", 8)
+    task = tasks.photo_task(
+        teacher, "tiny", tmp_path / "photos", views=VIEWS, cache_dir=tmp_path / "c"
+    )
+    out, work = tmp_path / "out", tmp_path / "work"
+    settings = {**_settings(), "fold_norms": True}
+    # The uniform row as an earlier bench left it: its student and a
+    # row.json without an `export` record (norms computed per image).
+    config = train.settings({**settings, "output_dir": str(out)})
+    row = bench.known_rows()["uniform"]
+    key = train.run_key(row.make(), train.budget_for(task, config), config, task)
+    directory = bench.row_dir(str(work), "uniform", key)
+    os.makedirs(directory)
+    student = tgc.models.resnet_generator(ngf=4, n_blocks=1, affine=True)
+    student.save(os.path.join(directory, "student.keras"))
+    norms = ship.instance_norms(student)
+    legacy = {"method": "uniform", "train_seconds": 12.5, "psnr": 1.0, "psnr_int8": 1.0}
+    legacy["files"] = {"fp32": "gone.tflite", "int8": "gone_int8.tflite"}
+    reports.write_json(os.path.join(directory, "row.json"), legacy)
+    assert bench.needs_reship(legacy, config)
+    assert not bench.needs_reship(legacy, {**config, "fold_norms": False})
+
+    def no_training(*args):
+        raise AssertionError("a cached row was trained again")
+
+    monkeypatch.setattr(bench, "train_row", no_training)
+    first = bench.run(["uniform"], str(out), str(work), task=task, **settings)
+    shipped = first["rows"]["uniform"]
+    assert shipped["export"]["fold_norms"] is True
+    assert shipped["export"]["folded_norms"] == norms > 0
+    assert shipped["export"]["instance_norms"] == 0
+    assert shipped["train_seconds"] == 12.5 and shipped["method"] == "uniform"
+    # The row's quality is the folded files'; the unfolded, the student's.
+    inputs, targets = task.held_out
+    own = np.mean(tgc.metrics.psnr(targets, student.predict(inputs, verbose=0)))
+    assert shipped["psnr_unfolded"] == pytest.approx(own, abs=1e-3)
+    assert shipped["psnr"] != pytest.approx(own, abs=1e-3)
+    validation = shipped["export"]["validation_psnr"]
+    assert shipped["psnr_validation"] == validation["folded"]
+    assert shipped["psnr_validation_unfolded"] == validation["unfolded"]
+    files = shipped["files"]
+    assert os.path.dirname(files["fp32"]) == directory
+    for path in files.values():
+        ops = set(tgc.export.litert_ops(path))
+        assert "MEAN" not in ops and "RSQRT" not in ops, ops
+    assert shipped["latency_ms_int8"] > 0
+    row_json = os.path.join(directory, "row.json")
+    with open(row_json) as file:
+        assert json.load(file)["export"]["fold_norms"] is True
+    assert "| uniform | folded |" in (out / "photos.md").read_text()
+    # Same settings again: read back as it is.
+    stamp = os.stat(row_json).st_mtime_ns
+    again = bench.run([], str(out), str(work), task=task, **settings)
+    assert os.stat(row_json).st_mtime_ns == stamp
+    assert again["rows"]["uniform"]["psnr"] == shipped["psnr"]
+    # Back to norms per image: re-exported again, the folded facts dropped.
+    per_image = bench.run(
+        [], str(out), str(work), task=task, **{**settings, "fold_norms": False}
+    )["rows"]["uniform"]
+    assert per_image["export"] == {
+        "fold_norms": False,
+        "folded_norms": 0,
+        "instance_norms": norms,
+    }
+    assert per_image["psnr"] == pytest.approx(own, abs=1e-3)
+    assert not [k for k in per_image if "unfolded" in k or "validation" in k]
+    assert "| uniform | per image |" in (out / "photos.md").read_text()
+    # A cached row without its student is kept (and says how it was made).
+    os.remove(os.path.join(directory, "student.keras"))
+    kept = bench.run([], str(out), str(work), task=task, **settings)
+    assert kept["rows"]["uniform"]["export"]["fold_norms"] is False
+
+
+def test_a_quantization_aware_student_ships_unfolded():
+    keras.utils.set_random_seed(0)
+    student = tgc.models.resnet_generator(
+        ngf=4, n_blocks=1, affine=True, input_shape=(16, 16, 3)
+    )
+    images = np.random.default_rng(0).uniform(-1, 1, (2, 16, 16, 3)).astype("float32")
+    view = types.SimpleNamespace(reference=(images, images), validation=None)
+    folded, export = ship.shipped_model(student, view, fold_norms=True)
+    assert folded is not student and export["instance_norms"] == 0
+    assert export["folded_norms"] == ship.instance_norms(student) > 0
+    assert "validation_psnr" not in export  # no validation photos
+    aware = tgc.quantization.quantize_generator(student, calibration=images)
+    same, export = ship.shipped_model(aware, view, fold_norms=True)
+    assert same is aware and export["folded_norms"] == 0

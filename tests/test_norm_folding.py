@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import pytest
 
 from keras_layers import InstanceNormalization
-from tfgancompress import export
+from tfgancompress import export, quantization
 from tfgancompress.models import resnet_generator, with_colour_skip
 
 SIZE = 32
@@ -76,3 +77,51 @@ def test_models_without_conv_norm_pairs_are_returned_as_is():
     inputs = keras.Input((SIZE, SIZE, 3))
     model = keras.Model(inputs, keras.layers.Conv2D(3, 3, padding="same")(inputs))
     assert export.fold_instance_norms(model, _images(2, seed=5)) is model
+
+
+def _frozen_moments(folded: keras.Model, conv_names: list[str], images) -> list:
+    """Per folded convolution: mean over images of its instance means and
+    variances (what the norm that followed it would have seen)."""
+    probe = keras.Model(
+        folded.inputs[0], [folded.get_layer(name).output for name in conv_names]
+    )
+    outputs = [np.asarray(o, np.float64) for o in probe(images)]
+    return [(o.mean(axis=(1, 2)).mean(0), o.var(axis=(1, 2)).mean(0)) for o in outputs]
+
+
+def test_sequential_statistics_are_those_of_the_folded_model():
+    model = _generator()
+    pairs = quantization.conv_norm_pairs(model)
+    assert len(pairs) >= 4
+    calibration = _images(6, seed=7)
+    names = [conv.name for conv, _ in pairs]
+    gaps = {}
+    for statistics in export.STATISTICS:
+        folded = export.fold_instance_norms(model, calibration, statistics)
+        moments = _frozen_moments(folded, names, calibration)
+        gaps[statistics] = max(
+            np.abs(mean - np.asarray(norm.beta)).max()
+            for (_, norm), (mean, _) in zip(pairs, moments, strict=True)
+        )
+        if statistics == "sequential":
+            # Every norm frozen at what it sees in the folded model: on the
+            # calibration images each folded output is centred on beta, with
+            # variance gamma^2 * v / (v + epsilon).
+            assert gaps[statistics] < 1e-4
+            for (_, norm), (_, variance) in zip(pairs, moments, strict=True):
+                gamma = np.asarray(norm.gamma, np.float64)
+                assert np.all(variance <= gamma**2 * (1 + 1e-4))
+                assert np.all(variance >= gamma**2 * 0.9)
+    # Frozen on the unfolded model, the later norms see other inputs.
+    assert gaps["joint"] > 1e-2
+    np.testing.assert_allclose(  # the first norm sees the same either way
+        *(
+            export.fold_instance_norms(model, calibration, s)
+            .get_layer(names[0])
+            .get_weights()[0]
+            for s in export.STATISTICS
+        ),
+        rtol=1e-5,
+    )
+    with pytest.raises(ValueError, match="statistics must be one of"):
+        export.fold_instance_norms(model, calibration, "median")

@@ -1,6 +1,6 @@
 """benchmarks/ops.py's Markdown: the numbers it states follow from its report."""
 
-from benchmarks import ops
+from benchmarks import folded_rows, ops
 
 
 def _stats(op: str, count: int, ms: float, percent: float) -> dict:
@@ -102,3 +102,15 @@ def test_markdown_gives_the_ratios_of_every_timing_run():
     assert "| folded_fp32_lowered / MACs ratio | 1.00 | 1.25 |" in text
     assert "| norms lowered: int8 / fp32 | 2.00 | 2.00 |" in text
     assert "| folded fp32: lowered / plain | 1.33 | 1.67 |" in text
+
+
+def test_folded_rows_ratios_follow_from_the_medians():
+    medians = {"teacher": 100.0, "r norms": 10.0, "r norms_int8": 5.0}
+    medians.update({"r folded": 8.0, "r folded_int8": 2.0})
+    found = folded_rows.timing_ratios(medians, {"r": {"macs": 5}}, teacher_macs=100)
+    assert found == {
+        "r norms: fp32 speed-up / MACs ratio": 0.5,  # 10x at 20x fewer MACs
+        "r norms: int8 / fp32 speed": 2.0,
+        "r folded: fp32 speed-up / MACs ratio": 0.625,
+        "r folded: int8 / fp32 speed": 4.0,
+    }

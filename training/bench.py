@@ -22,11 +22,22 @@ holds `student.keras`, `student.tflite`, `student_int8.tflite`,
 `samples.png` and, written last and atomically, `row.json` (quality of the
 fp32 model and of the int8 file against the teacher on the held-out photos,
 MACs, parameters, discriminator MACs before/after slimming, training
-time). A killed benchmark resumes where it stopped: finished rows are read
-back, an unfinished one resumes from its checkpoints. `--methods` lists
-the rows to produce now; every other row cached under the same settings is
-reused, so `--methods=gcc` trains gcc and keeps the others. `--retrain`
-trains the listed rows again.
+time, and `export`: how its files were made). A killed benchmark resumes
+where it stopped: finished rows are read back, an unfinished one resumes
+from its checkpoints.
+
+The files are made under the export settings (`export_settings`:
+`--fold_norms`, off by default (it costs quality): instance norms frozen
+on the reference views and folded into the convolutions, `training.ship.shipped_model`;
+the row's quality, int8 quality and speed are then those of the folded
+files, `psnr_unfolded` etc. the trained student's own). They are not part
+of the training key: a cached row exported under other settings is
+exported and scored again from its `student.keras`, without training
+(`reship_row`).
+
+`--methods` lists the rows to produce now; every other row cached under
+the same settings is reused, so `--methods=gcc` trains gcc and keeps the
+others. `--retrain` trains the listed rows again.
 
 Then one pass times every row's fp32 and int8 LiteRT file and the
 teacher's, interleaved (`tgc.ship.time_files`), so the speed-ups share the
@@ -127,6 +138,57 @@ def load_row(directory: str) -> dict | None:
         return json.load(file)
 
 
+QUALITY = ("psnr", "ssim", "l1", "fd", "kid")
+# The export of a row whose row.json predates the `export` record.
+LEGACY_EXPORT = {"fold_norms": False}
+
+
+def export_settings(config: dict) -> dict:
+    """The settings a row's files depend on (not its training)."""
+    return {"fold_norms": bool(config["fold_norms"])}
+
+
+def needs_reship(cached: dict, config: dict) -> bool:
+    """Whether a cached row's files were made under other export settings."""
+    recorded = cached.get("export", LEGACY_EXPORT)
+    wanted = export_settings(config)
+    return {key: recorded.get(key) for key in wanted} != wanted
+
+
+def ship_row(
+    student: keras.Model, task: tasks.TaskData, config: dict, directory: str
+) -> dict:
+    """Exports and scores a row's student in `directory`; the row's file facts.
+
+    Returns:
+        `macs`, `params`, the fp32 quality (`psnr`, ...) and the int8
+        file's (`psnr_int8`, ...) of the shipped model, `files`, `export`
+        (`training.ship.ship`'s) and, with folded norms, the trained
+        student's own quality (`psnr_unfolded`, ...) and the validation
+        PSNR of both (`psnr_validation`, `psnr_validation_unfolded`).
+    """
+    shipped = ship.ship(
+        student, task, directory, timing=False, fold_norms=config["fold_norms"]
+    )
+    rows = shipped["rows"]
+    fp32, int8 = rows["student"], rows["student_int8"]
+    facts = {
+        "macs": fp32["macs"],
+        "params": fp32["params"],
+        **{k: fp32[k] for k in QUALITY},
+        **{f"{k}_int8": int8[k] for k in QUALITY},
+        "files": {"fp32": fp32["file"], "int8": int8["file"]},
+        "export": shipped["export"],
+    }
+    if ship.UNFOLDED in rows:
+        facts.update({f"{k}_unfolded": rows[ship.UNFOLDED][k] for k in QUALITY})
+    validation = shipped["export"].get("validation_psnr")
+    if validation:
+        facts["psnr_validation"] = validation["folded"]
+        facts["psnr_validation_unfolded"] = validation["unfolded"]
+    return facts
+
+
 def train_row(row: Row, task: tasks.TaskData, config: dict, directory: str) -> dict:
     """Trains, exports and scores one row in `directory`; returns its results."""
     method = row.make()
@@ -137,14 +199,13 @@ def train_row(row: Row, task: tasks.TaskData, config: dict, directory: str) -> d
     student = result.student.generator
     with atomic_path(os.path.join(directory, "student.keras")) as temporary:
         student.save(temporary)
-    shipped = ship.ship(student, task, directory, timing=False)
-    fp32, int8 = shipped["rows"]["student"], shipped["rows"]["student_int8"]
+    facts = ship_row(student, task, config, directory)
     results = {
         "method": row.label,
         "base_method": row.method,
         "options": method.describe()["options"],
-        "macs": fp32["macs"],
-        "params": fp32["params"],
+        "macs": facts.pop("macs"),
+        "params": facts.pop("params"),
         "d_macs": d_macs or None,
         "steps": config["steps"],
         "phase_steps": result.steps,
@@ -152,12 +213,40 @@ def train_row(row: Row, task: tasks.TaskData, config: dict, directory: str) -> d
             result.seconds.get(phase, 0.0) for phase in ("search", "match", "finetune")
         ),
         "phase_seconds": result.seconds,
-        **{k: fp32[k] for k in ("psnr", "ssim", "l1", "fd", "kid")},
-        **{f"{k}_int8": int8[k] for k in ("psnr", "ssim", "l1", "fd", "kid")},
-        "files": {"fp32": fp32["file"], "int8": int8["file"]},
+        **facts,
     }
     reports.write_json(os.path.join(directory, "row.json"), results)
     shutil.rmtree(checkpoints, ignore_errors=True)
+    keras.backend.clear_session()
+    return results
+
+
+def reship_row(
+    cached: dict, task: tasks.TaskData, config: dict, directory: str
+) -> dict:
+    """Re-exports and re-scores a cached row from its `student.keras`.
+
+    No training: the row's training facts are kept, its file facts (see
+    `ship_row`) replaced, and `row.json` rewritten (last, atomically: a
+    killed re-ship is done again).
+
+    Raises:
+        FileNotFoundError: If the row has no `student.keras`.
+    """
+    path = os.path.join(directory, "student.keras")
+    if not os.path.exists(path):
+        raise FileNotFoundError(
+            f"{path} is missing: the row cannot be re-exported under "
+            f"{export_settings(config)} without retraining (--retrain)."
+        )
+    student = keras.saving.load_model(path, compile=False)
+    kept = {
+        key: value
+        for key, value in cached.items()
+        if not key.endswith("_unfolded") and key not in ("export", "psnr_validation")
+    }
+    results = {**kept, **ship_row(student, task, config, directory)}
+    reports.write_json(os.path.join(directory, "row.json"), results)
     keras.backend.clear_session()
     return results
 
@@ -244,6 +333,17 @@ def run(
                 shutil.rmtree(directory, ignore_errors=True)
             print(f"{label}: training, {config['steps']} steps", flush=True)
             rows[label] = train_row(row, task, config, directory)
+        elif cached is not None and needs_reship(cached, config):
+            print(
+                f"{label}: cached in {directory}, exported again "
+                f"({export_settings(config)})",
+                flush=True,
+            )
+            try:
+                rows[label] = reship_row(cached, task, config, directory)
+            except FileNotFoundError as error:
+                print(f"{label}: kept as exported before: {error}", flush=True)
+                rows[label] = cached
         elif cached is not None:
             print(f"{label}: cached in {directory}", flush=True)
             rows[label] = cached
@@ -261,6 +361,7 @@ def run(
         "steps": config["steps"],
         "seed": config["seed"],
         "settings": {key: config[key] for key in train.RUN_KEYS},
+        "export": export_settings(config),
         "eval_images": len(task.held_out[0]),
         "eval_size": task.held_out[0].shape[1],
         "threads": 2,
@@ -277,6 +378,9 @@ COLUMNS = (
     ("M params", "params", 1e6, ".2f"),
     ("train s", "train_seconds", 1, ".0f"),
     ("PSNR dB", "psnr", 1, ".2f"),
+    ("unfolded PSNR dB", "psnr_unfolded", 1, ".2f"),
+    ("val PSNR dB", "psnr_validation", 1, ".2f"),
+    ("unfolded val PSNR dB", "psnr_validation_unfolded", 1, ".2f"),
     ("SSIM", "ssim", 1, ".3f"),
     ("FD", "fd", 1, ".2f"),
     ("KID", "kid", 1, ".4f"),
@@ -286,6 +390,16 @@ COLUMNS = (
     ("int8 speed-up", "speedup_int8", 1, ".2f"),
     ("int8 PSNR dB", "psnr_int8", 1, ".2f"),
 )
+
+
+def _norms_cell(row: dict) -> str:
+    if "files" not in row:
+        return ""
+    export = row.get("export", {})
+    if not export.get("folded_norms"):
+        return "per image"
+    left = export["instance_norms"]
+    return f"folded ({left} per image)" if left else "folded"
 
 
 def _markdown(results: dict) -> str:
@@ -302,8 +416,15 @@ def _markdown(results: dict) -> str:
         f"timed interleaved, {results['threads']} threads, "
         f"{results['latency_runs']} rounds.",
         "",
-        "| row | " + " | ".join(name for name, *_ in COLUMNS) + " | D MACs G |",
-        "|---|" + "---:|" * (len(COLUMNS) + 1),
+        "*norms*: how the row's files compute the instance norms (*folded*: "
+        "frozen on the reference views and folded into the convolutions, "
+        "`--fold_norms`; the row's PSNR, FD, int8 and speed are of those "
+        "files, *unfolded PSNR* is the trained student's own; *val*: on the "
+        "validation photos, of the training photos' sources, where frozen "
+        "statistics cost more).",
+        "",
+        "| row | norms | " + " | ".join(name for name, *_ in COLUMNS) + " | D MACs G |",
+        "|---|---|" + "---:|" * (len(COLUMNS) + 1),
     ]
     for label, row in results["rows"].items():
         cells = []
@@ -316,7 +437,7 @@ def _markdown(results: dict) -> str:
             if d_macs
             else ""
         )
-        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+        lines.append(f"| {label} | {_norms_cell(row)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 

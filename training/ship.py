@@ -4,7 +4,11 @@
     ship.write_report("outputs/run", {**report, **facts}, title="...")
 
 Writes to the output folder `student.tflite` (fp32) and
-`student_int8.tflite` (int8, calibrated on the task's reference views),
+`student_int8.tflite` (int8, calibrated on the task's reference views) --
+with `fold_norms`, both of the student whose instance norms are frozen on
+the reference views and folded into its convolutions
+(`tgc.export.fold_instance_norms`), the model they are scored as, the
+Keras student as trained scored beside them as `student_unfolded` --
 `teacher.tflite` when timing, `samples.png` (input | teacher | student |
 |teacher - student| x4 on the held-out photos) and `report.json` /
 `report.md`: MACs, parameters, measured LiteRT latency and speed-up (teacher,
@@ -20,12 +24,22 @@ from __future__ import annotations
 import os
 
 import keras
+import numpy as np
 
 import tfgancompress as tgc
+from keras_layers import InstanceNormalization
 from tfgancompress import reports
 from training.tasks import TaskData
 
 ROWS = ("teacher", "student", "student_int8", "identity", "colour_map")
+UNFOLDED = "student_unfolded"
+
+
+def instance_norms(model: keras.Model) -> int:
+    """How many instance norms `model` computes (nested models included)."""
+    return sum(
+        isinstance(layer, InstanceNormalization) for layer in model._flatten_layers()
+    )
 
 
 def _cell(row: dict, key: str, scale: float, fmt: str) -> str:
@@ -68,6 +82,44 @@ def task_markdown(task: dict) -> str:
     )
 
 
+def _validation_psnr(model: keras.Model, task: TaskData) -> float:
+    inputs, targets = task.validation
+    outputs = model.predict(inputs, batch_size=2, verbose=0)
+    return float(np.mean(tgc.metrics.psnr(targets, outputs)))
+
+
+def shipped_model(student: keras.Model, task: TaskData, fold_norms: bool):
+    """The model the files are made of: `student`, or it with norms folded.
+
+    A quantization-aware student (`tgc.quantization.is_quantized`) is
+    shipped as it is: its int8 file runs on the ranges it was trained with.
+
+    Returns:
+        `(model, export)`: `export` records the setting (`fold_norms`),
+        `folded_norms` (how many norms were folded), `instance_norms` (how
+        many the files still compute per image: a norm not fed by a plain
+        convolution stays) and, when norms were folded and the task has
+        validation photos, `validation_psnr`: `{"unfolded": dB, "folded":
+        dB}` against the teacher (photos of the training distribution,
+        where frozen statistics can cost more than on the held-out ones).
+    """
+    model = student
+    if fold_norms and not tgc.quantization.is_quantized(student):
+        model = tgc.export.fold_instance_norms(student, task.reference[0])
+    left = instance_norms(model)
+    export = {
+        "fold_norms": fold_norms,
+        "folded_norms": instance_norms(student) - left,
+        "instance_norms": left,
+    }
+    if model is not student and task.validation is not None:
+        export["validation_psnr"] = {
+            "unfolded": _validation_psnr(student, task),
+            "folded": _validation_psnr(model, task),
+        }
+    return model, export
+
+
 def ship(
     student: keras.Model,
     task: TaskData,
@@ -76,6 +128,7 @@ def ship(
     runs: int = 10,
     threads: int = 2,
     timing: bool = True,
+    fold_norms: bool = False,
 ) -> dict:
     """Exports, scores and times `student` on `task`; draws the sample grid.
 
@@ -87,28 +140,37 @@ def ship(
         threads: LiteRT CPU threads.
         timing: Time teacher, student and its int8 file (off: no
             `teacher.tflite`, no latency).
+        fold_norms: Ship `student` with its instance norms folded
+            (`shipped_model`); the rows `student` and `student_int8` are
+            then the folded model and its files, `student_unfolded` the
+            scores of `student` itself.
 
     Returns:
         The report (`write_report` writes it): the task's summary
         (`TaskData.summary`), `rows` (see the module docstring),
         `macs_ratio`, `speedup`, `speedup_int8`, `runs`, `threads`,
-        `ship_seconds` (`export`, `score`, `time`).
+        `export` (`shipped_model`), `ship_seconds` (`export`, `score`,
+        `time`).
     """
     inputs, targets = task.held_out
+    shipped, export = shipped_model(student, task, fold_norms)
+    references = task.references()
+    if shipped is not student:
+        references[UNFOLDED] = student.predict(inputs, batch_size=2, verbose=0)
     shipment = tgc.ship.ship(
-        {"teacher": task.teacher, "student": student},
+        {"teacher": task.teacher, "student": shipped},
         output_dir,
         inputs=inputs,
         targets=targets,
         int8=["student"],
         calibration=task.reference[0],
-        references=task.references(),
+        references=references,
         input_shape=inputs.shape[1:],
         runs=runs,
         threads=threads,
         timing=timing,
     )
-    rows = {name: shipment.rows[name] for name in ROWS}
+    rows = {n: shipment.rows[n] for n in (*ROWS, UNFOLDED) if n in shipment.rows}
     reports.save_comparison_grid(
         os.path.join(output_dir, "samples.png"),
         inputs,
@@ -125,8 +187,21 @@ def ship(
         "macs_ratio": rows["teacher"]["macs"] / rows["student"]["macs"],
         "speedup": rows["student"].get("speedup"),
         "speedup_int8": rows["student_int8"].get("speedup"),
+        "export": export,
         "ship_seconds": shipment.seconds,
     }
+
+
+def export_markdown(export: dict | None) -> str:
+    """One sentence on what the student's files are (`ship`'s `export`)."""
+    if not export or not export.get("folded_norms"):
+        return "`student`: the files compute the instance norms per image."
+    return (
+        f"`student`: the files and scores are of the student with "
+        f"{export['folded_norms']} instance norms frozen on the reference views "
+        f"and folded into the convolutions ({export['instance_norms']} left per "
+        f"image); `{UNFOLDED}`: the trained student itself."
+    )
 
 
 def write_report(
@@ -143,7 +218,7 @@ def write_report(
     size = report["eval_size"]
     lines = [f"# {title}", "", *(notes or []), task_markdown(report), ""]
     lines += rows_markdown(report["rows"])
-    lines.append("")
+    lines += ["", export_markdown(report.get("export"))]
     if report["runs"]:
         lines.append(
             f"MACs ratio {report['macs_ratio']:.1f}x; measured LiteRT speed-up "

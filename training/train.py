@@ -36,7 +36,11 @@ there. Then `training.ship` writes `student.keras`, `student.tflite` (fp32),
 student | |teacher - student| x4) and `report.md`/`report.json` (MACs,
 params, LiteRT latency and speed-up, PSNR/SSIM/FD/KID vs the teacher on
 the held-out photos, next to the identity and colour-map references, and
-the wall time of every phase). TensorFlow's and LiteRT's C++ log lines are
+the wall time of every phase). With `--fold_norms` (off by default: it
+costs quality) the `.tflite` files, and the student's row, are of the student with its
+instance norms frozen and folded into its convolutions (faster; the
+report's `student_unfolded` row scores the trained student itself).
+TensorFlow's and LiteRT's C++ log lines are
 filtered out unless `--verbose` (`tfgancompress.console`).
 """
 
@@ -72,6 +76,7 @@ RUN_DEFAULTS = {
     "learning_rate": 2e-4,
     "ndf": 32,
     "latency_runs": 10,
+    "fold_norms": False,
     "seed": 0,
     "jit_compile": True,
     "progress": 1,
@@ -161,6 +166,14 @@ def define_run_flags() -> None:
     flags.DEFINE_integer("ndf", DEFAULTS["ndf"], "Discriminator width.", lower_bound=1)
     flags.DEFINE_integer(
         "latency_runs", DEFAULTS["latency_runs"], "Interleaved LiteRT timing rounds."
+    )
+    flags.DEFINE_bool(
+        "fold_norms",
+        DEFAULTS["fold_norms"],
+        "Ship the student with its instance norms frozen (statistics of the "
+        "reference views) and folded into the convolutions: faster files, a "
+        "slightly different function, scored as shipped. Not part of the "
+        "run key: changing it re-exports, never retrains.",
     )
     flags.DEFINE_integer("seed", DEFAULTS["seed"], "Random seed.")
     flags.DEFINE_bool(
@@ -432,7 +445,13 @@ def run(**overrides) -> dict:
         flush=True,
     )
     ship_start = time.perf_counter()
-    report = ship.ship(student, task, output_dir, runs=config["latency_runs"])
+    report = ship.ship(
+        student,
+        task,
+        output_dir,
+        runs=config["latency_runs"],
+        fold_norms=config["fold_norms"],
+    )
     seconds["ship"] = time.perf_counter() - ship_start
     report.update(
         method=config["method"],
