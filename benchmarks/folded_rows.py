@@ -32,6 +32,7 @@ import keras
 from absl import app, flags, logging
 
 import tfgancompress as tgc
+from benchmarks import ops
 from tfgancompress import latency, reports
 from training import ship, tasks, train
 
@@ -125,17 +126,7 @@ def to_markdown(report: dict) -> str:
             f"{fd['norms']:.1f} / {fd['folded']:.1f} | "
             f"{val['unfolded']:.2f} / {val['folded']:.2f} |"
         )
-    runs = report["ratios"]
-    lines += [
-        "",
-        f"## Speed ratios in each of {len(runs)} interleaved timing runs",
-        "",
-        "| ratio | " + " | ".join(f"run {i + 1}" for i in range(len(runs))) + " |",
-        "|---|" + "---:|" * len(runs),
-    ]
-    for key in runs[0]:
-        cells = " | ".join(f"{run[key]:.2f}" for run in runs)
-        lines.append(f"| {key} | {cells} |")
+    lines += ops.ratio_runs_table(report["ratios"], "Speed ratios")
     label = report["profiled"]
     for kind in ("fp32", "int8"):
         suffix = "" if kind == "fp32" else "_int8"

@@ -205,12 +205,17 @@ def _runs_lines(report: dict) -> list[str]:
     if len(runs) < 2:
         return []
     columns = [run_ratios(medians, report["macs"]) for medians in runs]
+    return ratio_runs_table(columns, "The ratios")
+
+
+def ratio_runs_table(columns: list[dict[str, float]], title: str) -> list[str]:
+    """Markdown lines: one row per ratio, one column per timing run."""
     lines = [
         "",
-        f"## The ratios in each of {len(runs)} interleaved timing runs",
+        f"## {title} in each of {len(columns)} interleaved timing runs",
         "",
-        "| ratio | " + " | ".join(f"run {i + 1}" for i in range(len(runs))) + " |",
-        "|---|" + "---:|" * len(runs),
+        "| ratio | " + " | ".join(f"run {i + 1}" for i in range(len(columns))) + " |",
+        "|---|" + "---:|" * len(columns),
     ]
     for key in columns[0]:
         cells = " | ".join(f"{column[key]:.2f}" for column in columns)
