@@ -26,7 +26,10 @@ GAN Slimming (Wang et al., ECCV 2020; METHODS.md section 2):
 4. the pipeline's least-squares refit to the teacher (`refit=True`, the
    default; the paper has none) and its `match` phase;
 5. fine-tuning with the same objective (`search_share < 1`; the default
-   gives it half the steps, the paper's recipe none).
+   gives it half the steps, the paper's recipe none), its content weight
+   `finetune_beta` (default `beta`), or with the `distill` baseline's
+   objective (`finetune_loss="distill"`; README "GAN Slimming" has the
+   proxy rows).
 
 The defaults are tuned for short runs; `PAPER_OPTIONS` (the bench row
 `gan_slimming_paper`) is the paper's recipe: perceptual content, Adam at
