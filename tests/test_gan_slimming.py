@@ -189,6 +189,8 @@ def test_options_are_checked():
     paper = methods.get("gan_slimming", gan_slimming.PAPER_OPTIONS).options
     assert (paper.content, paper.learning_rate_scale) == ("perceptual", 0.05)
     assert (paper.search_share, paper.refit) == (1.0, False)
+    assert not methods.get("gan_slimming_int8").options.refit
+    assert not methods.get("gan_slimming_int8").colour_skip
     bad = {
         "quantize=finetune,search_share=1": "needs fine-tuning steps",
         "content=l2": "content must be one of",
@@ -201,6 +203,8 @@ def test_options_are_checked():
     for options, message in bad.items():
         with pytest.raises(ValueError, match=message):
             methods.get("gan_slimming", options)
+    with pytest.raises(ValueError, match="quantize='search' cannot be combined"):
+        methods.get("gan_slimming_int8", "refit=true")
     assert methods.get("gan_slimming", "search_share=0.5").split_steps(10) == {
         "search": 5,
         "finetune": 5,
