@@ -479,6 +479,7 @@ class GanCompression(base.Method):
         seed: int = 0,
         jit_compile: bool = True,
         verbose: bool = True,
+        floors: dict | None = None,
     ) -> tgc.search.SearchResult:
         """Finds the best sub-network of a trained supernet within the budgets.
 
@@ -497,6 +498,8 @@ class GanCompression(base.Method):
             seed: Seed of the evolution.
             jit_compile: Compile the scoring forward pass with XLA.
             verbose: Show progress.
+            floors: `min_macs`/`min_latency_ms` overriding `budget_floors`
+                (e.g. a MACs pre-filter of a latency-budget search).
 
         Returns:
             The `tgc.search.SearchResult`.
@@ -522,7 +525,7 @@ class GanCompression(base.Method):
             "output": output,
             "progress": verbose,
         }
-        floors = self.budget_floors(max_macs)
+        floors = {**self.budget_floors(max_macs), **(floors or {})}
         if options.config is not None:
             result = tgc.search.brute_force([options.config], score, **budgets)
             if result.best is None:
