@@ -5,7 +5,8 @@
 On one trained once-for-all supernet (`training.methods.gan_compression`:
 the vintage teacher cut to half its widths, pre-distilled then trained as
 a supernet for `--steps` steps on the vintage task's 64-px training views,
-batch 4, seed 0; kept in `--work_dir` and reused), two evolutionary
+batch 4, seed 0; kept in `--work_dir` and reused; or `--supernet`, e.g.
+a `gan_compression` run's trained supernet), two evolutionary
 searches, scored alike (PSNR of the sub-network to the teacher on the
 task's 16 validation views of *training* photos, 256 px):
 
@@ -13,7 +14,7 @@ task's 16 validation views of *training* photos, 256 px):
    the method's default budget floor (candidates use >= 90% of it).
    Its winner A is timed (fp32 LiteRT, 2 threads, 256x256): latency L.
 2. **Latency budget**: measured LiteRT latency <= L (and >= 90% of L),
-   no MACs budget; configurations are exported and timed, each once (a
+   no MACs budget as such; configurations are exported and timed, each once (a
    cache keyed by configuration). So that only plausible ones are
    exported, candidates are pre-filtered to `--macs_window` times A's
    MACs (default 0.75-1.25).
@@ -52,6 +53,12 @@ VIEWS = tasks.base.Views(crop_size=64)
 
 def define_flags() -> None:
     """Defines the command-line flags (only when run as a script)."""
+    flags.DEFINE_string(
+        "supernet",
+        None,
+        "A trained supernet (.keras, e.g. a gan_compression run's "
+        "checkpoints/RUN/method/supernet.keras) instead of training one.",
+    )
     flags.DEFINE_integer("steps", 60, "Supernet training steps (pre-distil + OFA).")
     flags.DEFINE_integer("batch_size", 4, "Training batch size.")
     flags.DEFINE_float("macs_ratio", 20.0, "MACs budget: teacher MACs / ratio.")
@@ -120,7 +127,7 @@ def run_benchmark() -> dict:
         budget,
         FLAGS.steps,
         FLAGS.batch_size,
-        os.path.join(FLAGS.work_dir, "supernet.keras"),
+        FLAGS.supernet or os.path.join(FLAGS.work_dir, "supernet.keras"),
     )
     seconds = {"supernet": time.perf_counter() - started}
     inputs, targets = task.validation
@@ -158,7 +165,8 @@ def run_benchmark() -> dict:
     return {
         "command": "python -m benchmarks.search_budgets " + " ".join(sys.argv[1:]),
         "settings": {
-            "steps": FLAGS.steps,
+            "supernet": FLAGS.supernet,
+            "steps": None if FLAGS.supernet else FLAGS.steps,
             "batch_size": FLAGS.batch_size,
             "crop_size": VIEWS.crop_size,
             "seed": FLAGS.seed,
@@ -292,6 +300,16 @@ def _plot(results: dict, path: str) -> None:
     plt.close(figure)
 
 
+def _trained(settings: dict) -> str:
+    if settings["supernet"]:
+        return f"`{settings['supernet']}`"
+    return (
+        f"vintage teacher cut to half its widths, {settings['steps']} steps, "
+        f"batch {settings['batch_size']}, {settings['crop_size']}-px views, "
+        f"seed {settings['seed']}"
+    )
+
+
 def _save(results: dict) -> None:
     os.makedirs(FLAGS.output_dir, exist_ok=True)
     prefix = os.path.join(FLAGS.output_dir, "search_budgets")
@@ -303,9 +321,8 @@ def _save(results: dict) -> None:
         "",
         f"Command: `{results['command']}`",
         "",
-        f"One supernet (vintage teacher cut to half its widths, {s['steps']} "
-        f"steps, batch {s['batch_size']}, {s['crop_size']}-px views, seed "
-        f"{s['seed']}); evolution {s['population']} x {s['generations']} each; "
+        f"One supernet ({_trained(s)}); evolution {s['population']} x "
+        f"{s['generations']} each; "
         f"scored on {s['validation_views']} validation views of training photos. "
         f"MACs budget {s['macs_budget'] / 1e9:.3f} G (1/{s['macs_ratio']:g} of "
         f"the teacher), floor {s['budget_floor']:g}; latency budget = the MACs "

@@ -262,7 +262,9 @@ class GanCompression(base.Method):
                 floor; not applied to a given `config`). A briefly trained
                 supernet's scores barely rank sizes, so without a floor
                 the search lands where most feasible configurations are
-                (at 1/20 of the vintage teacher: 85% of the budget).
+                (at 1/20 of the vintage teacher: 85% of the budget). A
+                latency floor is checked by timing: every configuration
+                drawn under the MACs budget is exported once (cached).
             latency_cache: JSON file of measured latencies; `None`:
                 `<work_dir>/latency.json` (in memory without a work dir).
             latency_runs: Timed LiteRT runs per configuration (median).
