@@ -347,7 +347,7 @@ class _Evaluator:
             latency is None
         ):
             raise ValueError(
-                "max_latency_ms and min_latency_ms need latency= (e.g. a "
+                "max_latency_ms or min_latency_ms needs latency= (e.g. a "
                 "tgc.search.LatencyCache)."
             )
         for low, high, name in (
