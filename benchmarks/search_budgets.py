@@ -15,7 +15,8 @@ task's 16 validation views of *training* photos, 256 px):
    Its winner A is timed (fp32 LiteRT, 2 threads, 256x256): latency L.
 2. **Latency budget**: measured LiteRT latency <= L (and >= 90% of L),
    no MACs budget as such; configurations are exported and timed, each once (a
-   cache keyed by configuration). So that only plausible ones are
+   cache keyed by configuration), so this search is smaller
+   (`--latency_population`, `--latency_generations`). So that only plausible ones are
    exported, candidates are pre-filtered to `--macs_window` times A's
    MACs (default 0.75-1.25).
 
@@ -64,6 +65,10 @@ def define_flags() -> None:
     flags.DEFINE_float("macs_ratio", 20.0, "MACs budget: teacher MACs / ratio.")
     flags.DEFINE_integer("population", 8, "Evolution's population (each search).")
     flags.DEFINE_integer("generations", 3, "Evolution's generations (each search).")
+    flags.DEFINE_integer(
+        "latency_population", 6, "Latency search's population (each draw is timed)."
+    )
+    flags.DEFINE_integer("latency_generations", 1, "Latency search's generations.")
     flags.DEFINE_list(
         "macs_window", ["0.75", "1.25"], "Latency search: MACs pre-filter, x A's."
     )
@@ -144,7 +149,11 @@ def run_benchmark() -> dict:
 
     started = time.perf_counter()
     low, high = (float(v) for v in FLAGS.macs_window)
-    latency_method = _method(max_latency_ms=winner_a["latency_ms"])
+    latency_method = _method(
+        max_latency_ms=winner_a["latency_ms"],
+        population=FLAGS.latency_population,
+        generations=FLAGS.latency_generations,
+    )
     by_latency = search(
         latency_method,
         round(high * winner_a["macs"]),
@@ -175,6 +184,8 @@ def run_benchmark() -> dict:
             "macs_ratio": FLAGS.macs_ratio,
             "population": FLAGS.population,
             "generations": FLAGS.generations,
+            "latency_population": FLAGS.latency_population,
+            "latency_generations": FLAGS.latency_generations,
             "budget_floor": method.options.budget_floor,
             "macs_window": [low, high],
             "latency_runs": FLAGS.latency_runs,
@@ -323,7 +334,8 @@ def _save(results: dict) -> None:
         f"Command: `{results['command']}`",
         "",
         f"One supernet ({_trained(s)}); evolution {s['population']} x "
-        f"{s['generations']} each; "
+        f"{s['generations']} (MACs), {s['latency_population']} x "
+        f"{s['latency_generations']} (latency: every drawn config is timed); "
         f"scored on {s['validation_views']} validation views of training photos. "
         f"MACs budget {s['macs_budget'] / 1e9:.3f} G (1/{s['macs_ratio']:g} of "
         f"the teacher), floor {s['budget_floor']:g}; latency budget = the MACs "
