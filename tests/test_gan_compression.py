@@ -99,11 +99,13 @@ def test_options_are_checked():
     ):
         with pytest.raises(ValueError, match=message):
             methods.get("gan_compression", options)
-    floors = methods.get("gan_compression", "max_latency_ms=40").budget_floors(100)
+    floors = methods.get(
+        "gan_compression", "max_latency_ms=40,budget_floor=0.9"
+    ).budget_floors(100)
     assert floors == {"min_macs": None, "min_latency_ms": 36.0}
-    floors = methods.get("gan_compression").budget_floors(100)
+    floors = methods.get("gan_compression", "budget_floor=0.9").budget_floors(100)
     assert floors == {"min_macs": 90.0, "min_latency_ms": None}
-    floors = methods.get("gan_compression", "budget_floor=0").budget_floors(100)
+    floors = methods.get("gan_compression").budget_floors(100)
     assert floors == {"min_macs": None, "min_latency_ms": None}
 
 
@@ -154,7 +156,7 @@ def test_pipeline_ships_the_searched_subnet_within_the_budget(task, tmp_path):
     # searched sub-network exactly as the supernet computed it.
     method = methods.get(
         "gan_compression",
-        f"{QUICK},refit=none,predistill_share=0.5,supernet_share=0.5",
+        f"{QUICK},refit=none,predistill_share=0.5,supernet_share=0.5,budget_floor=0.9",
     )
     setup = _setup(teacher)
     seen = []  # the configuration each step trains (after the sampler ran)
