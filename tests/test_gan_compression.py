@@ -95,9 +95,18 @@ def test_options_are_checked():
         ("gan_loss=wgan", "gan_loss must be one of"),
         ("config=8_8", "8 positive ints"),
         ("population=1", "population >= 2"),
+        ("budget_floor=1.5", r"budget_floor must be in \[0, 1\]"),
     ):
         with pytest.raises(ValueError, match=message):
             methods.get("gan_compression", options)
+    floors = methods.get(
+        "gan_compression", "max_latency_ms=40,budget_floor=0.9"
+    ).budget_floors(100)
+    assert floors == {"min_macs": None, "min_latency_ms": 36.0}
+    floors = methods.get("gan_compression", "budget_floor=0.9").budget_floors(100)
+    assert floors == {"min_macs": 90.0, "min_latency_ms": None}
+    floors = methods.get("gan_compression").budget_floors(100)
+    assert floors == {"min_macs": None, "min_latency_ms": None}
 
 
 def test_sampled_configs_and_mappers_that_follow_the_sampled_width(task):
@@ -147,7 +156,7 @@ def test_pipeline_ships_the_searched_subnet_within_the_budget(task, tmp_path):
     # searched sub-network exactly as the supernet computed it.
     method = methods.get(
         "gan_compression",
-        f"{QUICK},refit=none,predistill_share=0.5,supernet_share=0.5",
+        f"{QUICK},refit=none,predistill_share=0.5,supernet_share=0.5,budget_floor=0.9",
     )
     setup = _setup(teacher)
     seen = []  # the configuration each step trains (after the sampler ran)
@@ -181,7 +190,11 @@ def test_pipeline_ships_the_searched_subnet_within_the_budget(task, tmp_path):
     with open(work / "search.json", encoding="utf-8") as file:
         log = json.load(file)
     assert log["best"]["config"] == search.best.config == result.student.state["config"]
-    assert all(c["macs"] <= setup.budget.macs for c in log["candidates"])
+    assert all(
+        0.9 * setup.budget.macs <= c["macs"] <= setup.budget.macs
+        for c in log["candidates"]
+    )
+    assert log["settings"]["min_macs"] == 0.9 * setup.budget.macs
     assert search.best.score == max(c["score"] for c in log["candidates"])
     assert (work / "search.png").stat().st_size > 1000
     assert result.macs == supernet.config_macs(

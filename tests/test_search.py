@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 
 import numpy as np
@@ -132,6 +133,46 @@ def test_evolution_respects_the_budget_is_seeded_and_resumes(tmp_path):
         _evolve(output=prefix, mode="min")
     with pytest.raises(ValueError, match="parent_ratio must be in"):
         _evolve(parent_ratio=1.5)
+
+
+def _size_blind_score(config: ChannelConfig) -> float:
+    """A quality that does not rank sizes, like a briefly trained supernet's."""
+    digest = hashlib.sha1(str(config).encode()).hexdigest()
+    return int(digest[:8], 16) / 2**32
+
+
+def test_a_budget_floor_makes_the_search_land_near_the_budget():
+    floor = 0.9 * BUDGET
+    search = functools.partial(
+        tgc.search.evolution,
+        SPACE,
+        _size_blind_score,
+        MACS,
+        max_macs=BUDGET,
+        population=12,
+        generations=4,
+        seed=3,
+        progress=False,
+    )
+    free = search()
+    # Most feasible configurations are well under the budget: so are the
+    # candidates of a search whose score ignores size.
+    assert np.median([c.macs for c in free.candidates]) < floor
+    floored = search(min_macs=floor)
+    assert all(floor <= c.macs <= BUDGET for c in floored.candidates)
+    assert floored.best.macs >= floor
+    assert floored.settings["min_macs"] == floor
+
+    grid = tgc.search.brute_force(
+        SPACE, _size_blind_score, MACS, max_macs=BUDGET, min_macs=floor, progress=False
+    )
+    window = [c for c in SPACE.grid() if floor <= MACS(c) <= BUDGET]
+    assert len(grid.candidates) == len(window) > 0
+    with pytest.raises(ValueError, match="window is empty"):
+        search(min_macs=2 * BUDGET)
+    largest = MACS(SPACE.largest())
+    with pytest.raises(ValueError, match="min_macs=.* not reachable: the largest"):
+        search(max_macs=None, min_macs=largest + 1)
 
 
 @pytest.fixture(scope="module")

@@ -15,6 +15,9 @@ a validation split of the *training* photos), and the best one wins.
 The budget is MACs (`max_macs`, counted in closed form by the `macs`
 function you pass, e.g. `functools.partial(supernet.config_macs, ...)`),
 measured LiteRT latency (`max_latency_ms` with a `LatencyCache`), or both.
+A floor (`min_macs`, `min_latency_ms`) makes it a window: a search whose
+scores barely depend on size (a briefly trained supernet) otherwise lands
+wherever most of the feasible space is, well under the budget.
 `LatencyCache` exports each configuration's plain sub-network, times it
 in LiteRT and keeps the result in a JSON file keyed by configuration, so a
 configuration is never exported twice, across runs too.
@@ -184,12 +187,14 @@ def plot_candidates(result: SearchResult, path: str) -> None:
                 color="red",
                 label=f"best {result.best.config}",
             )
-        budget = result.settings.get(
-            "max_macs" if label.startswith("MACs") else "max_latency_ms"
-        )
-        if budget is not None:
-            scale = 1e9 if label.startswith("MACs") else 1.0
-            axis.axvline(budget / scale, color="grey", linestyle="--", label="budget")
+        unit = "macs" if label.startswith("MACs") else "latency_ms"
+        scale = 1e9 if unit == "macs" else 1.0
+        for bound, style in (("max", "--"), ("min", ":")):
+            value = result.settings.get(f"{bound}_{unit}")
+            if value is not None:
+                axis.axvline(
+                    value / scale, color="grey", linestyle=style, label=f"{bound}"
+                )
         axis.set_xlabel(label)
         axis.set_ylabel("score")
         axis.legend(fontsize=7)
@@ -325,15 +330,38 @@ class LatencyCache:
 class _Evaluator:
     """Budget checks and scoring with per-configuration caches."""
 
-    def __init__(self, score, macs, max_macs, latency, max_latency_ms, mode):
+    def __init__(
+        self,
+        score,
+        macs,
+        max_macs,
+        latency,
+        max_latency_ms,
+        mode,
+        min_macs=None,
+        min_latency_ms=None,
+    ):
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}.")
-        if max_latency_ms is not None and latency is None:
+        if (max_latency_ms is not None or min_latency_ms is not None) and (
+            latency is None
+        ):
             raise ValueError(
-                "max_latency_ms needs latency= (e.g. a tgc.search.LatencyCache)."
+                "max_latency_ms or min_latency_ms needs latency= (e.g. a "
+                "tgc.search.LatencyCache)."
             )
+        for low, high, name in (
+            (min_macs, max_macs, "macs"),
+            (min_latency_ms, max_latency_ms, "latency_ms"),
+        ):
+            if low is not None and high is not None and low > high:
+                raise ValueError(
+                    f"min_{name}={low} is above max_{name}={high}: the budget "
+                    "window is empty."
+                )
         self.score_fn, self.macs_fn, self.latency_fn = score, macs, latency
         self.max_macs, self.max_latency_ms, self.mode = max_macs, max_latency_ms, mode
+        self.min_macs, self.min_latency_ms = min_macs, min_latency_ms
         self.scored: dict[str, Candidate] = {}
         self.rejected: set[str] = set()
 
@@ -344,16 +372,16 @@ class _Evaluator:
         return Candidate(key, int(self.macs_fn(ChannelConfig.parse(key))))
 
     def feasible(self, config) -> bool:
-        """Whether a configuration fits the budget (MACs first, then latency)."""
+        """Whether a configuration is within the budget window (MACs, then latency)."""
         key = str(ChannelConfig.of(config))
         if key in self.scored:
             return True
         if key in self.rejected:
             return False
-        candidate = self.candidate(key)
-        fits = self.max_macs is None or candidate.macs <= self.max_macs
-        if fits and self.max_latency_ms is not None:
-            fits = self.latency_fn(ChannelConfig.parse(key)) <= self.max_latency_ms
+        fits = _within(self.candidate(key).macs, self.min_macs, self.max_macs)
+        if fits and (self.max_latency_ms, self.min_latency_ms) != (None, None):
+            measured = self.latency_fn(ChannelConfig.parse(key))
+            fits = _within(measured, self.min_latency_ms, self.max_latency_ms)
         if not fits:
             self.rejected.add(key)
         return fits
@@ -381,13 +409,21 @@ class _Evaluator:
     def ranked(self, candidates: Iterable[Candidate]) -> list[Candidate]:
         return sorted(candidates, key=lambda c: c.score, reverse=self.mode == "max")
 
-    def check_reachable(self, smallest: ChannelConfig) -> None:
-        """Raises a specific error if even the smallest configuration is too big."""
+    def check_reachable(self, space: ConfigSpace) -> None:
+        """Raises a specific error if the smallest configuration is too big, or
+        the largest too small for the floors."""
+        smallest, largest = space.smallest(), space.largest()
         macs = int(self.macs_fn(smallest))
         if self.max_macs is not None and macs > self.max_macs:
             raise ValueError(
                 f"max_macs={self.max_macs:.4g} is not reachable: the smallest "
                 f"configuration {smallest} has {macs:,} MACs."
+            )
+        macs = int(self.macs_fn(largest))
+        if self.min_macs is not None and macs < self.min_macs:
+            raise ValueError(
+                f"min_macs={self.min_macs:.4g} is not reachable: the largest "
+                f"configuration {largest} has {macs:,} MACs."
             )
         if self.max_latency_ms is not None:
             measured = self.latency_fn(smallest)
@@ -396,14 +432,27 @@ class _Evaluator:
                     f"max_latency_ms={self.max_latency_ms} is not reachable: the "
                     f"smallest configuration {smallest} measures {measured:.2f} ms."
                 )
+        if self.min_latency_ms is not None:
+            measured = self.latency_fn(largest)
+            if measured < self.min_latency_ms:
+                raise ValueError(
+                    f"min_latency_ms={self.min_latency_ms} is not reachable: the "
+                    f"largest configuration {largest} measures {measured:.2f} ms."
+                )
 
     def settings(self, **extra) -> dict:
         return {
             "mode": self.mode,
             "max_macs": self.max_macs,
             "max_latency_ms": self.max_latency_ms,
+            "min_macs": self.min_macs,
+            "min_latency_ms": self.min_latency_ms,
             **extra,
         }
+
+
+def _within(value: float, low: float | None, high: float | None) -> bool:
+    return (low is None or value >= low) and (high is None or value <= high)
 
 
 def brute_force(
@@ -418,6 +467,8 @@ def brute_force(
     resume: bool = True,
     progress: bool = True,
     checkpoint_seconds: float = 60.0,
+    min_macs: float | None = None,
+    min_latency_ms: float | None = None,
 ) -> SearchResult:
     """Scores every configuration of a grid that fits the budget.
 
@@ -437,6 +488,9 @@ def brute_force(
         resume: Continue from `<output>.json` if it holds this search.
         progress: Show a progress bar.
         checkpoint_seconds: Least time between two checkpoints.
+        min_macs: Floor of the MACs budget window, or `None`.
+        min_latency_ms: Floor of the latency budget window, or `None`
+            (needs `latency`).
 
     Returns:
         A `SearchResult`.
@@ -446,9 +500,11 @@ def brute_force(
             budget no configuration of a `ConfigSpace` can meet, or a
             checkpoint of another search.
     """
-    evaluator = _Evaluator(score, macs, max_macs, latency, max_latency_ms, mode)
+    evaluator = _Evaluator(
+        score, macs, max_macs, latency, max_latency_ms, mode, min_macs, min_latency_ms
+    )
     if isinstance(configs, ConfigSpace):
-        evaluator.check_reachable(configs.smallest())
+        evaluator.check_reachable(configs)
         configs = list(configs.grid())
     else:
         configs = [ChannelConfig.of(c) for c in configs]
@@ -503,8 +559,9 @@ def _draw_feasible(evaluator: _Evaluator, draw, max_tries: int, what: str):
             return config
     raise ValueError(
         f"No {what} within the budget after {max_tries} tries (max_macs="
-        f"{evaluator.max_macs}, max_latency_ms={evaluator.max_latency_ms}); "
-        "loosen the budget or the config space."
+        f"{evaluator.max_macs}, max_latency_ms={evaluator.max_latency_ms}, "
+        f"min_macs={evaluator.min_macs}, min_latency_ms="
+        f"{evaluator.min_latency_ms}); loosen the budget or the config space."
     )
 
 
@@ -576,6 +633,8 @@ def evolution(
     resume: bool = True,
     progress: bool = True,
     max_tries: int = 1000,
+    min_macs: float | None = None,
+    min_latency_ms: float | None = None,
 ) -> SearchResult:
     """GAN Compression's evolutionary search under a MACs and/or latency budget.
 
@@ -605,6 +664,13 @@ def evolution(
         resume: Continue from `<output>.json` if it holds this search.
         progress: Show a progress bar.
         max_tries: Draws allowed to find one configuration within budget.
+        min_macs: Floor of the MACs budget window, or `None`: without one,
+            the random initial population sits wherever most of the space
+            is (at 1/20 of a ResNet's MACs, the median feasible config uses
+            85% of the budget) and only a score that grows with size moves
+            it up.
+        min_latency_ms: Floor of the latency budget window, or `None`
+            (needs `latency`).
 
     Returns:
         A `SearchResult` whose `history` has the best candidate after the
@@ -626,7 +692,9 @@ def evolution(
     ):
         if not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {value}.")
-    evaluator = _Evaluator(score, macs, max_macs, latency, max_latency_ms, mode)
+    evaluator = _Evaluator(
+        score, macs, max_macs, latency, max_latency_ms, mode, min_macs, min_latency_ms
+    )
     settings = evaluator.settings(
         search="evolution",
         space=[list(values) for values in space.choices],
@@ -650,7 +718,7 @@ def evolution(
         rng.bit_generator.state = saved["state"]["rng"]
         start = saved["state"]["generation"]
     else:
-        evaluator.check_reachable(space.smallest())
+        evaluator.check_reachable(space)
         members = [
             evaluator.score(
                 _draw_feasible(

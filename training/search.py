@@ -45,6 +45,7 @@ _METHOD_KEYS = (
     "parent_ratio",
     "mutate_prob",
     "max_latency_ms",
+    "budget_floor",
     "latency_runs",
 )
 DEFAULTS = {
@@ -88,6 +89,13 @@ def define_flags() -> None:
         d["latency_cache"],
         "JSON cache of measured latencies; default latency.json next to the "
         "supernet (the training run's cache).",
+    )
+    flags.DEFINE_float(
+        "budget_floor",
+        d["budget_floor"],
+        "Least share of the budget (latency if given, else MACs) a candidate uses.",
+        lower_bound=0,
+        upper_bound=1,
     )
     flags.DEFINE_integer("latency_runs", d["latency_runs"], "Timed runs each.")
     flags.DEFINE_bool(

@@ -24,11 +24,12 @@ The method's phases in the shared pipeline (`training.pipeline`):
      learning-rate cycle (the paper trains them as two runs);
    - **search**, when the fit ends (`SubnetSearch`): every candidate within
      the MACs budget (and, with `max_latency_ms`, the measured LiteRT
-     latency budget) is scored by its PSNR to the targets of
-     `Setup.validation`, images of the *training* photos; evolution
-     (`tgc.search.evolution`) or a brute-force grid; the supernet is left
-     at the best configuration. The trained supernet, the search log
-     (`search.json`/`.png`) and the latency cache go to `Setup.work_dir`.
+     latency budget), and using at least `budget_floor` of it, is scored
+     by its PSNR to the targets of `Setup.validation`, images of the
+     *training* photos; evolution (`tgc.search.evolution`) or a
+     brute-force grid; the supernet is left at the best configuration.
+     The trained supernet, the search log (`search.json`/`.png`) and the
+     latency cache go to `Setup.work_dir`.
 3. slim: the best sub-network as a plain model (`supernet.extract`).
 4. refit (`refit` option): `"teacher"` re-initialises the chosen widths
    from the teacher (its top filters by L1) and the pipeline refits them by
@@ -256,6 +257,15 @@ class GanCompression(base.Method):
             max_latency_ms: Measured fp32 LiteRT latency budget of the
                 sub-network at the budget's input shape (2 threads), on top
                 of the MACs budget; `None`: MACs only.
+            budget_floor: Least share of the budget a candidate must use:
+                of `max_latency_ms` if set, else of the MACs budget (0, the
+                default until a benchmark row measures 0.9: no floor; not
+                applied to a given `config`). A briefly trained
+                supernet's scores barely rank sizes, so without a floor
+                the search lands where most feasible configurations are
+                (at 1/20 of the vintage teacher: 85% of the budget). A
+                latency floor is checked by timing: every configuration
+                drawn under the MACs budget is exported once (cached).
             latency_cache: JSON file of measured latencies; `None`:
                 `<work_dir>/latency.json` (in memory without a work dir).
             latency_runs: Timed LiteRT runs per configuration (median).
@@ -283,6 +293,7 @@ class GanCompression(base.Method):
         parent_ratio: float = 0.25
         mutate_prob: float = 0.2
         max_latency_ms: float | None = None
+        budget_floor: float = 0.0
         latency_cache: str | None = None
         latency_runs: int = 10
         config: str | None = None
@@ -295,6 +306,11 @@ class GanCompression(base.Method):
         def __post_init__(self):
             base.check_non_negative(self, "gan_compression")
             parse_choices(self.choices)
+            if not 0.0 <= self.budget_floor <= 1.0:
+                raise ValueError(
+                    "gan_compression budget_floor must be in [0, 1], got "
+                    f"{self.budget_floor}."
+                )
             if not 0.0 < self.width <= 1.0:
                 raise ValueError(
                     f"gan_compression width must be in (0, 1], got {self.width}."
@@ -428,6 +444,22 @@ class GanCompression(base.Method):
         )
         return [sampler, SubnetSearch(self, student, setup)]
 
+    def budget_floors(self, max_macs: int) -> dict[str, float | None]:
+        """`min_macs`/`min_latency_ms` of the search: `budget_floor` of the budget.
+
+        The floor goes on the latency budget when there is one (the MACs
+        budget then rarely binds), else on the MACs budget.
+        """
+        share = self.options.budget_floor
+        if not share:
+            return {"min_macs": None, "min_latency_ms": None}
+        if self.options.max_latency_ms is not None:
+            return {
+                "min_macs": None,
+                "min_latency_ms": share * self.options.max_latency_ms,
+            }
+        return {"min_macs": share * max_macs, "min_latency_ms": None}
+
     def latency_cache(self, net, input_shape, work_dir) -> tgc.search.LatencyCache:
         """The cache of measured sub-network latencies (`latency_cache` option)."""
         path = self.options.latency_cache
@@ -450,6 +482,7 @@ class GanCompression(base.Method):
         seed: int = 0,
         jit_compile: bool = True,
         verbose: bool = True,
+        floors: dict | None = None,
     ) -> tgc.search.SearchResult:
         """Finds the best sub-network of a trained supernet within the budgets.
 
@@ -468,6 +501,8 @@ class GanCompression(base.Method):
             seed: Seed of the evolution.
             jit_compile: Compile the scoring forward pass with XLA.
             verbose: Show progress.
+            floors: `min_macs`/`min_latency_ms` overriding `budget_floors`
+                (e.g. a MACs pre-filter of a latency-budget search).
 
         Returns:
             The `tgc.search.SearchResult`.
@@ -493,6 +528,7 @@ class GanCompression(base.Method):
             "output": output,
             "progress": verbose,
         }
+        floors = {**self.budget_floors(max_macs), **(floors or {})}
         if options.config is not None:
             result = tgc.search.brute_force([options.config], score, **budgets)
             if result.best is None:
@@ -501,7 +537,7 @@ class GanCompression(base.Method):
                     f"({max_macs:,} MACs, max_latency_ms={options.max_latency_ms})."
                 )
         elif options.search == "brute_force":
-            result = tgc.search.brute_force(space, score, **budgets)
+            result = tgc.search.brute_force(space, score, **budgets, **floors)
         else:
             result = tgc.search.evolution(
                 space,
@@ -513,6 +549,7 @@ class GanCompression(base.Method):
                 mutate_prob=options.mutate_prob,
                 seed=seed,
                 **budgets,
+                **floors,
             )
         supernet.set_config(net, result.best.config)
         return result
