@@ -103,6 +103,25 @@ def test_methods_trains_only_the_named_rows_and_reuses_the_rest(tmp_path, monkey
         bench.run(["nope"], str(out), task=task)
 
 
+def test_a_dmad_row_keeps_its_mask_trajectory(tmp_path, monkeypatch):
+    keras.utils.set_random_seed(0)
+    teacher = tgc.models.resnet_generator(ngf=8, n_blocks=1, affine=True)
+    write_photos(tmp_path / "photos", 8)
+    task = tasks.photo_task(
+        teacher, "tiny", tmp_path / "photos", views=VIEWS, cache_dir=tmp_path / "c"
+    )
+    # Training is what writes the trajectory; export is tested above.
+    monkeypatch.setattr(bench, "ship_row", lambda student, *_: {"macs": 1, "params": 1})
+    config = train.settings({**_settings(), "macs_ratio": 8})
+    row = tmp_path / "row"
+    bench.train_row(bench.known_rows()["dmad"], task, config, str(row))
+    assert not (row / "checkpoints").exists()
+    trajectory = json.loads((row / "mask_trajectory.json").read_text())
+    assert [r["event"] for r in trajectory["history"]] == ["check", "frozen"]
+    assert trajectory["history"][-1]["open_macs"] <= trajectory["budget_macs"]
+    assert (row / "mask_trajectory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_variants_are_rows_of_their_own():
     label, (method, options) = bench.parse_variant("pixel=distill:lambda_distill=0")
     assert (label, method, options) == ("pixel", "distill", "lambda_distill=0")

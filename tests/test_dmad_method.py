@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import pathlib
 import re
 
 import keras
+import matplotlib.image
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -247,3 +250,80 @@ def test_readme_model_fit_example(task, tmp_path, monkeypatch):
     trajectory = namespace["student"].state["trajectory"]
     assert trajectory[-1]["event"] == "frozen"
     assert trajectory[-1]["open_macs"] <= setup.budget.macs
+
+
+class _Interrupt(keras.callbacks.Callback):
+    """Kills `fit` (an exception) when the trainer reaches `step`."""
+
+    def __init__(self, step):
+        super().__init__()
+        self.step = step
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if int(self.model.g_optimizer.iterations.numpy()) == self.step:
+            raise RuntimeError("interrupted")
+
+
+def _search(teacher, pairs, setup, backup_dir, callbacks=()):
+    """A 4-step DMAD search of 2-step epochs, backed up in `backup_dir`."""
+    method = _eager(methods.get)("dmad", "mask_travel=2")
+    student = method.build(teacher, setup)
+    pipeline.search(
+        method,
+        student,
+        teacher,
+        setup,
+        pairs,
+        4,
+        steps_per_epoch=2,
+        callbacks=callbacks,
+        backup_dir=backup_dir,
+        verbose=0,
+    )
+    return student
+
+
+def test_mask_trajectory_resumes_and_is_written_as_json_and_png(task, tmp_path):
+    teacher, _, _, pairs = task
+    setup = dataclasses.replace(
+        _setup(teacher),
+        work_dir=str(tmp_path / "method"),
+        report_dir=str(tmp_path / "report"),
+    )
+    backup = str(tmp_path / "backup")
+    # Killed at the check of step 2, after the backup of the first epoch
+    # (steps 0-1): the trajectory on disk runs to step 2.
+    with pytest.raises(RuntimeError, match="interrupted"):
+        _search(teacher, pairs, setup, backup, [_Interrupt(2)])
+    saved = json.loads((tmp_path / "method" / "mask_trajectory.json").read_text())
+    assert [r["step"] for r in saved["history"]] == [0, 1, 2]
+    assert not (tmp_path / "report").exists()
+    # Resumed at step 2: step 2 is recorded again, once; the band closes at
+    # step 3 (75% of 4), and the masks freeze at the end.
+    student = _search(teacher, pairs, setup, backup)
+    trajectory = student.state["trajectory"]
+    assert [r["step"] for r in trajectory] == [0, 1, 2, 3, 4]
+    assert [r["event"] for r in trajectory] == ["check"] * 4 + ["frozen"]
+    assert trajectory[:2] == saved["history"][:2]
+    # The last record is the frozen masks as they are.
+    generator = student.generator
+    opened = tgc.masks.open_channels(generator)
+    last = trajectory[-1]
+    assert last["open_by_mask"] == {n: int(o.sum()) for n, o in opened.items()}
+    assert last["open_channels"] == sum(int(o.sum()) for o in opened.values())
+    assert last["open_macs"] == tgc.cost.gate_macs(generator, SHAPE)
+    assert last["open_macs"] <= setup.budget.macs
+    residual = dmad.mask_groups(generator)["residual"][0]
+    stream = np.logical_or.reduce([opened[n] for n in residual])
+    assert last["live_by_group"]["residual stream"] == int(stream.sum())
+    assert last["live_by_group"]["block1_conv1"] == int(
+        opened["block1_norm1_gate"].sum()
+    )
+    assert len(last["live_by_group"]) == 7  # the stream + 6 masks of its own
+    assert trajectory[0]["open_channels"] > last["open_channels"]
+    report = json.loads((tmp_path / "report" / "mask_trajectory.json").read_text())
+    assert report["budget_macs"] == setup.budget.macs
+    assert report["history"] == json.loads(json.dumps(trajectory))
+    image = matplotlib.image.imread(tmp_path / "report" / "mask_trajectory.png")
+    assert image.ndim == 3 and image.shape[0] > 400 and image.shape[1] > 400
+    assert image[..., :3].std() > 0.05  # not blank

@@ -128,6 +128,11 @@ def plot_mask_trajectory(
 ) -> None:
     """Live channels and their MACs against the training step, as a PNG.
 
+    Panels: the live channels of every group (when the records have
+    `live_by_group`, `{label: live channels}`), the live channels in all
+    with the band's half-width, and their MACs with the budget line. A
+    record whose `event` is `"frozen"` marks the freeze (dotted line).
+
     Args:
         history: Records with `step`, `open_channels`, `open_macs` and
             `bound` (e.g. `training.methods.dmad.DmadSchedule.history`).
@@ -141,12 +146,33 @@ def plot_mask_trajectory(
     import matplotlib.pyplot as plt
 
     steps = [r["step"] for r in history]
-    figure, (channels, macs) = plt.subplots(2, 1, figsize=(7.0, 6.0), sharex=True)
+    labels = list(history[0].get("live_by_group", {})) if history else []
+    rows = 3 if labels else 2
+    figure, axes = plt.subplots(
+        rows, 1, figsize=(8.0, 3.0 * rows), sharex=True, squeeze=False
+    )
+    axes = list(axes[:, 0])
     step_style = {"drawstyle": "steps-post"}
+    if labels:
+        groups = axes.pop(0)
+        colours = plt.get_cmap("tab20")
+        for index, label in enumerate(labels):
+            groups.plot(
+                steps,
+                [r["live_by_group"][label] for r in history],
+                color=colours(index % 20),
+                label=label,
+                **step_style,
+            )
+        groups.set_ylabel("live channels per group")
+        groups.legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1))
+        groups.set_title(title)
+        title = ""
+    channels, macs = axes
     channels.plot(
         steps, [r["open_channels"] for r in history], color="#1f77b4", **step_style
     )
-    channels.set_ylabel("live channels")
+    channels.set_ylabel("live channels (all masks)")
     band = channels.twinx()
     band.plot(
         steps, [r["bound"] for r in history], color="#aaaaaa", ls="--", **step_style
@@ -158,6 +184,10 @@ def plot_mask_trajectory(
     if budget_macs is not None:
         macs.axhline(budget_macs / 1e9, color="black", lw=0.8, label="budget")
         macs.legend()
+    for record in history:
+        if record.get("event") == "frozen":
+            for axis in (channels, macs):
+                axis.axvline(record["step"], color="#555555", lw=0.8, ls=":")
     macs.set_ylabel("G MACs of live channels")
     macs.set_xlabel("step")
     channels.set_title(title)

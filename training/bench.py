@@ -19,12 +19,13 @@ and cached under `<work_dir>/rows/<row>-<key>/`, the key a hash of the
 method, its options, the budget, the steps and the other training settings,
 the seed and the task's data (`training.train.run_key`). A finished row
 holds `student.keras`, `student.tflite`, `student_int8.tflite`,
-`samples.png` and, written last and atomically, `row.json` (quality of the
-fp32 model and of the int8 file against the teacher on the held-out photos,
-MACs, parameters, discriminator MACs before/after slimming, training
-time, and `export`: how its files were made). A killed benchmark resumes
-where it stopped: finished rows are read back, an unfinished one resumes
-from its checkpoints.
+`samples.png`, the method's reports (`training.methods.Setup.report_dir`:
+`dmad`'s `mask_trajectory.png`/`.json`) and, written last and atomically,
+`row.json` (quality of the fp32 model and of the int8 file against the
+teacher on the held-out photos, MACs, parameters, discriminator MACs
+before/after slimming, training time, and `export`: how its files were
+made). A killed benchmark resumes where it stopped: finished rows are read
+back, an unfinished one resumes from its checkpoints.
 
 The files are made under the export settings (`export_settings`:
 `--fold_norms`, off by default (it costs quality): instance norms frozen
@@ -195,7 +196,9 @@ def train_row(row: Row, task: tasks.TaskData, config: dict, directory: str) -> d
     budget = train.budget_for(task, config)
     os.makedirs(directory, exist_ok=True)
     checkpoints = os.path.join(directory, "checkpoints")
-    result, d_macs = train.compress(method, task, config, budget, checkpoints)
+    result, d_macs = train.compress(
+        method, task, config, budget, checkpoints, report_dir=directory
+    )
     student = result.student.generator
     with atomic_path(os.path.join(directory, "student.keras")) as temporary:
         student.save(temporary)

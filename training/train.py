@@ -45,6 +45,9 @@ the wall time of every phase). With `--fold_norms` (off by default: it
 costs quality) the `.tflite` files, and the student's row, are of the student with its
 instance norms frozen and folded into its convolutions (faster; the
 report's `student_unfolded` row scores the trained student itself).
+Methods write their own reports there too (`Setup.report_dir`): `dmad`
+writes `mask_trajectory.png` and `.json` (live channels and their MACs at
+every step of its mask search) when the search ends.
 TensorFlow's and LiteRT's C++ log lines are
 filtered out unless `--verbose` (`tfgancompress.console`).
 """
@@ -270,6 +273,8 @@ OUTPUT_FILES = (
     "samples.png",
     "report.md",
     "report.json",
+    "mask_trajectory.json",
+    "mask_trajectory.png",
 )
 
 
@@ -355,6 +360,7 @@ def compress(
     budget: Budget,
     checkpoint_dir: str | None = None,
     after_phase: Callable | None = None,
+    report_dir: str | None = None,
 ) -> tuple[pipeline.Compressed, dict]:
     """Runs `method` through the pipeline on `task`.
 
@@ -366,6 +372,8 @@ def compress(
         checkpoint_dir: Where the run checkpoints and resumes (one folder
             per run: `run_key`); `None`: no checkpoints.
         after_phase: Passed to `pipeline.compress`.
+        report_dir: Where the method writes its reports (`Setup.report_dir`,
+            e.g. DMAD's `mask_trajectory.png`); `None`: none.
 
     Returns:
         `(result, d_macs)`: `d_macs` is `{"before", "after"}` when the
@@ -384,6 +392,7 @@ def compress(
         seed=config["seed"],
         jit_compile=config["jit_compile"],
         validation=task.validation,
+        report_dir=report_dir,
     )
     if checkpoint_dir:
         os.makedirs(checkpoint_dir, exist_ok=True)
@@ -552,6 +561,7 @@ def run(**overrides) -> dict:
                 output_dir, "checkpoints", run_key(method, budget, config, task)
             ),
             after_phase=score_untrained,
+            report_dir=output_dir,
         )
     seconds.update(result.seconds)
     if result.trained_steps:

@@ -83,6 +83,10 @@ class Setup:
         work_dir: A folder for the method's own files (search logs, caches,
             resumable state), or `None` to keep them in memory;
             `training.pipeline.compress` sets `<checkpoint_dir>/method`.
+        report_dir: A folder for the method's reports that outlive the run
+            (DMAD's mask trajectory plot), or `None` to write none;
+            `training.train` sets its `output_dir`, `training.bench` the
+            row's folder.
     """
 
     budget: budget_lib.Budget
@@ -93,6 +97,7 @@ class Setup:
     jit_compile: bool = True
     validation: typing.Any = dataclasses.field(default=None, compare=False, repr=False)
     work_dir: str | None = None
+    report_dir: str | None = None
 
     def __post_init__(self):
         if self.mode not in MODES:

@@ -65,14 +65,16 @@ Where this departs from the reference, and why:
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
+import os
 
 import keras
 import tensorflow as tf
 
 import tfgancompress as tgc
 from training import callbacks as callbacks_lib
-from training import losses
+from training import distribute, losses
 from training.methods import base, register
 from training.trainer import AdversarialTrainer, OptimizerGroup
 
@@ -199,6 +201,35 @@ class DmadSearchTrainer(AdversarialTrainer):
             gate.weight.assign(before + scale * (gate.weight.value - before))
 
 
+TRAJECTORY = "mask_trajectory"
+
+
+def live_channels(generator: keras.Model, min_open: int = 1) -> dict:
+    """The channels the generator's DMAD masks let through, by mask and group.
+
+    Returns:
+        `{"by_mask": {gate name: open channels}, "by_group": {label: live
+        channels}}`: a residual group (`mask_groups`) is one entry,
+        `"residual stream"`, counting the channels the residual keep rule
+        keeps (open in at least `min_open` of its masks); every other mask
+        is an entry named after the layer it follows (`block1_conv1`).
+    """
+    opened = tgc.masks.open_channels(generator)
+    kept = tgc.masks.residual_keep(generator, min_open, opened)
+    groups = mask_groups(generator)
+    producers = tgc.surgery.gate_producers(generator)
+    by_group = {}
+    for index, names in enumerate(groups["residual"]):
+        label = "residual stream" + (f" {index + 1}" if index else "")
+        by_group[label] = int(kept[names[0]].sum())
+    for name in groups["prunable"] + groups["binarised"]:
+        by_group[producers[name].name] = int(opened[name].sum())
+    return {
+        "by_mask": {name: int(open_.sum()) for name, open_ in opened.items()},
+        "by_group": by_group,
+    }
+
+
 class DmadSchedule(keras.callbacks.Callback):
     """Anneals the masks' band, and freezes them once the budget is met.
 
@@ -208,22 +239,42 @@ class DmadSchedule(keras.callbacks.Callback):
     `mask_step_scale` goes to 0); otherwise the band takes the schedule's
     bound (`tgc.masks.anneal`, fold-on-enter). At the end of training the
     masks are frozen within the budget (`tgc.masks.freeze_to_budget`).
-    `history` records, at each check, the step, the bound, the open
-    channels and their MACs (the mask trajectory).
+
+    `history` records, at each check and at the freeze, the step, the
+    bound, the open channels (in all, `open_by_mask` and `live_by_group`,
+    `live_channels`) and their MACs: the mask trajectory. With `state_dir`
+    it is saved (atomically, at every record) to
+    `<state_dir>/mask_trajectory.json`, and a resumed `fit` (restored by
+    `BackupAndRestore` to an earlier step) continues it from there. With
+    `report_dir`, the finished trajectory is written there as
+    `mask_trajectory.json` and `mask_trajectory.png`
+    (`tgc.reports.plot_mask_trajectory`) when training ends.
 
     Args:
         schedule: A `tgc.schedules.BandSchedule`.
         budget_macs: The generator's MACs budget at `input_shape`.
         input_shape: `(H, W, C)` at which MACs are counted.
         min_open: The residual keep rule's threshold.
+        state_dir: Where the trajectory is kept for resuming, or `None`.
+        report_dir: Where the finished trajectory is written, or `None`.
     """
 
-    def __init__(self, schedule, budget_macs: int, input_shape, min_open: int = 1):
+    def __init__(
+        self,
+        schedule,
+        budget_macs: int,
+        input_shape,
+        min_open: int = 1,
+        state_dir: str | None = None,
+        report_dir: str | None = None,
+    ):
         super().__init__()
         self.schedule = schedule
         self.budget_macs = int(budget_macs)
         self.input_shape = tuple(input_shape)
         self.min_open = int(min_open)
+        self.state_dir = state_dir
+        self.report_dir = report_dir
         self.history: list[dict] = []
         self.frozen_at: int | None = None
 
@@ -231,11 +282,42 @@ class DmadSchedule(keras.callbacks.Callback):
     def frozen(self) -> bool:
         return float(self.model.mask_step_scale.numpy()) == 0.0
 
+    def trajectory(self) -> dict:
+        """The trajectory as saved: the budget, the MACs' input shape, records."""
+        return {
+            "budget_macs": self.budget_macs,
+            "input_shape": list(self.input_shape),
+            "history": self.history,
+        }
+
+    def _save(self, directory: str | None) -> str | None:
+        if not directory or not distribute.is_chief():
+            return None
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, f"{TRAJECTORY}.json")
+        tgc.reports.write_json(path, self.trajectory())
+        return path
+
+    def on_train_begin(self, logs=None):
+        # A new callback of a resumed run picks up the saved trajectory. It
+        # runs after BackupAndRestore (earlier in the callbacks), so the
+        # step is the restored one: records from later steps are made again.
+        path = self.state_dir and os.path.join(self.state_dir, f"{TRAJECTORY}.json")
+        if self.history or not path or not os.path.exists(path):
+            return
+        step = int(callbacks_lib.training_step(self.model).numpy())
+        with open(path) as file:
+            saved = json.load(file)["history"]
+        self.history.extend(r for r in saved if r["step"] < step)
+        frozen = [r["step"] for r in self.history if r["event"] == "frozen"]
+        self.frozen_at = frozen[0] if frozen else None
+
     def _record(self, step: int, event: str) -> int:
         generator = self.model.generator
         opened = tgc.masks.open_channels(generator)
         macs = tgc.masks.open_macs(generator, self.input_shape, opened)
         gate = next(iter(tgc.masks.dmad_gates(generator).values()))
+        live = live_channels(generator, self.min_open)
         self.history.append(
             {
                 "step": step,
@@ -243,8 +325,11 @@ class DmadSchedule(keras.callbacks.Callback):
                 "open_channels": int(sum(int(v.sum()) for v in opened.values())),
                 "open_macs": macs,
                 "event": event,
+                "open_by_mask": live["by_mask"],
+                "live_by_group": live["by_group"],
             }
         )
+        self._save(self.state_dir)
         return macs
 
     def _freeze(self, step: int) -> None:
@@ -270,6 +355,13 @@ class DmadSchedule(keras.callbacks.Callback):
     def on_train_end(self, logs=None):
         if not self.frozen:
             self._freeze(int(callbacks_lib.training_step(self.model).numpy()))
+        if self._save(self.report_dir):
+            tgc.reports.plot_mask_trajectory(
+                self.history,
+                os.path.join(self.report_dir, f"{TRAJECTORY}.png"),
+                self.budget_macs,
+                title="DMAD mask search",
+            )
 
 
 def mask_travel_scale(travel: float, setup: base.Setup, steps: int, end: int) -> float:
@@ -534,6 +626,8 @@ class Dmad(base.Method):
             setup.budget.macs,
             setup.budget.input_shape,
             self.options.min_open,
+            state_dir=setup.work_dir,
+            report_dir=setup.report_dir,
         )
         student.state["trajectory"] = schedule.history
         return [schedule]
