@@ -16,6 +16,7 @@ from tfgancompress.schedules import BandSchedule
 from training import losses
 
 RNG = np.random.default_rng(0)
+SHAPE = (64, 64, 3)
 KNOTS = np.array([-1.0, -0.5, 0.0, 0.5, 1.0], np.float32)
 
 
@@ -224,6 +225,24 @@ def test_residual_keep_rule_keeps_a_channel_open_in_any_mask():
     assert slim_width == channels - 1
     with pytest.raises(ValueError, match="min_open"):
         tgc.masks.residual_keep(student, min_open=0)
+
+
+def test_freeze_to_budget_applies_the_residual_rule_once(min_open=2):
+    keras.utils.set_random_seed(4)
+    student = tgc.masks.add_masks(GENERATORS["resnet"](), seed=0)
+    _with_weights(student, lambda c: RNG.uniform(-0.5, 1.0, c))
+    tgc.masks.anneal(student, 0.6)
+    budget = tgc.masks.open_macs(student, SHAPE) // 3
+    tgc.masks.freeze_to_budget(student, budget, SHAPE, min_open)
+    frozen = tgc.masks.open_channels(student)
+    assert tgc.cost.gate_macs(student, SHAPE) <= budget
+    residual = ["down2_norm_gate", "block1_norm2_gate", "block2_norm2_gate"]
+    votes = np.sum([frozen[name] for name in residual], axis=0)
+    assert votes.max() >= min_open and not ((votes > 0) & (votes < min_open)).any()
+    # What slim does again (`Dmad.slim`) closes nothing more.
+    tgc.masks.freeze_to_budget(student, budget, SHAPE, min_open)
+    for name, open_ in tgc.masks.open_channels(student).items():
+        np.testing.assert_array_equal(open_, frozen[name], err_msg=name)
 
 
 def test_folding_needs_an_affine_norm():

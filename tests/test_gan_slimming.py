@@ -98,6 +98,20 @@ def _student(teacher, method_name: str, options: str = ""):
     return method, setup, method.build(teacher, setup)
 
 
+def _search_and_slim(method, setup, student, teacher, pairs):
+    """Two eager search steps (with the rho control), then `slim`."""
+    trainer = method.search_trainer(student, teacher, setup, steps=2)
+    trainer.run_eagerly = True
+    trainer.fit(
+        pairs[1],
+        epochs=1,
+        steps_per_epoch=2,
+        callbacks=method.search_callbacks(student, setup, 2),
+        verbose=0,
+    )
+    return method.slim(student)
+
+
 def test_proximal_step_closes_the_prunable_gates_only(teacher, pairs):
     method, setup, student = _student(teacher, "gan_slimming", "content=mse")
     np.testing.assert_allclose(  # the student starts as the teacher
@@ -129,17 +143,7 @@ def test_gs8_trains_quantization_aware_and_exports_without_data(
     method, setup, student = _student(teacher, "gan_slimming_int8", "content=mse")
     assert method.options.quantize == "search"
     assert tgc.quantization.is_quantized(student.generator)
-    trainer = method.search_trainer(student, teacher, setup, steps=2)
-    trainer.run_eagerly = True
-    trainer.fit(
-        pairs[1],
-        epochs=1,
-        steps_per_epoch=2,
-        callbacks=method.search_callbacks(student, setup, 2),
-        verbose=0,
-    )
-    student = method.slim(student)
-    generator = student.generator
+    generator = _search_and_slim(method, setup, student, teacher, pairs).generator
     assert tgc.quantization.is_quantized(generator)
     assert tgc.profile(generator, SHAPE).macs <= setup.budget.macs
     path = tgc.export.to_litert(generator, tmp_path / "g.tflite", "int8", None, SHAPE)
@@ -151,20 +155,56 @@ def test_gs8_trains_quantization_aware_and_exports_without_data(
     assert [op.output_dtypes for op in kernels[1:]] == [("int8",)] * (len(kernels) - 1)
 
 
+def test_finetune_loss_distill_trains_the_distill_objective(teacher, pairs):
+    method, setup, student = _student(
+        teacher, "gan_slimming", "content=mse,finetune_loss=distill"
+    )
+    student = _search_and_slim(method, setup, student, teacher, pairs)
+    trainer = method.finetune_trainer(student, teacher, setup, steps=1)
+    assert not isinstance(trainer, gan_slimming.GanSlimmingTrainer)
+    assert (trainer.lambda_recon, trainer.lambda_distill) == (100.0, 1.0)
+    assert len(trainer.mappers) == len(tgc.models.tap_names(student.generator)) > 0
+    trainer.run_eagerly = True
+    before = student.generator.predict(pairs[0], verbose=0)
+    history = trainer.fit(pairs[1], epochs=1, steps_per_epoch=1, verbose=0)
+    assert {"gan", "recon", "distill"} <= set(history.history)
+    assert history.history["distill"][0] > 0
+    assert not np.allclose(student.generator.predict(pairs[0], verbose=0), before)
+
+
+def test_finetune_beta_weighs_the_finetuning_content_only(teacher, pairs):
+    method, setup, student = _student(
+        teacher, "gan_slimming", "content=mse,finetune_beta=500"
+    )
+    search = method.search_trainer(student, teacher, setup, steps=2)
+    student = method.slim(student)
+    finetune = method.finetune_trainer(student, teacher, setup, steps=2)
+    assert (search.beta, finetune.beta) == (20.0, 500.0)
+    assert finetune.rho is None and search.rho is not None
+
+
 def test_options_are_checked():
     assert methods.get("gan_slimming").options.beta == 20.0
     assert methods.get("gan_slimming").options.quantize == "none"
     paper = methods.get("gan_slimming", gan_slimming.PAPER_OPTIONS).options
     assert (paper.content, paper.learning_rate_scale) == ("perceptual", 0.05)
     assert (paper.search_share, paper.refit) == (1.0, False)
-    with pytest.raises(ValueError, match="needs fine-tuning steps"):
-        methods.get("gan_slimming", "quantize=finetune,search_share=1")
-    with pytest.raises(ValueError, match="content must be one of"):
-        methods.get("gan_slimming", "content=l2")
-    with pytest.raises(ValueError, match="reach must be in"):
-        methods.get("gan_slimming", "reach=0")
-    with pytest.raises(ValueError, match="rho must be > 0"):
-        methods.get("gan_slimming", "rho=-1")
+    assert not methods.get("gan_slimming_int8").options.refit
+    assert not methods.get("gan_slimming_int8").colour_skip
+    bad = {
+        "quantize=finetune,search_share=1": "needs fine-tuning steps",
+        "content=l2": "content must be one of",
+        "reach=0": "reach must be in",
+        "finetune_loss=l1": "finetune_loss must be one of",
+        "finetune_beta=0": "finetune_beta must be > 0",
+        "finetune_loss=distill,finetune_beta=100": "finetune_beta weighs the 'slim",
+        "rho=-1": "rho must be > 0",
+    }
+    for options, message in bad.items():
+        with pytest.raises(ValueError, match=message):
+            methods.get("gan_slimming", options)
+    with pytest.raises(ValueError, match="quantize='search' cannot be combined"):
+        methods.get("gan_slimming_int8", "refit=true")
     assert methods.get("gan_slimming", "search_share=0.5").split_steps(10) == {
         "search": 5,
         "finetune": 5,

@@ -292,16 +292,24 @@ def _keep_above(opened: dict, weights: dict, threshold: float) -> dict:
     return keep
 
 
+def _residual_rule(model: keras.Model, keep: dict, min_open: int) -> dict:
+    """`keep` with the residual keep rule applied to it (`residual_keep`)."""
+    ruled = residual_keep(model, min_open, keep)
+    return {**keep, **{name: k & keep[name] for name, k in ruled.items()}}
+
+
 def freeze_to_budget(model: keras.Model, macs: int, input_shape, min_open: int = 1):
     """`freeze`, first closing the lowest masks if the open channels cost too much.
 
     The end of DMAD's search when its sparsity did not reach the budget on
     its own: open channels whose weight is at most a threshold close (each
-    mask keeps at least its highest channel); the threshold is the lowest
-    that meets `macs`, found by bisection over the open weights. Then the
-    masks are frozen (`freeze`): `tgc.cost.gate_macs(model, input_shape)`
-    is at most `macs` afterwards unless even one channel per mask costs
-    more.
+    mask keeps at least its highest channel), then the residual keep rule
+    (`min_open`) applies to what stays; the threshold is the lowest that
+    meets `macs`, found by bisection over the open weights. Then the masks
+    are frozen (`freeze`): `tgc.cost.gate_macs(model, input_shape)` is at
+    most `macs` afterwards unless even one channel per mask costs more. A
+    second call changes nothing (every residual channel left open is open
+    in at least `min_open` masks).
 
     Args:
         model: A model with DMAD gates.
@@ -312,24 +320,25 @@ def freeze_to_budget(model: keras.Model, macs: int, input_shape, min_open: int =
     Returns:
         `{gate name: bool (C,)}`: the open channels of every mask.
     """
-    opened = open_channels(model)
-    opened.update(
-        {n: k & opened[n] for n, k in residual_keep(model, min_open, opened).items()}
-    )
+    opened = _residual_rule(model, open_channels(model), min_open)
     if open_macs(model, input_shape, opened) <= macs:
         kept = freeze(model, min_open)
     else:
         weights = {name: _values(g)[0] for name, g in dmad_gates(model).items()}
         candidates = np.unique(np.concatenate([weights[n][opened[n]] for n in weights]))
+
+        def cut(threshold: float) -> dict:
+            keep = _keep_above(opened, weights, threshold)
+            return _residual_rule(model, keep, min_open)
+
         low, high = 0, len(candidates) - 1  # keep above candidates[high]: cheapest
         while low < high:
             middle = (low + high) // 2
-            keep = _keep_above(opened, weights, candidates[middle])
-            if open_macs(model, input_shape, keep) <= macs:
+            if open_macs(model, input_shape, cut(candidates[middle])) <= macs:
                 high = middle
             else:
                 low = middle + 1
-        kept = freeze(model, keep=_keep_above(opened, weights, candidates[low]))
+        kept = freeze(model, keep=cut(candidates[low]))
     return kept
 
 

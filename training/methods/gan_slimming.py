@@ -26,7 +26,10 @@ GAN Slimming (Wang et al., ECCV 2020; METHODS.md section 2):
 4. the pipeline's least-squares refit to the teacher (`refit=True`, the
    default; the paper has none) and its `match` phase;
 5. fine-tuning with the same objective (`search_share < 1`; the default
-   gives it half the steps, the paper's recipe none).
+   gives it half the steps, the paper's recipe none), its content weight
+   `finetune_beta` (default `beta`), or with the `distill` baseline's
+   objective (`finetune_loss="distill"`; README "GAN Slimming" has the
+   proxy rows).
 
 The defaults are tuned for short runs; `PAPER_OPTIONS` (the bench row
 `gan_slimming_paper`) is the paper's recipe: perceptual content, Adam at
@@ -62,6 +65,7 @@ from training.trainer import AdversarialTrainer, OptimizerGroup
 
 CONTENTS = ("perceptual", "mse")
 QUANTIZE = ("none", "search", "finetune")
+FINETUNE_LOSSES = ("slimming", "distill")
 # The paper's recipe, where the defaults deviate from it.
 PAPER_OPTIONS = "content=perceptual,learning_rate_scale=0.05,search_share=1,refit=false"
 _CONTENT_LAYER = "relu1_2"
@@ -248,6 +252,13 @@ class GanSlimming(base.Method):
             refit: Let the pipeline wrap the slimmed student in the colour
                 skip and refit it to the teacher by least squares before
                 fine-tuning.
+            finetune_loss: The fine-tuning objective: `"slimming"`, the
+                search's (`finetune_beta * content + LSGAN`); `"distill"`,
+                the `distill` baseline's (pixel L1 + feature distillation +
+                LSGAN, `base.distillation_trainer`), whose weights do not
+                scale the gates' search.
+            finetune_beta: The content weight of the `"slimming"`
+                fine-tuning; `None`: `beta`.
         """
 
         beta: float = 20.0
@@ -262,14 +273,28 @@ class GanSlimming(base.Method):
         search_share: float = 0.5
         prune_residual: bool = False
         refit: bool = True
+        finetune_loss: str = "slimming"
+        finetune_beta: float | None = None
 
         def __post_init__(self):
-            for key, choices in (("content", CONTENTS), ("quantize", QUANTIZE)):
+            choices_of = (
+                ("content", CONTENTS),
+                ("quantize", QUANTIZE),
+                ("finetune_loss", FINETUNE_LOSSES),
+            )
+            for key, choices in choices_of:
                 if getattr(self, key) not in choices:
                     raise ValueError(
                         f"gan_slimming option {key} must be one of {choices}, got "
                         f"{getattr(self, key)!r}."
                     )
+            if self.quantize == "search" and self.refit:
+                raise ValueError(
+                    "gan_slimming option quantize='search' cannot be combined with "
+                    "refit=true: the least-squares refit and the colour skip need "
+                    "the plain convolutions a quantization-aware search wraps; set "
+                    "refit=false, or quantize='finetune' to quantize after the refit."
+                )
             if self.quantize == "finetune" and self.search_share == 1:
                 raise ValueError(
                     "gan_slimming option quantize='finetune' needs fine-tuning "
@@ -282,6 +307,16 @@ class GanSlimming(base.Method):
                         f"gan_slimming option {key} must be > 0, got "
                         f"{getattr(self, key)}."
                     )
+            if self.finetune_beta is not None and self.finetune_beta <= 0:
+                raise ValueError(
+                    f"gan_slimming option finetune_beta must be > 0, got "
+                    f"{self.finetune_beta}."
+                )
+            if self.finetune_beta is not None and self.finetune_loss != "slimming":
+                raise ValueError(
+                    "gan_slimming option finetune_beta weighs the 'slimming' "
+                    f"fine-tuning loss; finetune_loss is {self.finetune_loss!r}."
+                )
             if self.rho is not None and self.rho <= 0:
                 raise ValueError(f"gan_slimming option rho must be > 0, got {self.rho}")
             for key in ("reach", "search_share"):
@@ -322,7 +357,7 @@ class GanSlimming(base.Method):
             generator, base.discriminator(setup, teacher.output_shape[-1])
         )
 
-    def _trainer(self, student, teacher, setup, steps, rho=None):
+    def _trainer(self, student, teacher, setup, steps, beta, rho=None):
         unpaired = setup.mode == "unpaired"
         features = None
         if self.options.content == "perceptual":
@@ -332,7 +367,7 @@ class GanSlimming(base.Method):
             student.discriminator,
             teacher=teacher if unpaired else None,
             mode=setup.mode,
-            beta=self.options.beta,
+            beta=beta,
             features=features,
             rho=rho,
             prune_residual=self.options.prune_residual,
@@ -385,7 +420,7 @@ class GanSlimming(base.Method):
         controller = self._controller(student.generator, setup, steps)
         student.state["rho_controller"] = controller
         rho = keras.Variable(controller.rho, trainable=False, name="rho")
-        return self._trainer(student, teacher, setup, steps, rho)
+        return self._trainer(student, teacher, setup, steps, self.options.beta, rho)
 
     def search_callbacks(self, student, setup, steps):
         interval = self.options.control_interval
@@ -406,15 +441,23 @@ class GanSlimming(base.Method):
         ):
             # After the refit; its moving ranges start at the first batch.
             student.generator = tgc.quantization.quantize_generator(student.generator)
-        return self._trainer(student, teacher, setup, steps)
+        if self.options.finetune_loss == "distill":
+            return base.distillation_trainer(student, teacher, setup, steps)
+        beta = self.options.finetune_beta or self.options.beta
+        return self._trainer(student, teacher, setup, steps, beta)
 
 
 @register
 class GanSlimmingInt8(GanSlimming):
-    """GS-8: GAN Slimming trained quantization-aware (`quantize="search"`)."""
+    """GS-8: GAN Slimming trained quantization-aware (`quantize="search"`).
+
+    Without the refit (`refit=False`): the refit and the colour skip work on
+    the plain convolutions that the quantization-aware search wraps.
+    """
 
     name = "gan_slimming_int8"
 
     @dataclasses.dataclass(frozen=True)
     class Options(GanSlimming.Options):
         quantize: str = "search"
+        refit: bool = False
