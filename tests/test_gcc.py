@@ -281,6 +281,19 @@ def test_alternating_updates_touch_only_their_own_variables():
             assert all(alpha_moved) and not any(weight_moved)
 
 
+def test_default_gate_rate_closes_gates_in_a_short_run():
+    # The paper's Adam 1e-4 moves alpha at most ~1e-4 a step: no gate can fall
+    # from 1 below 0.5 in the benchmark's few hundred steps. The method's
+    # default does, here within 90 steps of a student pair out of balance.
+    x, y = _pairs(4)
+    pairs = tf.data.Dataset.from_tensor_slices((x, y)).batch(2).repeat()
+    rate = gcc.GCC.Options().gate_learning_rate
+    trainer = _trainer(gate_optimizer=keras.optimizers.Adam(rate))
+    trainer.fit(pairs, epochs=1, steps_per_epoch=90, verbose=0)
+    kept = np.concatenate([gate.keep_mask() for gate in trainer.gates])
+    assert 0 < kept.sum() < kept.size
+
+
 def test_slimmed_discriminator_equals_the_trained_gated_one():
     x, y = _pairs(4)
     trainer = _trainer()
@@ -384,6 +397,25 @@ def test_gcc_through_the_pipeline_at_one_twentieth():
     assert student.state["d_macs"] <= student.state["d_macs_before"]
     assert set(student.kept) >= {"stem_conv", "out_conv"}
     assert result.refit_images == 8
+
+
+def test_gcc_distillation_weights_default_to_a_tenth_of_the_paper_paired():
+    teacher, _, _, setup = _tiny_task()
+    setup = dataclasses.replace(setup, jit_compile=False)
+    expected = {
+        ("paired", ()): (5.0, 1e3),
+        ("unpaired", ()): (0.01, 10.0),
+        ("paired", ("lambda_content=50", "lambda_gram=1e4")): (50.0, 1e4),
+    }
+    for (mode, options), weights in expected.items():
+        method = methods.get("gcc", list(options))
+        mode_setup = dataclasses.replace(setup, mode=mode)
+        student = method.build(teacher, mode_setup)
+        trainer = method.finetune_trainer(student, teacher, mode_setup, steps=4)
+        assert (trainer.lambda_content, trainer.lambda_gram) == weights
+    # GCCTrainer itself keeps the paper's weights.
+    trainer = _trainer()
+    assert (trainer.lambda_content, trainer.lambda_gram) == (50.0, 1e4)
 
 
 def test_gcc_re_initialises_the_pruned_generator_on_request():
