@@ -159,6 +159,10 @@ def test_options_are_checked():
     assert (paper.search_share, paper.refit) == (1.0, False)
     with pytest.raises(ValueError, match="needs fine-tuning steps"):
         methods.get("gan_slimming", "quantize=finetune,search_share=1")
+    assert not methods.get("gan_slimming_int8").options.refit
+    assert not methods.get("gan_slimming_int8").colour_skip
+    with pytest.raises(ValueError, match="quantize='search' cannot be combined"):
+        methods.get("gan_slimming_int8", "refit=true")
     with pytest.raises(ValueError, match="content must be one of"):
         methods.get("gan_slimming", "content=l2")
     with pytest.raises(ValueError, match="reach must be in"):

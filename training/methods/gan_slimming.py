@@ -270,6 +270,13 @@ class GanSlimming(base.Method):
                         f"gan_slimming option {key} must be one of {choices}, got "
                         f"{getattr(self, key)!r}."
                     )
+            if self.quantize == "search" and self.refit:
+                raise ValueError(
+                    "gan_slimming option quantize='search' cannot be combined with "
+                    "refit=true: the least-squares refit and the colour skip need "
+                    "the plain convolutions a quantization-aware search wraps; set "
+                    "refit=false, or quantize='finetune' to quantize after the refit."
+                )
             if self.quantize == "finetune" and self.search_share == 1:
                 raise ValueError(
                     "gan_slimming option quantize='finetune' needs fine-tuning "
@@ -411,10 +418,15 @@ class GanSlimming(base.Method):
 
 @register
 class GanSlimmingInt8(GanSlimming):
-    """GS-8: GAN Slimming trained quantization-aware (`quantize="search"`)."""
+    """GS-8: GAN Slimming trained quantization-aware (`quantize="search"`).
+
+    Without the refit (`refit=False`): the refit and the colour skip work on
+    the plain convolutions that the quantization-aware search wraps.
+    """
 
     name = "gan_slimming_int8"
 
     @dataclasses.dataclass(frozen=True)
     class Options(GanSlimming.Options):
         quantize: str = "search"
+        refit: bool = False
