@@ -204,8 +204,15 @@ class DmadSearchTrainer(AdversarialTrainer):
 TRAJECTORY = "mask_trajectory"
 
 
-def live_channels(generator: keras.Model, min_open: int = 1) -> dict:
+def live_channels(
+    generator: keras.Model, min_open: int = 1, opened: dict | None = None
+) -> dict:
     """The channels the generator's DMAD masks let through, by mask and group.
+
+    Args:
+        generator: A generator with DMAD masks.
+        min_open: The residual keep rule's threshold.
+        opened: `tgc.masks.open_channels(generator)` if already computed.
 
     Returns:
         `{"by_mask": {gate name: open channels}, "by_group": {label: live
@@ -214,7 +221,8 @@ def live_channels(generator: keras.Model, min_open: int = 1) -> dict:
         keeps (open in at least `min_open` of its masks); every other mask
         is an entry named after the layer it follows (`block1_conv1`).
     """
-    opened = tgc.masks.open_channels(generator)
+    if opened is None:
+        opened = tgc.masks.open_channels(generator)
     kept = tgc.masks.residual_keep(generator, min_open, opened)
     groups = mask_groups(generator)
     producers = tgc.surgery.gate_producers(generator)
@@ -317,7 +325,7 @@ class DmadSchedule(keras.callbacks.Callback):
         opened = tgc.masks.open_channels(generator)
         macs = tgc.masks.open_macs(generator, self.input_shape, opened)
         gate = next(iter(tgc.masks.dmad_gates(generator).values()))
-        live = live_channels(generator, self.min_open)
+        live = live_channels(generator, self.min_open, opened)
         self.history.append(
             {
                 "step": step,
