@@ -174,7 +174,7 @@ def test_finetune_loss_distill_trains_the_distill_objective(teacher, pairs):
 
 def test_finetune_beta_weighs_the_finetuning_content_only(teacher, pairs):
     method, setup, student = _student(
-        teacher, "gan_slimming", "content=mse,finetune_loss=slimming,finetune_beta=500"
+        teacher, "gan_slimming", "content=mse,finetune_beta=500"
     )
     search = method.search_trainer(student, teacher, setup, steps=2)
     student = method.slim(student)
@@ -186,7 +186,6 @@ def test_finetune_beta_weighs_the_finetuning_content_only(teacher, pairs):
 def test_options_are_checked():
     assert methods.get("gan_slimming").options.beta == 20.0
     assert methods.get("gan_slimming").options.quantize == "none"
-    assert methods.get("gan_slimming").options.finetune_loss == "distill"
     paper = methods.get("gan_slimming", gan_slimming.PAPER_OPTIONS).options
     assert (paper.content, paper.learning_rate_scale) == ("perceptual", 0.05)
     assert (paper.search_share, paper.refit) == (1.0, False)
@@ -198,7 +197,7 @@ def test_options_are_checked():
         "reach=0": "reach must be in",
         "finetune_loss=l1": "finetune_loss must be one of",
         "finetune_beta=0": "finetune_beta must be > 0",
-        "finetune_beta=100": "finetune_beta weighs the 'slim",
+        "finetune_loss=distill,finetune_beta=100": "finetune_beta weighs the 'slim",
         "rho=-1": "rho must be > 0",
     }
     for options, message in bad.items():
