@@ -273,7 +273,7 @@ class GanSlimming(base.Method):
         search_share: float = 0.5
         prune_residual: bool = False
         refit: bool = True
-        finetune_loss: str = "distill"
+        finetune_loss: str = "slimming"
         finetune_beta: float | None = None
 
         def __post_init__(self):
