@@ -16,7 +16,6 @@ from tiny_tasks import TRAINING, VIEW_SETTINGS, VIEWS, write_photos, write_pth_t
 import tfgancompress as tgc
 from tfgancompress import reports
 from training import bench, ship, tasks, train
-from training.tasks.base import to_float
 
 ROW_KEYS = (
     "method",
@@ -283,22 +282,12 @@ def test_other_export_settings_reship_cached_rows_without_training(
     again = bench.run([], str(out), str(work), task=task, **settings)
     assert os.stat(row_json).st_mtime_ns == stamp
     assert again["rows"]["uniform"]["psnr"] == shipped["psnr"]
-    # A recovery after the fold is an export setting too: re-exported.
-    recovered = bench.run(
-        [], str(out), str(work), task=task, **{**settings, "fold_steps": 2}
-    )["rows"]["uniform"]
-    assert recovered["export"]["fold_steps"] == 2
-    assert recovered["export"]["fold_seconds"] > 0
-    assert recovered["psnr"] != pytest.approx(shipped["psnr"], abs=1e-4)
-    assert recovered["psnr_unfolded"] == pytest.approx(own, abs=1e-3)
-    assert "| uniform | folded + 2 steps |" in (out / "photos.md").read_text()
     # Back to norms per image: re-exported again, the folded facts dropped.
     per_image = bench.run(
         [], str(out), str(work), task=task, **{**settings, "fold_norms": False}
     )["rows"]["uniform"]
     assert per_image["export"] == {
         "fold_norms": False,
-        "fold_steps": 0,
         "folded_norms": 0,
         "instance_norms": norms,
     }
@@ -325,69 +314,3 @@ def test_a_quantization_aware_student_ships_unfolded():
     aware = tgc.quantization.quantize_generator(student, calibration=images)
     same, export = ship.shipped_model(aware, view, fold_norms=True)
     assert same is aware and export["folded_norms"] == 0
-
-
-def test_export_settings_decide_which_cached_rows_are_exported_again():
-    def config(fold_norms, steps=0, rate=1e-4):
-        return {
-            "fold_norms": fold_norms,
-            "fold_steps": steps,
-            "fold_learning_rate": rate,
-        }
-
-    legacy = {"psnr": 1.0}  # no export record: norms per image
-    folded = {"export": {"fold_norms": True, "folded_norms": 3, "instance_norms": 0}}
-    recovered = {
-        "export": {"fold_norms": True, "fold_steps": 300, "fold_learning_rate": 1e-4}
-    }
-    assert not bench.needs_reship(legacy, config(False))
-    # Steps mean nothing without folding; a rate nothing without steps.
-    assert not bench.needs_reship(legacy, config(False, 300))
-    assert not bench.needs_reship(folded, config(True, 0, 1e-3))
-    assert bench.needs_reship(legacy, config(True))
-    assert bench.needs_reship(folded, config(True, 300))
-    assert not bench.needs_reship(recovered, config(True, 300))
-    assert bench.needs_reship(recovered, config(True, 100))
-    assert bench.needs_reship(recovered, config(True, 300, 1e-3))
-    assert bench.needs_reship(recovered, config(True, 0))
-    assert bench.needs_reship(recovered, config(False, 300))
-    assert bench.export_settings(config(True, 300)) == {
-        "fold_norms": True,
-        "fold_steps": 300,
-        "fold_learning_rate": 1e-4,
-    }
-
-
-def test_the_recovery_brings_the_folded_student_back_towards_the_targets(tmp_path):
-    keras.utils.set_random_seed(0)
-    teacher = tgc.models.resnet_generator(ngf=8, n_blocks=1, affine=True)
-    write_photos(tmp_path / "photos", 8)
-    task = tasks.photo_task(
-        teacher, "tiny", tmp_path / "photos", views=VIEWS, cache_dir=tmp_path / "c"
-    )
-    student = tgc.models.resnet_generator(ngf=4, n_blocks=1, affine=True)
-    weights = [w.copy() for w in student.get_weights()]
-    inputs, targets = (to_float(images) for images in task.train)
-
-    def error(model):
-        return float(np.mean((model.predict(inputs, verbose=0) - targets) ** 2))
-
-    frozen, plain = ship.shipped_model(student, task, fold_norms=True)
-    recovery = ship.Recovery(
-        steps=30, learning_rate=1e-3, batch_size=2, jit_compile=False
-    )
-    recovered, export = ship.shipped_model(student, task, True, recovery)
-    assert error(recovered) < 0.9 * error(frozen)
-    assert ship.instance_norms(recovered) == 0
-    for before, after in zip(weights, student.get_weights(), strict=True):
-        np.testing.assert_array_equal(before, after)  # the student is untouched
-    assert plain["fold_steps"] == 0 and "fold_learning_rate" not in plain
-    assert export["fold_steps"] == 30 and export["fold_learning_rate"] == 1e-3
-    assert export["fold_seconds"] > 0
-    validation = export["validation_psnr"]
-    assert validation["frozen"] == pytest.approx(plain["validation_psnr"]["folded"])
-    assert validation["unfolded"] == plain["validation_psnr"]["unfolded"]
-    assert validation["folded"] != pytest.approx(validation["frozen"], abs=1e-4)
-    # Without folding there is nothing to recover: the student ships as it is.
-    same, export = ship.shipped_model(student, task, False, recovery)
-    assert same is student and export["fold_steps"] == 0

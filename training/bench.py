@@ -30,11 +30,8 @@ back, an unfinished one resumes from its checkpoints.
 The files are made under the export settings (`export_settings`:
 `--fold_norms`, off by default (it costs quality): instance norms frozen
 on the reference views and folded into the convolutions, `training.ship.shipped_model`;
-with `--fold_steps=N` (and `--fold_learning_rate`) the folded student is
-then fine-tuned N steps against the training views' targets, as the match
-phase does (`training.ship.recover`); the row's quality, int8 quality and
-speed are then those of the folded files, `psnr_unfolded` etc. the trained
-student's own). They are not part
+the row's quality, int8 quality and speed are then those of the folded
+files, `psnr_unfolded` etc. the trained student's own). They are not part
 of the training key: a cached row exported under other settings is
 exported and scored again from its `student.keras`, without training
 (`reship_row`).
@@ -143,37 +140,20 @@ def load_row(directory: str) -> dict | None:
 
 
 QUALITY = ("psnr", "ssim", "l1", "fd", "kid")
-# The export of a row whose row.json predates the `export` record (or the
-# recovery's part of it).
-LEGACY_EXPORT = {"fold_norms": False, "fold_steps": 0}
-
-
-def _export_key(fold_norms: bool, steps: int, learning_rate: float | None) -> dict:
-    """Export settings as recorded: steps only with folding, a rate only with steps."""
-    steps = int(steps) if fold_norms else 0
-    return {
-        "fold_norms": bool(fold_norms),
-        "fold_steps": steps,
-        "fold_learning_rate": float(learning_rate) if steps else None,
-    }
+# The export of a row whose row.json predates the `export` record.
+LEGACY_EXPORT = {"fold_norms": False}
 
 
 def export_settings(config: dict) -> dict:
     """The settings a row's files depend on (not its training)."""
-    return _export_key(
-        config["fold_norms"], config["fold_steps"], config["fold_learning_rate"]
-    )
+    return {"fold_norms": bool(config["fold_norms"])}
 
 
 def needs_reship(cached: dict, config: dict) -> bool:
     """Whether a cached row's files were made under other export settings."""
-    recorded = {**LEGACY_EXPORT, **cached.get("export", {})}
-    made = _export_key(
-        recorded["fold_norms"],
-        recorded["fold_steps"],
-        recorded.get("fold_learning_rate"),
-    )
-    return made != export_settings(config)
+    recorded = cached.get("export", LEGACY_EXPORT)
+    wanted = export_settings(config)
+    return {key: recorded.get(key) for key in wanted} != wanted
 
 
 def ship_row(
@@ -189,12 +169,7 @@ def ship_row(
         PSNR of both (`psnr_validation`, `psnr_validation_unfolded`).
     """
     shipped = ship.ship(
-        student,
-        task,
-        directory,
-        timing=False,
-        fold_norms=config["fold_norms"],
-        recovery=ship.Recovery.from_settings(config),
+        student, task, directory, timing=False, fold_norms=config["fold_norms"]
     )
     rows = shipped["rows"]
     fp32, int8 = rows["student"], rows["student_int8"]
@@ -427,9 +402,7 @@ def _norms_cell(row: dict) -> str:
     if not export.get("folded_norms"):
         return "per image"
     left = export["instance_norms"]
-    steps = export.get("fold_steps")
-    folded = f"folded + {steps} steps" if steps else "folded"
-    return f"{folded} ({left} per image)" if left else folded
+    return f"folded ({left} per image)" if left else "folded"
 
 
 def _markdown(results: dict) -> str:
@@ -448,9 +421,7 @@ def _markdown(results: dict) -> str:
         "",
         "*norms*: how the row's files compute the instance norms (*folded*: "
         "frozen on the reference views and folded into the convolutions, "
-        "`--fold_norms`; *+ N steps*: then fine-tuned N steps against the "
-        "training views' targets, `--fold_steps`; the row's PSNR, FD, int8 "
-        "and speed are of those "
+        "`--fold_norms`; the row's PSNR, FD, int8 and speed are of those "
         "files, *unfolded PSNR* is the trained student's own; *val*: on the "
         "validation photos, of the training photos' sources, where frozen "
         "statistics cost more).",

@@ -391,59 +391,12 @@ def match(
     keras.utils.set_random_seed(setup.seed)
     if setup.mode == "unpaired":
         data = _teacher_targets(data, teacher)
-    return match_generator(
-        student.generator,
-        data,
-        steps,
-        learning_rate=learning_rate,
-        jit_compile=setup.jit_compile,
-        steps_per_epoch=steps_per_epoch,
-        callbacks=callbacks,
-        backup_dir=backup_dir,
-        verbose=verbose,
-    )
-
-
-def match_generator(
-    generator: keras.Model,
-    data,
-    steps: int,
-    *,
-    learning_rate: float = 1e-3,
-    decay: bool = True,
-    jit_compile: bool = True,
-    steps_per_epoch: int = 50,
-    callbacks: Sequence[keras.callbacks.Callback] = (),
-    backup_dir: str | None = None,
-    verbose: int = 1,
-) -> dict:
-    """Trains `generator` in place alone on `(input, target image)` batches (MSE).
-
-    The training step of `match`; `training.ship` also uses it to recover a
-    student after its norms are folded.
-
-    Args:
-        generator: Any single-input generator.
-        data: A repeating dataset of `(input, target)` batches.
-        steps: Adam steps (at least 1).
-        learning_rate: Adam's learning rate.
-        decay: Cosine-decay the learning rate to 0 over `steps` (else
-            constant).
-        jit_compile: Compile the step with XLA.
-        steps_per_epoch: Steps between checkpoints and epoch callbacks.
-        callbacks: More callbacks.
-        backup_dir: Where `BackupAndRestore` keeps a backup.
-        verbose: `fit`'s verbosity.
-
-    Returns:
-        The `fit` history.
-    """
-    matcher = OutputMatcher(generator)
-    rate = keras.optimizers.schedules.CosineDecay(learning_rate, steps)
+    matcher = OutputMatcher(student.generator)
+    schedule = keras.optimizers.schedules.CosineDecay(learning_rate, steps)
     matcher.compile(
-        optimizer=keras.optimizers.Adam(rate if decay else learning_rate),
+        optimizer=keras.optimizers.Adam(schedule),
         loss="mse",
-        jit_compile=jit_compile,
+        jit_compile=setup.jit_compile,
     )
     return _fit(matcher, data, steps, steps_per_epoch, callbacks, backup_dir, verbose)
 

@@ -7,10 +7,8 @@ Writes to the output folder `student.tflite` (fp32) and
 `student_int8.tflite` (int8, calibrated on the task's reference views) --
 with `fold_norms`, both of the student whose instance norms are frozen on
 the reference views and folded into its convolutions
-(`tgc.export.fold_instance_norms`; with a `Recovery`, then fine-tuned a
-few steps against the training views' targets, `recover`), the model they
-are scored as, the Keras student as trained scored beside them as
-`student_unfolded` --
+(`tgc.export.fold_instance_norms`), the model they are scored as, the
+Keras student as trained scored beside them as `student_unfolded` --
 `teacher.tflite` when timing, `samples.png` (input | teacher | student |
 |teacher - student| x4 on the held-out photos) and `report.json` /
 `report.md`: MACs, parameters, measured LiteRT latency and speed-up (teacher,
@@ -23,9 +21,7 @@ this.
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import time
 
 import keras
 import numpy as np
@@ -33,7 +29,6 @@ import numpy as np
 import tfgancompress as tgc
 from keras_layers import InstanceNormalization
 from tfgancompress import reports
-from training import pipeline
 from training.tasks import TaskData
 
 ROWS = ("teacher", "student", "student_int8", "identity", "colour_map")
@@ -93,114 +88,35 @@ def _validation_psnr(model: keras.Model, task: TaskData) -> float:
     return float(np.mean(tgc.metrics.psnr(targets, outputs)))
 
 
-# Adam's (constant) learning rate of the recovery after a fold.
-FOLD_LEARNING_RATE = 1e-4
-
-
-@dataclasses.dataclass(frozen=True)
-class Recovery:
-    """A short fine-tune of the student once its norms are folded.
-
-    The folded student alone learns the targets of the task's training
-    views (the teacher's outputs), MSE, Adam at a constant learning rate:
-    the match phase's step (`training.pipeline.match_generator`), a
-    fraction of a distillation step's cost.
-
-    Attributes:
-        steps: Adam steps; 0: the fold alone.
-        learning_rate: The constant learning rate.
-        batch_size: Training views per step.
-        seed: Seed of the views' order.
-        jit_compile: Compile the step with XLA.
-    """
-
-    steps: int = 0
-    learning_rate: float = FOLD_LEARNING_RATE
-    batch_size: int = 8
-    seed: int = 0
-    jit_compile: bool = True
-
-    @classmethod
-    def from_settings(cls, config: dict) -> Recovery:
-        """From `training.train` settings (`fold_steps`, `fold_learning_rate`,
-        `batch_size`, `seed`, `jit_compile`)."""
-        return cls(
-            steps=config["fold_steps"],
-            learning_rate=config["fold_learning_rate"],
-            batch_size=config["batch_size"],
-            seed=config["seed"],
-            jit_compile=config["jit_compile"],
-        )
-
-
-def recover(folded: keras.Model, task: TaskData, recovery: Recovery) -> dict:
-    """Fine-tunes `folded` in place on `task`'s training views (`Recovery`).
-
-    Returns:
-        The `fit` history.
-    """
-    keras.utils.set_random_seed(recovery.seed)
-    return pipeline.match_generator(
-        folded,
-        task.dataset(recovery.batch_size, recovery.seed),
-        recovery.steps,
-        learning_rate=recovery.learning_rate,
-        decay=False,
-        jit_compile=recovery.jit_compile,
-        steps_per_epoch=recovery.steps,
-        verbose=0,
-    )
-
-
-def shipped_model(
-    student: keras.Model,
-    task: TaskData,
-    fold_norms: bool,
-    recovery: Recovery | None = None,
-):
+def shipped_model(student: keras.Model, task: TaskData, fold_norms: bool):
     """The model the files are made of: `student`, or it with norms folded.
 
     A quantization-aware student (`tgc.quantization.is_quantized`) is
     shipped as it is: its int8 file runs on the ranges it was trained with.
-    With `recovery` steps, the folded copy is fine-tuned (`recover`);
-    `student` itself is never changed.
 
     Returns:
-        `(model, export)`: `export` records the settings (`fold_norms`,
-        `fold_steps`, and with steps `fold_learning_rate`), `folded_norms`
-        (how many norms were folded), `instance_norms` (how many the files
-        still compute per image: a norm not fed by a plain convolution
-        stays), with a recovery `fold_seconds` (its wall time), and, when
-        norms were folded and the task has validation photos,
-        `validation_psnr`: `{"unfolded": dB, "folded": dB}` against the
-        teacher (photos of the training distribution, where frozen
-        statistics can cost more than on the held-out ones), plus
-        `"frozen"`, the fold before the recovery, when it ran.
+        `(model, export)`: `export` records the setting (`fold_norms`),
+        `folded_norms` (how many norms were folded), `instance_norms` (how
+        many the files still compute per image: a norm not fed by a plain
+        convolution stays) and, when norms were folded and the task has
+        validation photos, `validation_psnr`: `{"unfolded": dB, "folded":
+        dB}` against the teacher (photos of the training distribution,
+        where frozen statistics can cost more than on the held-out ones).
     """
-    recovery = recovery or Recovery()
-    steps = recovery.steps if fold_norms else 0
-    export = {"fold_norms": fold_norms, "fold_steps": steps}
-    if steps:
-        export["fold_learning_rate"] = recovery.learning_rate
     model = student
     if fold_norms and not tgc.quantization.is_quantized(student):
         model = tgc.export.fold_instance_norms(student, task.reference[0])
     left = instance_norms(model)
-    export.update(folded_norms=instance_norms(student) - left, instance_norms=left)
-    if model is student:
-        return model, export
-    validation = {}
-    if task.validation is not None:
-        validation["unfolded"] = _validation_psnr(student, task)
-    if steps:
-        if validation:
-            validation["frozen"] = _validation_psnr(model, task)
-        start = time.perf_counter()
-        recover(model, task, recovery)
-        export["fold_seconds"] = time.perf_counter() - start
-    if validation:
-        validation["folded"] = _validation_psnr(model, task)
-        export["validation_psnr"] = validation
+    export = {
+        "fold_norms": fold_norms,
+        "folded_norms": instance_norms(student) - left,
+        "instance_norms": left,
+    }
+    if model is not student and task.validation is not None:
+        export["validation_psnr"] = {
+            "unfolded": _validation_psnr(student, task),
+            "folded": _validation_psnr(model, task),
+        }
     return model, export
 
 
@@ -213,7 +129,6 @@ def ship(
     threads: int = 2,
     timing: bool = True,
     fold_norms: bool = False,
-    recovery: Recovery | None = None,
 ) -> dict:
     """Exports, scores and times `student` on `task`; draws the sample grid.
 
@@ -229,8 +144,6 @@ def ship(
             (`shipped_model`); the rows `student` and `student_int8` are
             then the folded model and its files, `student_unfolded` the
             scores of `student` itself.
-        recovery: With `fold_norms`, the fine-tune of the folded student
-            (`Recovery`; default none).
 
     Returns:
         The report (`write_report` writes it): the task's summary
@@ -240,7 +153,7 @@ def ship(
         `time`).
     """
     inputs, targets = task.held_out
-    shipped, export = shipped_model(student, task, fold_norms, recovery)
+    shipped, export = shipped_model(student, task, fold_norms)
     references = task.references()
     if shipped is not student:
         references[UNFOLDED] = student.predict(inputs, batch_size=2, verbose=0)
@@ -283,18 +196,11 @@ def export_markdown(export: dict | None) -> str:
     """One sentence on what the student's files are (`ship`'s `export`)."""
     if not export or not export.get("folded_norms"):
         return "`student`: the files compute the instance norms per image."
-    steps = export.get("fold_steps")
-    recovered = (
-        f", then {steps} steps of MSE against the training views' targets "
-        f"(learning rate {export['fold_learning_rate']:g})"
-        if steps
-        else ""
-    )
     return (
         f"`student`: the files and scores are of the student with "
         f"{export['folded_norms']} instance norms frozen on the reference views "
         f"and folded into the convolutions ({export['instance_norms']} left per "
-        f"image){recovered}; `{UNFOLDED}`: the trained student itself."
+        f"image); `{UNFOLDED}`: the trained student itself."
     )
 
 

@@ -44,9 +44,7 @@ the held-out photos, next to the identity and colour-map references, and
 the wall time of every phase). With `--fold_norms` (off by default: it
 costs quality) the `.tflite` files, and the student's row, are of the student with its
 instance norms frozen and folded into its convolutions (faster; the
-report's `student_unfolded` row scores the trained student itself);
-`--fold_steps=N` then fine-tunes the folded student N steps against the
-training views' targets before export (`training.ship.recover`).
+report's `student_unfolded` row scores the trained student itself).
 Methods write their own reports there too (`Setup.report_dir`): `dmad`
 writes `mask_trajectory.png` and `.json` (live channels and their MACs at
 every step of its mask search) when the search ends.
@@ -87,8 +85,6 @@ RUN_DEFAULTS = {
     "ndf": 32,
     "latency_runs": 10,
     "fold_norms": False,
-    "fold_steps": 0,
-    "fold_learning_rate": ship.FOLD_LEARNING_RATE,
     "seed": 0,
     "jit_compile": True,
     "progress": 1,
@@ -209,21 +205,6 @@ def define_run_flags() -> None:
         "reference views) and folded into the convolutions: faster files, a "
         "slightly different function, scored as shipped. Not part of the "
         "run key: changing it re-exports, never retrains.",
-    )
-    flags.DEFINE_integer(
-        "fold_steps",
-        DEFAULTS["fold_steps"],
-        "With --fold_norms: steps of fine-tuning the folded student against "
-        "the training views' targets (MSE, student alone, as the match "
-        "phase) before it is exported; 0: the fold alone. An export "
-        "setting: changing it re-exports, never retrains.",
-        lower_bound=0,
-    )
-    flags.DEFINE_float(
-        "fold_learning_rate",
-        DEFAULTS["fold_learning_rate"],
-        "Constant Adam learning rate of the --fold_steps fine-tune.",
-        lower_bound=0.0,
     )
     flags.DEFINE_integer("seed", DEFAULTS["seed"], "Random seed.")
     flags.DEFINE_bool(
@@ -613,7 +594,6 @@ def run(**overrides) -> dict:
         output_dir,
         runs=config["latency_runs"],
         fold_norms=config["fold_norms"],
-        recovery=ship.Recovery.from_settings(config),
     )
     seconds["ship"] = time.perf_counter() - ship_start
     report.update(
