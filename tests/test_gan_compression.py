@@ -108,6 +108,10 @@ def test_options_are_checked():
     floors = methods.get("gan_compression", "budget_floor=0").budget_floors(100)
     assert floors == {"min_macs": None, "min_latency_ms": None}
     assert methods.get("gan_compression").options.budget_floor == 0.9
+    assert methods.get("gan_compression").split_steps(300) == {
+        "search": 120,
+        "finetune": 180,
+    }
 
 
 def test_sampled_configs_and_mappers_that_follow_the_sampled_width(task):
