@@ -17,7 +17,11 @@ module does the model-level steps of that life:
   masks still let through, and the residual keep rule;
 - `freeze(model)`: folds every fractional mask into its norm and makes the
   masks hard (band closed), keeping the training-mode output: how DMAD
-  stops its search when the generator reaches its MACs budget.
+  stops its search when the generator reaches its MACs budget;
+- `freeze_to_budget(model, macs, input_shape, cut=...)`: `freeze` after
+  closing open channels until they fit `macs`: by one threshold on the
+  mask weights (`cut="threshold"`) or lowest weight per MAC saved first
+  (`cut="cost"`, `cost_cut`).
 
 **The residual keep rule.** Channels joined by residual adds
 (`tgc.surgery.channel_groups`: down2 and every ResBlock's second norm)

@@ -15,8 +15,10 @@ phases:
    as the channels still open cost at most the MACs budget (reference:
    `early_stop_mask`): fractional masks fold into the norms, masks become
    hard, and the weights keep training. If the budget is not reached by
-   the end, the lowest open masks close until it is
-   (`tgc.masks.freeze_to_budget`, this project's addition);
+   the end, open masks close until it is (`tgc.masks.freeze_to_budget`,
+   this project's addition; option `final_cut`: `"threshold"`, one
+   threshold on the mask weights of every mask, or `"cost"`, the lowest
+   weight per MAC saved first, `tgc.masks.cost_cut`);
 3. `slim`: the pruned generator inherits the weights;
 4. the pipeline's least-squares refit to the teacher;
 5. fine-tune with co-attention distillation (`CoAttentionTrainer`): the
@@ -246,7 +248,8 @@ class DmadSchedule(keras.callbacks.Callback):
     the masks freeze (`tgc.masks.freeze`, and the trainer's
     `mask_step_scale` goes to 0); otherwise the band takes the schedule's
     bound (`tgc.masks.anneal`, fold-on-enter). At the end of training the
-    masks are frozen within the budget (`tgc.masks.freeze_to_budget`).
+    masks are frozen within the budget (`tgc.masks.freeze_to_budget`, with
+    the cut `final_cut`).
 
     `history` records, at each check and at the freeze, the step, the
     bound, the open channels (in all, `open_by_mask` and `live_by_group`,
