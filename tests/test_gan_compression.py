@@ -105,8 +105,9 @@ def test_options_are_checked():
     assert floors == {"min_macs": None, "min_latency_ms": 36.0}
     floors = methods.get("gan_compression", "budget_floor=0.9").budget_floors(100)
     assert floors == {"min_macs": 90.0, "min_latency_ms": None}
-    floors = methods.get("gan_compression").budget_floors(100)
+    floors = methods.get("gan_compression", "budget_floor=0").budget_floors(100)
     assert floors == {"min_macs": None, "min_latency_ms": None}
+    assert methods.get("gan_compression").options.budget_floor == 0.9
 
 
 def test_sampled_configs_and_mappers_that_follow_the_sampled_width(task):

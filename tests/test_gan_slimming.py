@@ -140,8 +140,9 @@ def test_proximal_step_closes_the_prunable_gates_only(teacher, pairs):
 def test_gs8_trains_quantization_aware_and_exports_without_data(
     teacher, pairs, tmp_path
 ):
-    method, setup, student = _student(teacher, "gan_slimming_int8", "content=mse")
-    assert method.options.quantize == "search"
+    method, setup, student = _student(
+        teacher, "gan_slimming_int8", "content=mse,quantize=search,refit=false"
+    )
     assert tgc.quantization.is_quantized(student.generator)
     generator = _search_and_slim(method, setup, student, teacher, pairs).generator
     assert tgc.quantization.is_quantized(generator)
@@ -153,6 +154,26 @@ def test_gs8_trains_quantization_aware_and_exports_without_data(
         if op.name in ("CONV_2D", "TRANSPOSE_CONV")
     ]
     assert [op.output_dtypes for op in kernels[1:]] == [("int8",)] * (len(kernels) - 1)
+
+
+def test_gs8_default_fine_tunes_quantization_aware_with_the_distill_objective(
+    teacher, pairs
+):
+    method, setup, student = _student(teacher, "gan_slimming_int8", "content=mse")
+    assert (method.options.quantize, method.options.finetune_loss) == (
+        "finetune",
+        "distill",
+    )
+    assert method.options.refit and method.colour_skip
+    assert not tgc.quantization.is_quantized(student.generator)  # float search
+    student = _search_and_slim(method, setup, student, teacher, pairs)
+    trainer = method.finetune_trainer(student, teacher, setup, steps=1)
+    assert trainer.generator is student.generator
+    assert tgc.quantization.is_quantized(student.generator)
+    assert (trainer.lambda_recon, trainer.lambda_distill) == (100.0, 1.0)
+    trainer.run_eagerly = True
+    history = trainer.fit(pairs[1], epochs=1, steps_per_epoch=1, verbose=0)
+    assert history.history["distill"][0] > 0
 
 
 def test_finetune_loss_distill_trains_the_distill_objective(teacher, pairs):
@@ -189,8 +210,8 @@ def test_options_are_checked():
     paper = methods.get("gan_slimming", gan_slimming.PAPER_OPTIONS).options
     assert (paper.content, paper.learning_rate_scale) == ("perceptual", 0.05)
     assert (paper.search_share, paper.refit) == (1.0, False)
-    assert not methods.get("gan_slimming_int8").options.refit
-    assert not methods.get("gan_slimming_int8").colour_skip
+    assert methods.get("gan_slimming_int8").options.quantize == "finetune"
+    assert methods.get("gan_slimming_int8").colour_skip
     bad = {
         "quantize=finetune,search_share=1": "needs fine-tuning steps",
         "content=l2": "content must be one of",
@@ -204,7 +225,7 @@ def test_options_are_checked():
         with pytest.raises(ValueError, match=message):
             methods.get("gan_slimming", options)
     with pytest.raises(ValueError, match="quantize='search' cannot be combined"):
-        methods.get("gan_slimming_int8", "refit=true")
+        methods.get("gan_slimming_int8", "quantize=search")
     assert methods.get("gan_slimming", "search_share=0.5").split_steps(10) == {
         "search": 5,
         "finetune": 5,

@@ -258,9 +258,8 @@ class GanCompression(base.Method):
                 sub-network at the budget's input shape (2 threads), on top
                 of the MACs budget; `None`: MACs only.
             budget_floor: Least share of the budget a candidate must use:
-                of `max_latency_ms` if set, else of the MACs budget (0, the
-                default until a benchmark row measures 0.9: no floor; not
-                applied to a given `config`). A briefly trained
+                of `max_latency_ms` if set, else of the MACs budget (0: no
+                floor; not applied to a given `config`). A briefly trained
                 supernet's scores barely rank sizes, so without a floor
                 the search lands where most feasible configurations are
                 (at 1/20 of the vintage teacher: 85% of the budget). A
@@ -293,7 +292,7 @@ class GanCompression(base.Method):
         parent_ratio: float = 0.25
         mutate_prob: float = 0.2
         max_latency_ms: float | None = None
-        budget_floor: float = 0.0
+        budget_floor: float = 0.9
         latency_cache: str | None = None
         latency_runs: int = 10
         config: str | None = None
