@@ -245,6 +245,85 @@ def test_freeze_to_budget_applies_the_residual_rule_once(min_open=2):
         np.testing.assert_array_equal(open_, frozen[name], err_msg=name)
 
 
+def _kept_weight(units, kept) -> float:
+    """The cut's objective: the kept units' weights (a residual channel once)."""
+    return sum(
+        float(score[np.any([kept[n] for n in names], axis=0)].sum())
+        for names, score in units
+    )
+
+
+def test_cost_cut_keeps_more_weight_per_mac_than_the_threshold_cut():
+    keras.utils.set_random_seed(5)
+    teacher = GENERATORS["resnet"]()
+
+    def searched():
+        # Hard masks; the up-sampling ones (the costliest channels, at the
+        # highest resolutions) weigh a little more than the rest.
+        student = tgc.masks.add_masks(teacher, seed=0)
+        rng = np.random.default_rng(0)
+        for name, gate in tgc.masks.dmad_gates(student).items():
+            low = 0.4 if name.startswith("up") else 0.0
+            gate.weight.assign(rng.uniform(low, 1.0, gate.channels).astype(np.float32))
+            gate.set_bound(0.0)
+        return student
+
+    student = searched()
+    units = tgc.masks._cut_units(student, tgc.masks.open_channels(student), 1)
+    budget = tgc.masks.open_macs(student, SHAPE) // 3
+    results = {}
+    for cut in tgc.masks.CUTS:
+        student = searched()
+        kept = tgc.masks.freeze_to_budget(student, budget, SHAPE, cut=cut)
+        macs = tgc.cost.gate_macs(student, SHAPE)
+        assert macs <= budget, cut
+        results[cut] = (_kept_weight(units, kept), macs, kept)
+        # Idempotent: a second call (what `Dmad.slim` does) closes nothing.
+        again = tgc.masks.freeze_to_budget(student, budget, SHAPE, cut=cut)
+        for name, open_ in again.items():
+            np.testing.assert_array_equal(open_, kept[name], err_msg=f"{cut} {name}")
+    weight, macs, kept = results["cost"]
+    threshold_weight, threshold_macs, threshold_kept = results["threshold"]
+    # Hand-checked on this case: 36.5 vs 26.9 kept weight, 11.2 vs 8.1 per MMAC.
+    assert weight > 1.2 * threshold_weight
+    assert weight / macs > 1.2 * threshold_weight / threshold_macs
+    # The threshold cut keeps the expensive up-sampling channels, the cost
+    # cut trades them for cheaper ones.
+    assert kept["up2_norm_gate"].sum() < threshold_kept["up2_norm_gate"].sum()
+    assert sum(int(k.sum()) for k in kept.values()) > sum(
+        int(k.sum()) for k in threshold_kept.values()
+    )
+    # Every mask keeps a channel; a residual channel closes in all its masks.
+    assert all(k.any() for k in kept.values())
+    residual = ["down2_norm_gate", "block1_norm2_gate", "block2_norm2_gate"]
+    alive = np.any([kept[name] for name in residual], axis=0)
+    opened = tgc.masks.open_channels(searched())
+    for name in residual:
+        np.testing.assert_array_equal(kept[name], alive & opened[name])
+    with pytest.raises(ValueError, match="cut must be one of"):
+        tgc.masks.freeze_to_budget(student, budget, SHAPE, cut="uniform")
+
+
+def test_cost_cut_closes_the_cheapest_weight_first_one_channel_at_a_time():
+    keras.utils.set_random_seed(6)
+    student = tgc.masks.add_masks(GENERATORS["resnet"](), seed=0)
+    for gate in tgc.masks.dmad_gates(student).values():
+        gate.weight.assign(np.full(gate.channels, 1.0, np.float32))
+        gate.set_bound(0.0)
+    stem = tgc.masks.dmad_gates(student)["stem_norm_gate"]
+    stem.weight.assign(np.array([1.0, 0.01, 0.02, 1.0], np.float32))
+    full = tgc.masks.open_macs(student, SHAPE)
+    # A budget just below the full cost: one stem channel (the cheapest
+    # weight per MAC there is) closes, the one of weight 0.01.
+    keep = tgc.masks.cost_cut(student, full - 1, SHAPE)
+    assert keep["stem_norm_gate"].tolist() == [True, False, True, True]
+    assert all(k.all() for name, k in keep.items() if name != "stem_norm_gate")
+    # The model is not changed; within budget the cut keeps every open channel.
+    assert tgc.masks.open_macs(student, SHAPE) == full
+    keep = tgc.masks.cost_cut(student, full, SHAPE)
+    assert all(k.all() for k in keep.values())
+
+
 def test_folding_needs_an_affine_norm():
     student = tgc.models.resnet_generator(ngf=4, n_blocks=1, gated="dmad")
     gate = student.get_layer("stem_gate")

@@ -194,6 +194,25 @@ def test_finetune_distils_co_attention_with_an_online_teacher_d(task):
         np.testing.assert_array_equal(w.numpy(), b)
 
 
+def test_final_cut_option_chooses_how_slim_meets_the_budget(task):
+    teacher = task[0]
+    setup = _setup(teacher)
+    widths = {}
+    for cut in tgc.masks.CUTS:
+        method = methods.get("dmad", f"final_cut={cut}")
+        assert method.options.final_cut == cut
+        student = method.slim(method.build(teacher, setup))
+        assert tgc.profile(student.generator, SHAPE).macs <= setup.budget.macs
+        widths[cut] = [
+            layer.filters
+            for layer in student.generator.layers
+            if isinstance(layer, keras.layers.Conv2D | keras.layers.Conv2DTranspose)
+        ]
+    assert widths["cost"] != widths["threshold"]
+    with pytest.raises(ValueError, match="final_cut"):
+        methods.get("dmad", "final_cut=uniform")
+
+
 def test_pipeline_gives_a_plain_student_within_budget(task):
     teacher, x, _, pairs = task
     method = _eager(methods.get)("dmad", "mask_travel=2")

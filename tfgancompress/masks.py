@@ -17,7 +17,11 @@ module does the model-level steps of that life:
   masks still let through, and the residual keep rule;
 - `freeze(model)`: folds every fractional mask into its norm and makes the
   masks hard (band closed), keeping the training-mode output: how DMAD
-  stops its search when the generator reaches its MACs budget.
+  stops its search when the generator reaches its MACs budget;
+- `freeze_to_budget(model, macs, input_shape, cut=...)`: `freeze` after
+  closing open channels until they fit `macs`: by one threshold on the
+  mask weights (`cut="threshold"`) or lowest weight per MAC saved first
+  (`cut="cost"`, `cost_cut`).
 
 **The residual keep rule.** Channels joined by residual adds
 (`tgc.surgery.channel_groups`: down2 and every ResBlock's second norm)
@@ -298,18 +302,61 @@ def _residual_rule(model: keras.Model, keep: dict, min_open: int) -> dict:
     return {**keep, **{name: k & keep[name] for name, k in ruled.items()}}
 
 
-def freeze_to_budget(model: keras.Model, macs: int, input_shape, min_open: int = 1):
-    """`freeze`, first closing the lowest masks if the open channels cost too much.
+def _cut_units(model: keras.Model, opened: dict, min_open: int) -> list:
+    """What the cost cut closes: `(gate names, score per channel)` units.
 
-    The end of DMAD's search when its sparsity did not reach the budget on
-    its own: open channels whose weight is at most a threshold close (each
-    mask keeps at least its highest channel), then the residual keep rule
-    (`min_open`) applies to what stays; the threshold is the lowest that
-    meets `macs`, found by bisection over the open weights. Then the masks
-    are frozen (`freeze`): `tgc.cost.gate_macs(model, input_shape)` is at
-    most `macs` afterwards unless even one channel per mask costs more. A
-    second call changes nothing (every residual channel left open is open
-    in at least `min_open` masks).
+    A mask outside residual groups is a unit of its own, scored by `w + b`
+    (> 0 on its open channels); a residual group is one unit whose channel
+    scores are the `min_open`-th highest `w + b` of its open masks (the
+    residual keep rule: the weight a threshold cut would have to pass).
+    """
+    gates = dmad_gates(model)
+    scores = {}
+    for name, gate in gates.items():
+        weight, bound = _values(gate)
+        scores[name] = np.where(opened[name], weight + bound, -np.inf)
+    units, tied = [], set()
+    for names in _residual_sets(model, gates):
+        if len(names) > 1:
+            ranked = np.sort([scores[n] for n in names], axis=0)
+            units.append((names, ranked[-min_open]))
+            tied.update(names)
+    units += [((name,), scores[name]) for name in gates if name not in tied]
+    return units
+
+
+def _close(keep: dict, names, channels) -> dict:
+    closed = dict(keep)
+    for name in names:
+        closed[name] = keep[name].copy()
+        closed[name][channels] = False
+    return closed
+
+
+def cost_cut(
+    model: keras.Model, macs: int, input_shape, min_open: int = 1
+) -> dict[str, np.ndarray]:
+    """The open channels to keep within `macs`, closing the cheapest weight first.
+
+    A greedy knapsack: while the open channels cost more than `macs`, it
+    closes the channels with the lowest mask weight per MAC their closing
+    saves, `(w + b) / saving`. Every channel of a mask saves the same
+    MACs (the producing and consuming convolutions' costs per channel,
+    which depend on the neighbours' widths), so each round measures one
+    closing per unit (`open_macs`), ranks every open channel by its
+    ratio, and closes the best-ranked ones whose savings add up to at most
+    half of the MACs still above the budget (at least one channel): few
+    rounds far from the budget, one channel at a time near it. A residual
+    group is one unit: its channel closes in all of the group's masks at
+    once, scored by its `min_open`-th highest weight (the residual keep
+    rule); the masks of a kept residual channel stay as they are (closing
+    one alone saves no MACs). Every unit keeps at least its highest
+    channel.
+
+    Unlike `freeze_to_budget`'s threshold cut, which compares weights
+    across masks whatever their channels cost, this spends the budget
+    where a weight buys the most: an expensive channel (high resolution,
+    wide neighbours) needs a higher weight to stay.
 
     Args:
         model: A model with DMAD gates.
@@ -318,28 +365,97 @@ def freeze_to_budget(model: keras.Model, macs: int, input_shape, min_open: int =
         min_open: The residual keep rule's threshold (see `residual_keep`).
 
     Returns:
-        `{gate name: bool (C,)}`: the open channels of every mask.
+        `{gate name: bool (C,)}`: the open channels to keep (the model is
+        not changed; `freeze(model, keep=...)` applies them). Their MACs
+        are at most `macs` unless one channel per unit costs more.
     """
+    keep = _residual_rule(model, open_channels(model), min_open)
+    units = _cut_units(model, keep, min_open)
+    current = open_macs(model, input_shape, keep)
+    while current > macs:
+        ratios, owners = [], []
+        for index, (names, score) in enumerate(units):
+            alive = np.flatnonzero(np.any([keep[n] for n in names], axis=0))
+            if alive.size < 2:
+                continue
+            alive = alive[np.argsort(score[alive])][:-1]  # the top one stays
+            trial = _close(keep, names, alive[:1])
+            saving = current - open_macs(model, input_shape, trial)
+            if saving > 0:
+                ratios.append(score[alive] / saving)
+                owners += [(index, channel, saving) for channel in alive]
+        if not owners:
+            break
+        order = np.argsort(np.concatenate(ratios), kind="stable")
+        savings = np.cumsum([owners[i][2] for i in order])
+        count = max(1, int(np.searchsorted(savings, (current - macs) / 2, "right")))
+        for i in order[:count]:
+            index, channel, _ = owners[i]
+            keep = _close(keep, units[index][0], [channel])
+        current = open_macs(model, input_shape, keep)
+    return keep
+
+
+CUTS = ("threshold", "cost")
+
+
+def freeze_to_budget(
+    model: keras.Model,
+    macs: int,
+    input_shape,
+    min_open: int = 1,
+    cut: str = "threshold",
+):
+    """`freeze`, first closing masks if the open channels cost too much.
+
+    The end of DMAD's search when its sparsity did not reach the budget on
+    its own. With `cut="threshold"`, open channels whose weight is at most
+    a threshold close (each mask keeps at least its highest channel), then
+    the residual keep rule (`min_open`) applies to what stays; the
+    threshold is the lowest that meets `macs`, found by bisection over the
+    open weights. With `cut="cost"`, the channels with the lowest weight
+    per MAC saved close first (`cost_cut`). Then the masks are frozen
+    (`freeze`): `tgc.cost.gate_macs(model, input_shape)` is at most `macs`
+    afterwards unless even one channel per mask costs more. A second call
+    changes nothing (every residual channel left open is open in at least
+    `min_open` masks).
+
+    Args:
+        model: A model with DMAD gates.
+        macs: The budget: MACs of `tgc.slim(model)` at `input_shape`.
+        input_shape: `(H, W, C)`.
+        min_open: The residual keep rule's threshold (see `residual_keep`).
+        cut: `"threshold"` (one weight threshold over every mask) or
+            `"cost"` (`cost_cut`).
+
+    Returns:
+        `{gate name: bool (C,)}`: the open channels of every mask.
+
+    Raises:
+        ValueError: For an unknown `cut`.
+    """
+    if cut not in CUTS:
+        raise ValueError(f"cut must be one of {CUTS}, got {cut!r}.")
     opened = _residual_rule(model, open_channels(model), min_open)
     if open_macs(model, input_shape, opened) <= macs:
-        kept = freeze(model, min_open)
-    else:
-        weights = {name: _values(g)[0] for name, g in dmad_gates(model).items()}
-        candidates = np.unique(np.concatenate([weights[n][opened[n]] for n in weights]))
+        return freeze(model, min_open)
+    if cut == "cost":
+        return freeze(model, keep=cost_cut(model, macs, input_shape, min_open))
+    weights = {name: _values(g)[0] for name, g in dmad_gates(model).items()}
+    candidates = np.unique(np.concatenate([weights[n][opened[n]] for n in weights]))
 
-        def cut(threshold: float) -> dict:
-            keep = _keep_above(opened, weights, threshold)
-            return _residual_rule(model, keep, min_open)
+    def threshold_cut(threshold: float) -> dict:
+        keep = _keep_above(opened, weights, threshold)
+        return _residual_rule(model, keep, min_open)
 
-        low, high = 0, len(candidates) - 1  # keep above candidates[high]: cheapest
-        while low < high:
-            middle = (low + high) // 2
-            if open_macs(model, input_shape, cut(candidates[middle])) <= macs:
-                high = middle
-            else:
-                low = middle + 1
-        kept = freeze(model, keep=cut(candidates[low]))
-    return kept
+    low, high = 0, len(candidates) - 1  # keep above candidates[high]: cheapest
+    while low < high:
+        middle = (low + high) // 2
+        if open_macs(model, input_shape, threshold_cut(candidates[middle])) <= macs:
+            high = middle
+        else:
+            low = middle + 1
+    return freeze(model, keep=threshold_cut(candidates[low]))
 
 
 def _affine_copy(model: keras.Model) -> keras.Model:
@@ -422,8 +538,10 @@ def add_masks(
 
 
 __all__ = [
+    "CUTS",
     "add_masks",
     "anneal",
+    "cost_cut",
     "dmad_gates",
     "freeze",
     "freeze_to_budget",

@@ -15,8 +15,10 @@ phases:
    as the channels still open cost at most the MACs budget (reference:
    `early_stop_mask`): fractional masks fold into the norms, masks become
    hard, and the weights keep training. If the budget is not reached by
-   the end, the lowest open masks close until it is
-   (`tgc.masks.freeze_to_budget`, this project's addition);
+   the end, open masks close until it is (`tgc.masks.freeze_to_budget`,
+   this project's addition; option `final_cut`: `"threshold"`, one
+   threshold on the mask weights of every mask, or `"cost"`, the lowest
+   weight per MAC saved first, `tgc.masks.cost_cut`);
 3. `slim`: the pruned generator inherits the weights;
 4. the pipeline's least-squares refit to the teacher;
 5. fine-tune with co-attention distillation (`CoAttentionTrainer`): the
@@ -246,7 +248,8 @@ class DmadSchedule(keras.callbacks.Callback):
     the masks freeze (`tgc.masks.freeze`, and the trainer's
     `mask_step_scale` goes to 0); otherwise the band takes the schedule's
     bound (`tgc.masks.anneal`, fold-on-enter). At the end of training the
-    masks are frozen within the budget (`tgc.masks.freeze_to_budget`).
+    masks are frozen within the budget (`tgc.masks.freeze_to_budget`, with
+    the cut `final_cut`).
 
     `history` records, at each check and at the freeze, the step, the
     bound, the open channels (in all, `open_by_mask` and `live_by_group`,
@@ -265,6 +268,7 @@ class DmadSchedule(keras.callbacks.Callback):
         min_open: The residual keep rule's threshold.
         state_dir: Where the trajectory is kept for resuming, or `None`.
         report_dir: Where the finished trajectory is written, or `None`.
+        final_cut: `tgc.masks.freeze_to_budget`'s `cut` at the end.
     """
 
     def __init__(
@@ -275,6 +279,7 @@ class DmadSchedule(keras.callbacks.Callback):
         min_open: int = 1,
         state_dir: str | None = None,
         report_dir: str | None = None,
+        final_cut: str = "threshold",
     ):
         super().__init__()
         self.schedule = schedule
@@ -283,6 +288,7 @@ class DmadSchedule(keras.callbacks.Callback):
         self.min_open = int(min_open)
         self.state_dir = state_dir
         self.report_dir = report_dir
+        self.final_cut = final_cut
         self.history: list[dict] = []
         self.frozen_at: int | None = None
 
@@ -342,7 +348,11 @@ class DmadSchedule(keras.callbacks.Callback):
 
     def _freeze(self, step: int) -> None:
         tgc.masks.freeze_to_budget(
-            self.model.generator, self.budget_macs, self.input_shape, self.min_open
+            self.model.generator,
+            self.budget_macs,
+            self.input_shape,
+            self.min_open,
+            self.final_cut,
         )
         self.model.mask_step_scale.assign(0.0)
         self.frozen_at = step
@@ -539,6 +549,11 @@ class Dmad(base.Method):
                 closes (the reference: ~37); sets the mask step scale.
             initial_stddev: Spread of the initial mask weights (0.2).
             min_open: Residual masks a residual channel needs open to stay.
+            final_cut: How the search's end meets the budget when the
+                sparsity did not (`tgc.masks.freeze_to_budget`):
+                `"threshold"` (one weight threshold over every mask) or
+                `"cost"` (lowest weight per MAC saved first,
+                `tgc.masks.cost_cut`).
             lambda_recon: L1 to the target; `None`: 100 paired, 10 unpaired.
             lambda_gan: The adversarial term.
             lambda_attention: Co-attention distillation; `None`: 10 paired,
@@ -556,6 +571,7 @@ class Dmad(base.Method):
         mask_travel: float = 4.0
         initial_stddev: float = 0.2
         min_open: int = 1
+        final_cut: str = "threshold"
         lambda_recon: float | None = None
         lambda_gan: float = 1.0
         lambda_attention: float | None = None
@@ -563,9 +579,12 @@ class Dmad(base.Method):
         attention_weight: float = 0.5
 
         def __post_init__(self):
-            for key, value in dataclasses.asdict(self).items():
-                if value is not None and value < 0:
-                    raise ValueError(f"dmad option {key} must be >= 0, got {value}.")
+            base.check_non_negative(self, "dmad")
+            if self.final_cut not in tgc.masks.CUTS:
+                raise ValueError(
+                    f"dmad option final_cut must be one of {tgc.masks.CUTS}, got "
+                    f"{self.final_cut!r}."
+                )
             if not 0.0 < self.anneal_fraction <= 1.0:
                 raise ValueError(
                     "dmad option anneal_fraction must be in (0, 1], got "
@@ -636,6 +655,7 @@ class Dmad(base.Method):
             self.options.min_open,
             state_dir=setup.work_dir,
             report_dir=setup.report_dir,
+            final_cut=self.options.final_cut,
         )
         student.state["trajectory"] = schedule.history
         return [schedule]
@@ -648,6 +668,7 @@ class Dmad(base.Method):
                 budget.macs,
                 budget.input_shape,
                 self.options.min_open,
+                self.options.final_cut,
             )
         return super().slim(student)
 
