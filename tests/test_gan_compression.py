@@ -76,11 +76,11 @@ def test_build_cuts_the_teacher_into_a_supernet_of_its_top_l1_filters(task):
         "2_2_2_2_2_2_2_2", SHAPE, supernet.ResnetFamily.of(net)
     )
     assert method.smallest_macs(teacher, SHAPE) == smallest
-    assert method.split_steps(100) == {"search": 70, "finetune": 30}
-    assert method.predistill_steps(70) == 30
+    assert method.split_steps(100) == {"search": 40, "finetune": 60}
+    assert method.predistill_steps(40) == 20
     fast = methods.get("gan_compression", "fast=true")
-    assert fast.split_steps(100) == {"search": 70, "finetune": 30}
-    assert fast.predistill_steps(70) == 0
+    assert fast.split_steps(100) == {"search": 40, "finetune": 60}
+    assert fast.predistill_steps(40) == 0
     assert method.split_steps(1) == {"search": 1, "finetune": 0}
 
 
