@@ -300,7 +300,7 @@ def _define_flags() -> None:
     flags.DEFINE_string("row", None, "A finished bench row folder.", required=True)
     flags.DEFINE_string("output_dir", "outputs/norms", "Where to write.")
     flags.DEFINE_string("name", "norms", "Stem of the report files.")
-    flags.DEFINE_list("strides", ["2", "3"], "Statistics strides to measure.")
+    flags.DEFINE_list("strides", ["3", "5"], "Odd statistics strides to measure.")
     flags.DEFINE_list(
         "profiled", ["two_pass", "one_pass", "stride3"], "Lowerings profiled per op."
     )

@@ -48,8 +48,9 @@ class InstanceNormalization(keras.layers.Layer):
             XNNPACK runs; a strided slice it does not), then normalize
             every pixel: `statistics_stride**2` times less statistics work,
             still per image, but approximate. `1` (the default) is exact.
-            Odd strides sample every phase of an up-sampling layer's output
-            evenly; even ones see one phase of a 2x up-sampling.
+            Odd only: an even stride samples one phase of a 2x
+            up-sampling's output (measured: stride 2 took a trained 1/20
+            vintage student from 24.7 to 14.0 dB, stride 3 kept it).
         **kwargs: Base layer keyword arguments (`name`, `dtype`, ...).
 
     Example:
@@ -70,10 +71,15 @@ class InstanceNormalization(keras.layers.Layer):
         **kwargs,
     ):
         super().__init__(**kwargs)
-        if int(statistics_stride) != statistics_stride or statistics_stride < 1:
+        if (
+            int(statistics_stride) != statistics_stride
+            or statistics_stride < 1
+            or statistics_stride % 2 == 0
+        ):
             raise ValueError(
                 f"{self.__class__.__name__} statistics_stride must be a positive "
-                f"integer, got {statistics_stride!r}."
+                f"odd integer, got {statistics_stride!r} (an even stride sees one "
+                "phase of a 2x up-sampling's output)."
             )
         self.one_pass = bool(one_pass)
         self.statistics_stride = int(statistics_stride)
@@ -159,9 +165,10 @@ class InstanceNormalization(keras.layers.Layer):
             squares = ops.mean(x * x, axis=(1, 2), keepdims=True)
             variance = ops.maximum(squares - mean * mean, 0.0)
         scale = self._scale(variance)
-        shift = -mean * scale
         if self.center:
-            shift = shift + ops.cast(self.beta, "float32")
+            shift = ops.cast(self.beta, "float32") - mean * scale
+        else:
+            shift = -mean * scale
         return x * scale + shift
 
     def _channel_mean(self, x):

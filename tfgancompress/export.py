@@ -14,7 +14,9 @@ rewrites; `lowering=False` turns them off): transposed convolutions become
 sub-pixel convolutions (`CONV_2D` + `DEPTH_TO_SPACE`, which XNNPACK runs
 much faster per MAC than `TRANSPOSE_CONV`), and the 3-channel output
 convolution runs on a 2x coarser grid (`SPACE_TO_DEPTH` + `CONV_2D` to 12
-channels + `DEPTH_TO_SPACE`). Layer names are kept, so `float_layers` and
+channels + `DEPTH_TO_SPACE`), and instance norms take one-pass statistics
+(`one_pass_norms`; `norm_statistics_stride` is the approximate, opt-in
+further step). Layer names are kept, so `float_layers` and
 the contract's `float32_convolutions` name the original layers.
 
 Quantization (`to_litert(..., quantization=...)`):
