@@ -189,6 +189,7 @@ def test_gs8_default_fine_tunes_quantization_aware_with_the_distill_objective(
     layers = {layer.name for layer in student.generator.layers}
     assert "up2_conv" in layers and "up2_conv_quant" not in layers
     assert "up1_conv_quant" in layers
+    assert student.state["int8_float_layers"] == "up2_conv"  # reported
     assert (trainer.lambda_recon, trainer.lambda_distill) == (100.0, 1.0)
     trainer.run_eagerly = True
     history = trainer.fit(pairs[1], epochs=1, steps_per_epoch=1, verbose=0)

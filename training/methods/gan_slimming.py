@@ -444,9 +444,10 @@ class GanSlimming(base.Method):
             tgc.quantization.is_quantized(student.generator)
         ):
             # After the refit; its moving ranges start at the first batch.
+            float_layers = self.int8_float_layers(student.generator, setup)
+            student.state["int8_float_layers"] = ",".join(float_layers)  # reports
             student.generator = tgc.quantization.quantize_generator(
-                student.generator,
-                float_layers=self.int8_float_layers(student.generator, setup),
+                student.generator, float_layers=float_layers
             )
         if self.options.finetune_loss == "distill":
             return base.distillation_trainer(student, teacher, setup, steps)
