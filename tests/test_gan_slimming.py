@@ -172,7 +172,10 @@ def test_gs8_default_fine_tunes_quantization_aware_with_the_distill_objective(
     student = _search_and_slim(method, setup, student, teacher, pairs)
     planned = []
 
+    plan_kwargs = []
+
     def plan_int8(model, images, **kwargs):  # the real plan, recorded
+        plan_kwargs.append(kwargs)
         plan = plan_of(model, images, **kwargs)
         plan.float_layers = ["up2_conv"]  # a planted choice, to follow
         planned.append((images, plan))
@@ -183,6 +186,7 @@ def test_gs8_default_fine_tunes_quantization_aware_with_the_distill_objective(
     trainer = method.finetune_trainer(student, teacher, setup, steps=1)
     ((images, plan),) = planned  # measured on the validation images
     np.testing.assert_array_equal(images, pairs[0])
+    assert plan_kwargs == [{"min_layer_psnr": 50.0, "equalize": False}]
     assert set(plan.sensitivity) >= {"up1_conv", "stem_conv"}
     assert trainer.generator is student.generator
     assert tgc.quantization.is_quantized(student.generator)
@@ -248,6 +252,8 @@ def test_options_are_checked():
         methods.get("gan_slimming_int8", "quantize=search")
     with pytest.raises(ValueError, match="float_layers must be one of"):
         methods.get("gan_slimming_int8", "float_layers=all")
+    with pytest.raises(ValueError, match="float_layer_psnr must be > 0"):
+        methods.get("gan_slimming_int8", "float_layer_psnr=0")
     method = methods.get("gan_slimming_int8", "float_layers=none")
     assert method.int8_float_layers(None, None) == []
     assert methods.get("gan_slimming", "search_share=0.5").split_steps(10) == {

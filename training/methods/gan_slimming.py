@@ -485,15 +485,21 @@ class GanSlimmingInt8(GanSlimming):
                 fine-tuning, `tgc.quantization.plan_int8` measures on the
                 setup's validation images (training photos) what each
                 tensor's int8 rounding alone costs the slimmed student, and
-                the convolutions costing more than 40 dB PSNR stay float32
-                (no quantizers; the int8 file runs them in float, as
-                `to_litert` does for calibrated files). `"none"`: every
-                convolution quantized.
+                the convolutions costing more than `float_layer_psnr`
+                stay float32 (no quantizers; the int8 file runs them in
+                float, as `to_litert` does for calibrated files).
+                `"none"`: every convolution quantized.
+            float_layer_psnr: The threshold of `"auto"`, dB PSNR of the
+                output against the float model. Above `to_litert`'s 40 dB:
+                the plan's calibrated ranges underrate what the
+                quantization-aware model's moving ranges cost (README "GAN
+                Slimming").
         """
 
         quantize: str = "finetune"
         finetune_loss: str = "distill"
         float_layers: str = "auto"
+        float_layer_psnr: float = 50.0
 
         def __post_init__(self):
             super().__post_init__()
@@ -502,11 +508,21 @@ class GanSlimmingInt8(GanSlimming):
                     f"gan_slimming_int8 option float_layers must be one of "
                     f"{FLOAT_LAYERS}, got {self.float_layers!r}."
                 )
+            if self.float_layer_psnr <= 0:
+                raise ValueError(
+                    f"gan_slimming_int8 option float_layer_psnr must be > 0, got "
+                    f"{self.float_layer_psnr}."
+                )
 
     def int8_float_layers(self, generator, setup) -> list[str]:
         """The convolutions whose int8 output costs the most (`"auto"`)."""
         if self.options.float_layers == "none":
             return []
         images, _ = setup.validation_arrays()
-        plan = tgc.quantization.plan_int8(generator, images, equalize=False)
+        plan = tgc.quantization.plan_int8(
+            generator,
+            images,
+            min_layer_psnr=self.options.float_layer_psnr,
+            equalize=False,
+        )
         return plan.float_layers
