@@ -81,6 +81,11 @@ def test_methods_trains_only_the_named_rows_and_reuses_the_rest(tmp_path, monkey
     assert saved["rows"]["teacher"]["psnr"] is None
     table = (out / "photos.md").read_text()
     assert "| distill |" in table and "python -m training.bench" in table
+    keep_ratio = rows["distill"]["method_state"]["keep_ratio"]
+    assert 0 < keep_ratio < 1
+    assert f"- distill: keep_ratio={keep_ratio}" in table
+    assert first["rows"]["uniform"]["method_state"] == {}  # nothing chosen
+    assert "- uniform:" not in table
     assert (out / "photos.png").stat().st_size > 0
     assert (out / "photos_latency.png").stat().st_size > 0
     # --retrain: the cached row is dropped and trained again (training

@@ -62,7 +62,7 @@ from absl import app, flags, logging
 import tfgancompress as tgc
 from tfgancompress import latency, reports
 from tfgancompress.atomic import atomic_path
-from training import methods, ship, tasks, train
+from training import methods, pipeline, ship, tasks, train
 from training.budget import BudgetError
 from training.methods import gan_slimming
 
@@ -212,6 +212,7 @@ def train_row(row: Row, task: tasks.TaskData, config: dict, directory: str) -> d
         "d_macs": d_macs or None,
         "steps": config["steps"],
         "phase_steps": result.steps,
+        "method_state": pipeline.method_state(result.student),
         "train_seconds": sum(
             result.seconds.get(phase, 0.0) for phase in ("search", "match", "finetune")
         ),
@@ -441,6 +442,14 @@ def _markdown(results: dict) -> str:
             else ""
         )
         lines.append(f"| {label} | {_norms_cell(row)} | " + " | ".join(cells) + " |")
+    states = [
+        f"- {label}: " + ", ".join(f"{k}={v}" for k, v in row["method_state"].items())
+        for label, row in results["rows"].items()
+        if row.get("method_state")
+    ]
+    if states:
+        lines += ["", "What the methods chose (e.g. GAN Compression's config):", ""]
+        lines += states
     return "\n".join(lines) + "\n"
 
 

@@ -450,6 +450,25 @@ def discriminator_report(student: Student) -> dict:
     return {key: state[key] for key in DISCRIMINATOR_REPORT if key in state}
 
 
+def method_state(student: Student) -> dict:
+    """The scalar facts a method recorded in `student.state`, for reports.
+
+    For example GAN Compression's chosen `config` or DMAD's `budget`.
+    Objects (controllers, searches, discriminators) and the discriminator
+    facts of `discriminator_report` are left out.
+
+    Returns:
+        `{key: value}` for the string and number entries of `student.state`.
+    """
+    return {
+        key: value
+        for key, value in student.state.items()
+        if isinstance(value, str | int | float)
+        and not isinstance(value, bool)
+        and key not in DISCRIMINATOR_REPORT
+    }
+
+
 # Checkpoints between phases ---------------------------------------------------
 
 

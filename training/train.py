@@ -612,13 +612,7 @@ def run(**overrides) -> dict:
         reconstruction_views=result.refit_images or 0,
         initial_psnr=initial.get("psnr"),
         d_macs=d_macs or None,
-        method_state={
-            key: value
-            for key, value in result.student.state.items()
-            if isinstance(value, str | int | float)
-            and not isinstance(value, bool)
-            and key not in pipeline.DISCRIMINATOR_REPORT  # in d_macs
-        },
+        method_state=pipeline.method_state(result.student),
         train_seconds=sum(
             result.seconds.get(phase, 0.0) for phase in ("search", "match", "finetune")
         ),
