@@ -194,6 +194,20 @@ def test_finetune_distils_co_attention_with_an_online_teacher_d(task):
         np.testing.assert_array_equal(w.numpy(), b)
 
 
+def test_search_share_splits_the_steps():
+    assert methods.get("dmad").split_steps(100) == {"search": 50, "finetune": 50}
+    assert methods.get("dmad").split_steps(300) == {"search": 150, "finetune": 150}
+    quarter = methods.get("dmad", "search_share=0.25")
+    assert quarter.split_steps(100) == {"search": 25, "finetune": 75}
+    assert methods.get("dmad", "search_share=0.01").split_steps(10) == {
+        "search": 1,
+        "finetune": 9,
+    }
+    for share in ("0", "1"):
+        with pytest.raises(ValueError, match="search_share"):
+            methods.get("dmad", f"search_share={share}")
+
+
 def test_final_cut_option_chooses_how_slim_meets_the_budget(task):
     teacher = task[0]
     setup = _setup(teacher)
