@@ -166,10 +166,10 @@ class InstanceNormalization(keras.layers.Layer):
             variance = ops.maximum(squares - mean * mean, 0.0)
         scale = self._scale(variance)
         if self.center:
-            shift = ops.cast(self.beta, "float32") - mean * scale
-        else:
-            shift = -mean * scale
-        return x * scale + shift
+            return x * scale + (ops.cast(self.beta, "float32") - mean * scale)
+        # A subtraction, not `+ (-mean * scale)`: the converter keeps a NEG
+        # in float32 in files asked to run fully int8.
+        return x * scale - mean * scale
 
     def _channel_mean(self, x):
         """The per-sample, per-channel mean `(B, 1, 1, C)` the norm subtracts."""
