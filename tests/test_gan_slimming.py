@@ -1,6 +1,7 @@
 """Tests of the gan_slimming methods: the README's model.fit example, the
 trainer's proximal pruning of the prunable gates, GS-8 and the options."""
 
+import dataclasses
 import functools
 import pathlib
 import re
@@ -157,19 +158,42 @@ def test_gs8_trains_quantization_aware_and_exports_without_data(
 
 
 def test_gs8_default_fine_tunes_quantization_aware_with_the_distill_objective(
-    teacher, pairs
+    teacher, pairs, monkeypatch
 ):
     method, setup, student = _student(teacher, "gan_slimming_int8", "content=mse")
+    setup = dataclasses.replace(setup, validation=(pairs[0], pairs[0]))
     assert (method.options.quantize, method.options.finetune_loss) == (
         "finetune",
         "distill",
     )
     assert method.options.refit and method.colour_skip
+    assert method.options.float_layers == "auto"
     assert not tgc.quantization.is_quantized(student.generator)  # float search
     student = _search_and_slim(method, setup, student, teacher, pairs)
+    planned = []
+
+    plan_kwargs = []
+
+    def plan_int8(model, images, **kwargs):  # the real plan, recorded
+        plan_kwargs.append(kwargs)
+        plan = plan_of(model, images, **kwargs)
+        plan.float_layers = ["up2_conv"]  # a planted choice, to follow
+        planned.append((images, plan))
+        return plan
+
+    plan_of = tgc.quantization.plan_int8
+    monkeypatch.setattr(tgc.quantization, "plan_int8", plan_int8)
     trainer = method.finetune_trainer(student, teacher, setup, steps=1)
+    ((images, plan),) = planned  # measured on the validation images
+    np.testing.assert_array_equal(images, pairs[0])
+    assert plan_kwargs == [{"min_layer_psnr": 50.0, "equalize": False}]
+    assert set(plan.sensitivity) >= {"up1_conv", "stem_conv"}
     assert trainer.generator is student.generator
     assert tgc.quantization.is_quantized(student.generator)
+    layers = {layer.name for layer in student.generator.layers}
+    assert "up2_conv" in layers and "up2_conv_quant" not in layers
+    assert "up1_conv_quant" in layers
+    assert student.state["int8_float_layers"] == "up2_conv"  # reported
     assert (trainer.lambda_recon, trainer.lambda_distill) == (100.0, 1.0)
     trainer.run_eagerly = True
     history = trainer.fit(pairs[1], epochs=1, steps_per_epoch=1, verbose=0)
@@ -226,6 +250,12 @@ def test_options_are_checked():
             methods.get("gan_slimming", options)
     with pytest.raises(ValueError, match="quantize='search' cannot be combined"):
         methods.get("gan_slimming_int8", "quantize=search")
+    with pytest.raises(ValueError, match="float_layers must be one of"):
+        methods.get("gan_slimming_int8", "float_layers=all")
+    with pytest.raises(ValueError, match="float_layer_psnr must be > 0"):
+        methods.get("gan_slimming_int8", "float_layer_psnr=0")
+    method = methods.get("gan_slimming_int8", "float_layers=none")
+    assert method.int8_float_layers(None, None) == []
     assert methods.get("gan_slimming", "search_share=0.5").split_steps(10) == {
         "search": 5,
         "finetune": 5,

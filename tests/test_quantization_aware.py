@@ -211,6 +211,30 @@ def test_litert_int8_of_a_quantized_generator_stays_close(tmp_path):
     assert psnr > 38.0
 
 
+def test_float_layers_stay_float32_in_the_int8_file(tmp_path):
+    model = _randomize_gates(_conv_block(), seed=12)
+    images = _images(8, seed=13)
+    quantized = quantization.quantize_generator(
+        model, quantize_input=True, calibration=images, float_layers=["conv2"]
+    )
+    layers = {layer.name: layer for layer in quantized.layers}
+    assert "conv2_quant" not in layers and "conv1_quant" in layers
+    assert type(layers["norm2"]) is InstanceNormalization  # a float input
+    assert type(layers["norm1"]) is FakeQuantInstanceNormalization
+    np.testing.assert_array_equal(  # the float layer keeps its weights
+        layers["conv2"].get_weights()[0], model.get_layer("conv2").get_weights()[0]
+    )
+    path = export.to_litert(quantized, tmp_path / "q.tflite", "int8", input_shape=SHAPE)
+    convs = [op for op in export.litert_graph(path) if op.name == "CONV_2D"]
+    assert [op.input_dtypes[0] for op in convs] == ["int8", "float32", "int8"]
+    psnr = tgc.metrics.psnr(
+        export.run_litert(path, images[:1]), quantized.predict(images[:1], verbose=0)
+    )
+    assert float(psnr[0]) > 38.0, float(psnr[0])
+    with pytest.raises(ValueError, match=r"float_layers \['norm1'\] are not conv"):
+        quantization.quantize_generator(model, float_layers=["norm1"])
+
+
 def _with_closed_gates(model: keras.Model, seed: int, beta_sign: float) -> keras.Model:
     rng = np.random.default_rng(seed)
     for gate in tgc.proximal.scale_gates(model):

@@ -719,8 +719,10 @@ class _Quantizer:
         activation_max: float,
         quantize_input: bool,
         num_bits: int,
+        float_layers: frozenset[str] = frozenset(),
     ):
         self.consumers = _consumer_map(model)
+        self.float_layers = float_layers
         self.activation_max = float(activation_max)
         self.quantize_input = quantize_input
         self.num_bits = int(num_bits)
@@ -736,10 +738,11 @@ class _Quantizer:
         )
 
     def feeds_norms_only(self, layer) -> bool:
-        """Whether `layer` is a convolution read only by instance norms."""
+        """Whether `layer` is a quantized convolution read only by instance norms."""
         consumers = self.consumers.get(id(layer), [])
         return (
             isinstance(layer, _CONVOLUTIONS)
+            and layer.name not in self.float_layers
             and bool(consumers)
             and all(type(c) is InstanceNormalization for c in consumers)
         )
@@ -787,6 +790,8 @@ class _Quantizer:
                 quantizer = self.input_quantizer(x, f"{layer.name}_input_quant")
                 if quantizer is not None:
                     x = quantizer(x)
+                if layer.name in self.float_layers:  # float32 in the int8 file
+                    return copy(x)
                 outputs = FakeQuantWeights(copy, self.num_bits)(x)
                 if self.feeds_norms_only(layer):  # they quantize their input
                     return outputs
@@ -815,6 +820,7 @@ def quantize_generator(
     quantize_input: bool = False,
     num_bits: int = 8,
     calibration: np.ndarray | Sequence[np.ndarray] | None = None,
+    float_layers: Sequence[str] = (),
 ) -> keras.Model:
     """A quantization-aware copy of a generator (see the module docstring).
 
@@ -828,6 +834,11 @@ def quantize_generator(
         calibration: Optional images (an array, or a sequence of batches):
             run through the copy in training mode to set the moving ranges.
             Without it the first training batch sets them.
+        float_layers: Convolutions that stay float32 in the int8 file: no
+            weight or output quantizer (a norm reading one keeps a float
+            input), so the converter runs them in float between a
+            dequantize and a quantize op. `plan_int8(model, images).float_layers`
+            names those whose int8 output alone costs the most.
 
     Returns:
         A new functional model, same input and output, with copies of the
@@ -837,7 +848,9 @@ def quantize_generator(
 
     Raises:
         ValueError: If the model is not functional, has several inputs or a
-            nested model, or `activation_max` is not positive.
+            nested model, `activation_max` is not positive, or
+            `float_layers` names a layer that is not one of its
+            convolutions.
 
     Example:
 
@@ -858,7 +871,18 @@ def quantize_generator(
             f"quantize_generator needs a single-input model; {model.name!r} has "
             f"{len(model.inputs)} inputs."
         )
-    quantizer = _Quantizer(model, activation_max, quantize_input, num_bits)
+    convolutions = {
+        layer.name for layer in model.layers if isinstance(layer, _CONVOLUTIONS)
+    }
+    unknown = sorted(set(float_layers) - convolutions)
+    if unknown:
+        raise ValueError(
+            f"float_layers {unknown} are not convolutions of {model.name!r}; "
+            f"its convolutions are {sorted(convolutions)}."
+        )
+    quantizer = _Quantizer(
+        model, activation_max, quantize_input, num_bits, frozenset(float_layers)
+    )
     source = model.inputs[0]
     inputs = keras.Input(source.shape[1:], name=source._keras_history.operation.name)
     outputs = model._run_through_graph([inputs], operation_fn=quantizer.call)

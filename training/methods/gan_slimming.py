@@ -10,7 +10,9 @@ GAN Slimming (Wang et al., ECCV 2020; METHODS.md section 2):
    per-tensor `max|W|/127`, ReLU outputs clamped to [0, 4], 8 bits,
    straight-through); `quantize="finetune"` (the default of the
    `gan_slimming_int8` method) does it after extraction and the refit
-   instead;
+   instead, leaving in float32 the convolutions whose int8 output alone
+   costs the slimmed student the most (`float_layers="auto"`,
+   `tgc.quantization.plan_int8` on the validation images);
 2. search: one objective, `L_G = beta * perceptual(G_s(x), G_t(x)) + LSGAN`
    on pseudo-pairs (the discriminator's real samples are the teacher's
    outputs); the scale gates' `gamma` train with their own SGD (lr 0.1,
@@ -67,6 +69,7 @@ from training.trainer import AdversarialTrainer, OptimizerGroup
 CONTENTS = ("perceptual", "mse")
 QUANTIZE = ("none", "search", "finetune")
 FINETUNE_LOSSES = ("slimming", "distill")
+FLOAT_LAYERS = ("auto", "none")
 # The paper's recipe, where the defaults deviate from it.
 PAPER_OPTIONS = "content=perceptual,learning_rate_scale=0.05,search_share=1,refit=false"
 _CONTENT_LAYER = "relu1_2"
@@ -441,11 +444,19 @@ class GanSlimming(base.Method):
             tgc.quantization.is_quantized(student.generator)
         ):
             # After the refit; its moving ranges start at the first batch.
-            student.generator = tgc.quantization.quantize_generator(student.generator)
+            float_layers = self.int8_float_layers(student.generator, setup)
+            student.state["int8_float_layers"] = ",".join(float_layers)  # reports
+            student.generator = tgc.quantization.quantize_generator(
+                student.generator, float_layers=float_layers
+            )
         if self.options.finetune_loss == "distill":
             return base.distillation_trainer(student, teacher, setup, steps)
         beta = self.options.finetune_beta or self.options.beta
         return self._trainer(student, teacher, setup, steps, beta)
+
+    def int8_float_layers(self, generator, setup) -> list[str]:
+        """Convolutions `quantize="finetune"` leaves in float32: none here."""
+        return []
 
 
 @register
@@ -453,8 +464,10 @@ class GanSlimmingInt8(GanSlimming):
     """GS-8: GAN Slimming with a quantization-aware fine-tuning, shipped int8.
 
     The defaults search in float, slim, refit, then make the student
-    quantization-aware (`quantize="finetune"`) and fine-tune it with the
-    `distill` baseline's objective (`finetune_loss="distill"`). The paper's
+    quantization-aware (`quantize="finetune"`, the convolutions whose int8
+    output costs most kept float32: `float_layers="auto"`) and fine-tune it
+    with the `distill` baseline's objective (`finetune_loss="distill"`).
+    The paper's
     order, quantization-aware from the first search step
     (`quantize="search"`), needs `refit=false` (the refit and the colour
     skip work on the plain convolutions the quantizers wrap) and, in short
@@ -465,5 +478,51 @@ class GanSlimmingInt8(GanSlimming):
 
     @dataclasses.dataclass(frozen=True)
     class Options(GanSlimming.Options):
+        """GAN Slimming's options, GS-8's defaults, and `float_layers`.
+
+        Attributes:
+            float_layers: `"auto"`: before the quantization-aware
+                fine-tuning, `tgc.quantization.plan_int8` measures on the
+                setup's validation images (training photos) what each
+                tensor's int8 rounding alone costs the slimmed student, and
+                the convolutions costing more than `float_layer_psnr`
+                stay float32 (no quantizers; the int8 file runs them in
+                float, as `to_litert` does for calibrated files).
+                `"none"`: every convolution quantized.
+            float_layer_psnr: The threshold of `"auto"`, dB PSNR of the
+                output against the float model. Above `to_litert`'s 40 dB:
+                the plan's calibrated ranges underrate what the
+                quantization-aware model's moving ranges cost (README "GAN
+                Slimming").
+        """
+
         quantize: str = "finetune"
         finetune_loss: str = "distill"
+        float_layers: str = "auto"
+        float_layer_psnr: float = 50.0
+
+        def __post_init__(self):
+            super().__post_init__()
+            if self.float_layers not in FLOAT_LAYERS:
+                raise ValueError(
+                    f"gan_slimming_int8 option float_layers must be one of "
+                    f"{FLOAT_LAYERS}, got {self.float_layers!r}."
+                )
+            if self.float_layer_psnr <= 0:
+                raise ValueError(
+                    f"gan_slimming_int8 option float_layer_psnr must be > 0, got "
+                    f"{self.float_layer_psnr}."
+                )
+
+    def int8_float_layers(self, generator, setup) -> list[str]:
+        """The convolutions whose int8 output costs the most (`"auto"`)."""
+        if self.options.float_layers == "none":
+            return []
+        images, _ = setup.validation_arrays()
+        plan = tgc.quantization.plan_int8(
+            generator,
+            images,
+            min_layer_psnr=self.options.float_layer_psnr,
+            equalize=False,
+        )
+        return plan.float_layers
