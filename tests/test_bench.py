@@ -252,7 +252,11 @@ def test_other_export_settings_reship_cached_rows_without_training(
     legacy["files"] = {"fp32": "gone.tflite", "int8": "gone_int8.tflite"}
     reports.write_json(os.path.join(directory, "row.json"), legacy)
     assert bench.needs_reship(legacy, config)
-    assert not bench.needs_reship(legacy, {**config, "fold_norms": False})
+    unfolded = {**config, "fold_norms": False}
+    assert bench.needs_reship(legacy, unfolded)  # two-pass norm statistics
+    current = {"export": {"fold_norms": False, "norm_statistics": "one_pass"}}
+    assert not bench.needs_reship(current, unfolded)
+    assert bench.needs_reship({"export": {"fold_norms": False}}, unfolded)
 
     def no_training(*args):
         raise AssertionError("a cached row was trained again")
@@ -293,6 +297,7 @@ def test_other_export_settings_reship_cached_rows_without_training(
     )["rows"]["uniform"]
     assert per_image["export"] == {
         "fold_norms": False,
+        "norm_statistics": "one_pass",
         "folded_norms": 0,
         "instance_norms": norms,
     }

@@ -195,10 +195,10 @@ def test_finetune_distils_co_attention_with_an_online_teacher_d(task):
 
 
 def test_search_share_splits_the_steps():
-    assert methods.get("dmad").split_steps(100) == {"search": 25, "finetune": 75}
-    assert methods.get("dmad").split_steps(300) == {"search": 75, "finetune": 225}
-    half = methods.get("dmad", "search_share=0.5")
-    assert half.split_steps(100) == {"search": 50, "finetune": 50}
+    assert methods.get("dmad").split_steps(100) == {"search": 50, "finetune": 50}
+    assert methods.get("dmad").split_steps(300) == {"search": 150, "finetune": 150}
+    quarter = methods.get("dmad", "search_share=0.25")
+    assert quarter.split_steps(100) == {"search": 25, "finetune": 75}
     assert methods.get("dmad", "search_share=0.01").split_steps(10) == {
         "search": 1,
         "finetune": 9,
@@ -229,7 +229,7 @@ def test_final_cut_option_chooses_how_slim_meets_the_budget(task):
 
 def test_pipeline_gives_a_plain_student_within_budget(task):
     teacher, x, _, pairs = task
-    method = _eager(methods.get)("dmad", "mask_travel=2,search_share=0.5")
+    method = _eager(methods.get)("dmad", "mask_travel=2")
     setup = _setup(teacher)
     result = pipeline.compress(
         method,
@@ -268,7 +268,7 @@ def test_readme_model_fit_example(task, tmp_path, monkeypatch):
     block = _readme_block("DMAD: differentiable masks and co-attention distillation")
     exec(compile(block, "README.md", "exec"), namespace)
     generator, setup = namespace["generator"], namespace["setup"]
-    assert namespace["split"] == {"search": 1, "finetune": 3}
+    assert namespace["split"] == {"search": 2, "finetune": 2}
     assert not [
         layer
         for layer in generator._flatten_layers(include_self=False)
@@ -299,7 +299,7 @@ class _Interrupt(keras.callbacks.Callback):
 
 def _search(teacher, pairs, setup, backup_dir, callbacks=()):
     """A 4-step DMAD search of 2-step epochs, backed up in `backup_dir`."""
-    method = _eager(methods.get)("dmad", "mask_travel=2,search_share=0.5")
+    method = _eager(methods.get)("dmad", "mask_travel=2")
     student = method.build(teacher, setup)
     pipeline.search(
         method,

@@ -76,11 +76,11 @@ def test_build_cuts_the_teacher_into_a_supernet_of_its_top_l1_filters(task):
         "2_2_2_2_2_2_2_2", SHAPE, supernet.ResnetFamily.of(net)
     )
     assert method.smallest_macs(teacher, SHAPE) == smallest
-    assert method.split_steps(100) == {"search": 40, "finetune": 60}
-    assert method.predistill_steps(40) == 20
+    assert method.split_steps(100) == {"search": 50, "finetune": 50}
+    assert method.predistill_steps(50) == 20
     fast = methods.get("gan_compression", "fast=true")
-    assert fast.split_steps(100) == {"search": 40, "finetune": 60}
-    assert fast.predistill_steps(40) == 0
+    assert fast.split_steps(100) == {"search": 50, "finetune": 50}
+    assert fast.predistill_steps(50) == 0
     assert method.split_steps(1) == {"search": 1, "finetune": 0}
 
 
@@ -109,8 +109,8 @@ def test_options_are_checked():
     assert floors == {"min_macs": None, "min_latency_ms": None}
     assert methods.get("gan_compression").options.budget_floor == 0.9
     assert methods.get("gan_compression").split_steps(300) == {
-        "search": 120,
-        "finetune": 180,
+        "search": 150,
+        "finetune": 150,
     }
 
 

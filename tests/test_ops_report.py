@@ -114,3 +114,48 @@ def test_folded_rows_ratios_follow_from_the_medians():
         "r folded: fp32 speed-up / MACs ratio": 0.625,
         "r folded: int8 / fp32 speed": 4.0,
     }
+
+
+def test_norms_report_ratios_and_markdown(tmp_path):
+    from benchmarks import norms
+
+    medians = {"teacher": 1000.0, "two_pass": 80.0, "two_pass_int8": 40.0}
+    medians.update({"one_pass": 64.0, "one_pass_int8": 32.0})
+    ratios = norms.run_ratios(medians, ["two_pass", "one_pass"], macs_ratio=20.0)
+    assert ratios["two_pass: fp32 speed-up / MACs ratio"] == 1000.0 / 80.0 / 20.0
+    assert ratios["one_pass: int8 / fp32 speed"] == 2.0
+    assert ratios["one_pass / two_pass speed, fp32"] == 1.25
+    assert ratios["one_pass / two_pass speed, int8"] == 1.25
+    assert "two_pass / two_pass speed, fp32" not in ratios
+    quality = {"psnr": 24.0, "psnr_int8": 23.9, "vs_two_pass": 90.0}
+    report = {
+        "row": "rows/gcc-1",
+        "row_label": "gcc-1",
+        "macs": 2.8e9,
+        "macs_ratio": 20.0,
+        "size": 256,
+        "threads": 2,
+        "runs": 10,
+        "repeats": 1,
+        "eval_images": 9,
+        "float_layers": ["up2_conv"],
+        "lowerings": ["two_pass", "one_pass"],
+        "quality": {
+            "two_pass": {**quality, "vs_two_pass_int8": 95.0},
+            "one_pass": {**quality, "psnr": 23.5, "vs_two_pass_int8": 60.0},
+        },
+        "ratios": [ratios],
+        "profiles": {
+            "one_pass": {
+                "total_ms": 50.0,
+                "norm_ops": {"MUL": {"count": 3, "ms": 10.0, "full_size": 2}},
+            }
+        },
+    }
+    text = norms.to_markdown(report)
+    assert "| one_pass | 23.500 | 23.900 | 90.0 dB | 60.0 dB |" in text
+    assert "| one_pass / two_pass speed, fp32 | 1.250 | 1.250 |" in text
+    assert "inside the norms 10.00 ms (20%)" in text
+    assert "| MUL | 3 | 2 | 10.00 |" in text
+    norms._plot(report, str(tmp_path / "norms.png"))
+    assert (tmp_path / "norms.png").stat().st_size > 1000

@@ -14,7 +14,9 @@ rewrites; `lowering=False` turns them off): transposed convolutions become
 sub-pixel convolutions (`CONV_2D` + `DEPTH_TO_SPACE`, which XNNPACK runs
 much faster per MAC than `TRANSPOSE_CONV`), and the 3-channel output
 convolution runs on a 2x coarser grid (`SPACE_TO_DEPTH` + `CONV_2D` to 12
-channels + `DEPTH_TO_SPACE`). Layer names are kept, so `float_layers` and
+channels + `DEPTH_TO_SPACE`), and instance norms take one-pass statistics
+(`one_pass_norms`; `norm_statistics_stride` is the approximate, opt-in
+further step). Layer names are kept, so `float_layers` and
 the contract's `float32_convolutions` name the original layers.
 
 Quantization (`to_litert(..., quantization=...)`):
@@ -700,6 +702,8 @@ def to_litert(
     float_norms: bool = True,
     float_layers: Sequence[str] | str = "auto",
     lowering: bool = True,
+    one_pass_norms: bool = True,
+    norm_statistics_stride: int = 1,
 ) -> str:
     """Converts a Keras model into a builtin-ops-only LiteRT (`.tflite`) file.
 
@@ -734,6 +738,14 @@ def to_litert(
             `tfgancompress.lowering` (transposed convolutions as sub-pixel
             convolutions, ...): the same function, a faster file. `False`
             converts the layers as they are.
+        one_pass_norms: With `lowering`: instance norms take their
+            statistics in one pass (`E[x]`, `E[x**2]`; exact up to float
+            rounding, one full-size pass fewer). `False` keeps two passes.
+        norm_statistics_stride: With `lowering`: `k > 1` takes each
+            instance norm's statistics on every `k`-th pixel of each
+            spatial axis (still per image; approximate, opt-in: measured
+            cost in the README, "A cheaper norm that stays adaptive").
+            `1` (the default) is exact.
 
     Returns:
         `path` as a string. The file carries its input/output contract in
@@ -768,6 +780,11 @@ def to_litert(
             "inputs or an iterable of input batches) to calibrate the "
             "activation ranges, unless the model has FakeQuant layers."
         )
+    if norm_statistics_stride != 1 and not lowering:
+        raise ValueError(
+            f"norm_statistics_stride={norm_statistics_stride!r} is a lowering: "
+            "it needs lowering=True."
+        )
     path = _check_writable(path)
     shape = _fixed_input_shape(model, input_shape)
     batches = None
@@ -783,7 +800,9 @@ def to_litert(
             model = equalize_for_int8(model, batches)
             kept_float = _float_layers(model, float_layers, batches)
     if lowering:
-        model = _lowering.lower_for_litert(model, shape)
+        model = _lowering.lower_for_litert(
+            model, shape, one_pass_norms, norm_statistics_stride
+        )
     kept_float = _in_converted_model(model, kept_float)
     with tempfile.TemporaryDirectory() as directory, _keep_absl_log_level():
         _saved_model_for(model, shape, directory)

@@ -16,6 +16,13 @@ any way that matters to its user, only how its file spends the time.
   convolution, all phases stacked on the channel axis. XNNPACK runs
   LiteRT's `TRANSPOSE_CONV` much slower per useful MAC than `CONV_2D`
   (measured in `benchmarks/results/ops.md`).
+- Instance norms (`keras_layers.InstanceNormalization`, the plain class)
+  take their statistics in one pass (`one_pass=True`: `E[x]` and
+  `E[x**2]`, then `x * scale + shift`): five full-size passes instead of
+  six, the same function up to float rounding. An approximate option,
+  `norm_statistics_stride` (statistics on every k-th pixel of each axis,
+  still per image), is not applied unless asked for; its cost is measured
+  in the README ("A cheaper norm that stays adaptive").
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import math
 import keras
 import numpy as np
 
+from keras_layers.norm import InstanceNormalization
 from keras_layers.subpixel import SubPixelConv2D
 from tfgancompress.models.layers import TorchConv2DTranspose
 
@@ -260,7 +268,26 @@ def _replacements(model: keras.Model, input_shape) -> dict:
     return found
 
 
-def lower_for_litert(model: keras.Model, input_shape=None) -> keras.Model:
+def _norm_configs(model: keras.Model, one_pass: bool, statistics_stride: int) -> dict:
+    """`{layer name: InstanceNormalization config}` of every norm rewrite."""
+    found = {}
+    for layer in model.layers:
+        if type(layer) is InstanceNormalization:
+            config = layer.get_config()
+            config["one_pass"] = config["one_pass"] or one_pass
+            if statistics_stride != 1:
+                config["statistics_stride"] = statistics_stride
+            if config != layer.get_config():
+                found[layer.name] = config
+    return found
+
+
+def lower_for_litert(
+    model: keras.Model,
+    input_shape=None,
+    one_pass_norms: bool = True,
+    norm_statistics_stride: int = 1,
+) -> keras.Model:
     """A copy of `model` with every exact export-time rewrite applied.
 
     Layer names are kept (a rewritten layer's replacement has its name), so
@@ -271,6 +298,12 @@ def lower_for_litert(model: keras.Model, input_shape=None) -> keras.Model:
         input_shape: The `(batch, height, width, channels)` it will run at,
             if its own input shape leaves sizes open (the coarse-grid
             rewrite needs even output sizes).
+        one_pass_norms: Instance norms take one-pass statistics
+            (`InstanceNormalization(one_pass=True)`, exact). `False` keeps
+            the layers' own setting (two passes by default).
+        norm_statistics_stride: `k > 1` (approximate, still per image):
+            instance norms take their statistics on every `k`-th pixel of
+            each spatial axis (`InstanceNormalization(statistics_stride=k)`).
 
     Returns:
         The rewritten copy (weightless `Lambda` layers are shared with
@@ -286,12 +319,15 @@ def lower_for_litert(model: keras.Model, input_shape=None) -> keras.Model:
     if not getattr(model, "inputs", None):
         return model  # not a graph of layers to clone
     replacements = _replacements(model, input_shape)
-    if not replacements:
+    norms = _norm_configs(model, one_pass_norms, norm_statistics_stride)
+    if not replacements and not norms:
         return model
 
     def clone_layer(layer):
         if layer.name in replacements:
             return SubPixelConv2D(**replacements[layer.name]["config"])
+        if layer.name in norms:
+            return InstanceNormalization.from_config(norms[layer.name])
         if isinstance(layer, keras.layers.Lambda):
             # Shared, not copied: a Python lambda does not round-trip its
             # config, and the layer holds no weights or state.

@@ -814,7 +814,12 @@ def _build_same_channel(op: _Op, keep, name):
             )
             return new, weights + layer.input_quant.get_weights()
         new = keras_layers.InstanceNormalization(
-            center=center, scale=scale, epsilon=layer.epsilon, name=name
+            center=center,
+            scale=scale,
+            epsilon=layer.epsilon,
+            one_pass=layer.one_pass,
+            statistics_stride=layer.statistics_stride,
+            name=name,
         )
         return new, weights
     if op.kind == "batch_norm":

@@ -27,8 +27,9 @@ before/after slimming, training time, and `export`: how its files were
 made). A killed benchmark resumes where it stopped: finished rows are read
 back, an unfinished one resumes from its checkpoints.
 
-The files are made under the export settings (`export_settings`:
-`--fold_norms`, off by default (it costs quality): instance norms frozen
+The files are made under the export settings (`export_settings`: how
+the instance norms take their statistics, `training.ship.NORM_STATISTICS`,
+and `--fold_norms`, off by default (it costs quality): instance norms frozen
 on the reference views and folded into the convolutions, `training.ship.shipped_model`;
 the row's quality, int8 quality and speed are then those of the folded
 files, `psnr_unfolded` etc. the trained student's own). They are not part
@@ -141,12 +142,15 @@ def load_row(directory: str) -> dict | None:
 
 QUALITY = ("psnr", "ssim", "l1", "fd", "kid")
 # The export of a row whose row.json predates the `export` record.
-LEGACY_EXPORT = {"fold_norms": False}
+LEGACY_EXPORT = {"fold_norms": False, "norm_statistics": "two_pass"}
 
 
 def export_settings(config: dict) -> dict:
     """The settings a row's files depend on (not its training)."""
-    return {"fold_norms": bool(config["fold_norms"])}
+    return {
+        "fold_norms": bool(config["fold_norms"]),
+        "norm_statistics": ship.NORM_STATISTICS,
+    }
 
 
 def needs_reship(cached: dict, config: dict) -> bool:
@@ -257,7 +261,8 @@ def reship_row(
 
 def _teacher_file(task: tasks.TaskData, work_dir: str) -> str:
     size = task.held_out[0].shape[1]
-    path = os.path.join(work_dir, f"teacher-{task.key}-{size}.tflite")
+    name = f"teacher-{task.key}-{size}-{ship.NORM_STATISTICS}.tflite"
+    path = os.path.join(work_dir, name)  # lowered as the rows' files are
     if not os.path.exists(path):
         tgc.export.to_litert(task.teacher, path, input_shape=(1, size, size, 3))
     return path

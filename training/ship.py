@@ -32,6 +32,9 @@ from tfgancompress import reports
 from training.tasks import TaskData
 
 ROWS = ("teacher", "student", "student_int8", "identity", "colour_map")
+# How the files' instance norms take their statistics (`tgc.export.to_litert`'s
+# default lowering: `E[x]` and `E[x**2]` in one pass; files before it: two).
+NORM_STATISTICS = "one_pass"
 UNFOLDED = "student_unfolded"
 
 
@@ -95,7 +98,8 @@ def shipped_model(student: keras.Model, task: TaskData, fold_norms: bool):
     shipped as it is: its int8 file runs on the ranges it was trained with.
 
     Returns:
-        `(model, export)`: `export` records the setting (`fold_norms`),
+        `(model, export)`: `export` records the settings (`fold_norms`,
+        `norm_statistics`),
         `folded_norms` (how many norms were folded), `instance_norms` (how
         many the files still compute per image: a norm not fed by a plain
         convolution stays) and, when norms were folded and the task has
@@ -109,6 +113,7 @@ def shipped_model(student: keras.Model, task: TaskData, fold_norms: bool):
     left = instance_norms(model)
     export = {
         "fold_norms": fold_norms,
+        "norm_statistics": NORM_STATISTICS,
         "folded_norms": instance_norms(student) - left,
         "instance_norms": left,
     }
