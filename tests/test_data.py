@@ -455,6 +455,34 @@ def test_pseudo_pairs_any_teacher(tmp_path):
         )
 
 
+def test_jittered_views_are_seeded_and_paired_with_the_teacher_on_each(tmp_path):
+    chosen = _small_photos()
+    calls = []
+
+    def make_function():
+        calls.append(1)
+        return lambda view: 255 - view  # a stand-in teacher: the negative
+
+    kwargs = dict(
+        key="negate",
+        size=32,
+        crop_size=16,
+        views_per_photo=2,
+        training=True,
+        cache_dir=tmp_path,
+        make_function=make_function,
+    )
+    plain, _ = pairs.cached_views(chosen, **kwargs)
+    jittered, targets = pairs.cached_views(chosen, colour_jitter=1.0, **kwargs)
+    again, _ = pairs.cached_views(chosen, colour_jitter=1.0, **kwargs)
+    assert len(calls) == 2  # one teacher per cache folder, none on the reload
+    assert (tmp_path / "negate" / "32" / "crop16-jitter1").is_dir()
+    np.testing.assert_array_equal(targets, 255 - jittered)  # teacher of aug(x)
+    np.testing.assert_array_equal(again, jittered)  # fixed per photo and view
+    shift = np.abs(jittered.astype(int) - plain.astype(int)).mean(axis=(1, 2, 3))
+    assert np.all(shift > 1.0)  # every view's colours moved
+
+
 def test_edge_sketch_thins_a_ridge_to_one_line():
     columns = np.arange(40)
     ridge = np.exp(-((columns - 20.0) ** 2) / 8.0)  # a 5-pixel wide soft edge
