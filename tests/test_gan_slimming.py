@@ -14,7 +14,7 @@ import tensorflow as tf
 import keras_layers
 import tfgancompress as tgc
 from tfgancompress import proximal
-from training import methods
+from training import methods, pipeline
 from training.budget import Budget
 from training.methods import gan_slimming
 
@@ -30,19 +30,23 @@ def _readme_block(section: str) -> str:
     return block
 
 
-def _eager(get):
+def _eager(make_trainer):
+    """`make_trainer` (a method's `search_trainer`, ...) returning eager ones."""
+
+    def make_eager_trainer(*args, **kwargs):
+        trainer = make_trainer(*args, **kwargs)
+        trainer.run_eagerly = True  # faster than tracing for a few steps
+        return trainer
+
+    return make_eager_trainer
+
+
+def _eager_methods(get):
     """`methods.get` whose search trainers run eagerly."""
 
     def eager_get(*args, **kwargs):
         method = get(*args, **kwargs)
-        search_trainer = method.search_trainer
-
-        def eager_search_trainer(*trainer_args, **trainer_kwargs):
-            trainer = search_trainer(*trainer_args, **trainer_kwargs)
-            trainer.run_eagerly = True
-            return trainer
-
-        method.search_trainer = eager_search_trainer
+        method.search_trainer = _eager(method.search_trainer)
         return method
 
     return eager_get
@@ -71,7 +75,7 @@ def test_readme_model_fit_example_slims_to_the_budget(teacher, pairs, monkeypatc
     views, dataset = pairs
     # The example imports `training.methods`: its steps run eagerly here
     # (tracing and compiling a step takes longer than its four runs).
-    monkeypatch.setattr(methods, "get", _eager(methods.get))
+    monkeypatch.setattr(methods, "get", _eager_methods(methods.get))
     monkeypatch.setattr(
         methods, "Setup", functools.partial(methods.Setup, jit_compile=False)
     )
@@ -200,6 +204,53 @@ def test_gs8_default_fine_tunes_quantization_aware_with_the_distill_objective(
     assert history.history["distill"][0] > 0
 
 
+def test_qat_share_fine_tunes_in_float_then_quantization_aware(teacher, pairs):
+    method, setup, student = _student(
+        teacher,
+        "gan_slimming_int8",
+        "content=mse,float_layers=none,qat_share=0.25,qat_learning_rate_scale=0.5",
+    )
+    assert method.finetune_stages(8) == [6, 2]
+    assert method.finetune_stages(1) == [0, 1]
+    student = _search_and_slim(method, setup, student, teacher, pairs)
+    slimmed = student.generator.predict(pairs[0], verbose=0)
+    stages = []
+    make_trainer = method.finetune_trainer
+
+    def finetune_trainer(student, teacher, setup, steps):
+        trainer = make_trainer(student, teacher, setup, steps)
+        trainer.run_eagerly = True  # faster than tracing for a few steps
+        quantized = tgc.quantization.is_quantized(trainer.generator)
+        before = trainer.generator.predict(pairs[0], verbose=0)
+        rate = trainer.g_optimizer.learning_rate  # the schedule's step 0
+        stages.append((steps, quantized, float(rate), before))
+        return trainer
+
+    method.finetune_trainer = finetune_trainer
+    history = pipeline.finetune(
+        method, student, teacher, setup, pairs[1], 3, steps_per_epoch=2, verbose=0
+    )
+    (float_steps, float_quantized, float_rate, float_start), stage_two = stages
+    qat_steps, qat_quantized, qat_rate, qat_start = stage_two
+    assert (float_steps, qat_steps) == (2, 1)
+    assert (float_quantized, qat_quantized) == (False, True)
+    np.testing.assert_allclose(qat_rate, 0.5 * float_rate, rtol=1e-6)
+    np.testing.assert_allclose(float_start, slimmed, atol=1e-5)
+    # The quantizers wrap the float-fine-tuned student, not the slimmed one.
+    assert np.abs(qat_start - float_start).max() > 1e-3
+    assert tgc.quantization.is_quantized(student.generator)
+    assert history["trained_steps"] == 3
+    # One step: the float stage has none, the one step is quantization-aware.
+    method, setup, student = _student(
+        teacher, "gan_slimming_int8", "content=mse,float_layers=none,qat_share=0.25"
+    )
+    student = method.slim(student)
+    method.finetune_trainer = _eager(method.finetune_trainer)
+    pipeline.finetune(method, student, teacher, setup, pairs[1], 1, verbose=0)
+    assert tgc.quantization.is_quantized(student.generator)
+    assert len(history["distill"]) == 2  # one epoch per stage
+
+
 def test_finetune_loss_distill_trains_the_distill_objective(teacher, pairs):
     method, setup, student = _student(
         teacher, "gan_slimming", "content=mse,finetune_loss=distill"
@@ -244,6 +295,9 @@ def test_options_are_checked():
         "finetune_beta=0": "finetune_beta must be > 0",
         "finetune_loss=distill,finetune_beta=100": "finetune_beta weighs the 'slim",
         "rho=-1": "rho must be > 0",
+        "qat_share=0.5": "needs quantize='finetune'",
+        "quantize=finetune,qat_share=0": "qat_share must be in",
+        "quantize=finetune,qat_learning_rate_scale=0": "qat_learning_rate_scale must",
     }
     for options, message in bad.items():
         with pytest.raises(ValueError, match=message):

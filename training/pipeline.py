@@ -418,17 +418,45 @@ def finetune(
 
     Arguments as `search`; the method's `finetune_callbacks` run first.
     The student's generator and discriminator are trained in place (the
-    trainer holds the same models).
+    trainer holds the same models). A method whose `finetune_stages`
+    splits the steps gets one `finetune_trainer` call and one `fit` per
+    stage, in order (each backed up under `backup_dir/stage<i>`; a stage of
+    0 steps gets the call but no `fit`).
 
     Returns:
-        The `fit` history, or `None` when `steps` is 0.
+        The `fit` history (the stages' histories concatenated), or `None`
+        when `steps` is 0.
     """
     if steps <= 0:
         return None
-    keras.utils.set_random_seed(setup.seed)
-    trainer = method.finetune_trainer(student, teacher, setup, steps)
-    run = [*method.finetune_callbacks(student, setup, steps), *callbacks]
-    return _fit(trainer, data, steps, steps_per_epoch, run, backup_dir, verbose)
+    stages = list(method.finetune_stages(steps))
+    if sum(stages) != steps or min(stages) < 0:
+        raise ValueError(
+            f"{type(method).__name__}.finetune_stages({steps}) returned {stages}: "
+            f"the stages must be >= 0 steps and add up to {steps}."
+        )
+    history, done = {}, 0
+    for index, stage_steps in enumerate(stages):
+        keras.utils.set_random_seed(setup.seed + index)
+        trainer = method.finetune_trainer(student, teacher, setup, stage_steps)
+        if not stage_steps:  # set up (the method counts its stages), not fit
+            continue
+        run = [*method.finetune_callbacks(student, setup, stage_steps), *callbacks]
+        backup = backup_dir
+        if backup_dir and len(stages) > 1:
+            backup = os.path.join(backup_dir, f"stage{index}")
+        # The batches that one fit of all the stages' steps would see.
+        batches = data.skip(done) if done else data
+        stage = _fit(
+            trainer, batches, stage_steps, steps_per_epoch, run, backup, verbose
+        )
+        done += stage_steps
+        for key, values in stage.items():
+            if key == "trained_steps":
+                history[key] = history.get(key, 0) + values
+            else:
+                history.setdefault(key, []).extend(values)
+    return history
 
 
 DISCRIMINATOR_REPORT = ("d_macs", "d_macs_before", "d_live_fraction")

@@ -16,7 +16,8 @@ shares (`training.pipeline` runs them in order):
 4. the least-squares refit to the teacher, done by the pipeline when the
    student inherits the teacher's channels (`Student.inherits_teacher`);
 5. `finetune_trainer(...)` + `finetune_callbacks(...)`: the method's own
-   objective, a compiled trainer, and the callbacks of its `fit`;
+   objective, a compiled trainer, and the callbacks of its `fit` (one per
+   stage of `finetune_stages(...)`, one stage by default);
 6. ship: the entry points export, score and time the result.
 
 Every phase is a public call, so one method runs from plain Keras code:
@@ -386,6 +387,15 @@ class Method(abc.ABC):
             A compiled `keras.Model` whose `generator` attribute is the
             student generator (an `AdversarialTrainer` or subclass).
         """
+
+    def finetune_stages(self, steps: int) -> list[int]:
+        """Phase 5's steps split into stages, each its own trainer and `fit`.
+
+        `finetune_trainer` is called once per stage, in order, with that
+        stage's steps (e.g. float fine-tuning, then quantization-aware); a
+        stage of 0 steps is not fit. One stage of all `steps` by default.
+        """
+        return [steps]
 
     def finetune_callbacks(self, student: Student, setup: Setup, steps: int) -> list:
         """Phase 5: callbacks of the fine-tuning `fit` over `steps` steps.

@@ -263,6 +263,16 @@ class GanSlimming(base.Method):
                 scale the gates' search.
             finetune_beta: The content weight of the `"slimming"`
                 fine-tuning; `None`: `beta`.
+            qat_share: With `quantize="finetune"`: the fraction of the
+                fine-tuning steps that is quantization-aware, at its end;
+                before it the student fine-tunes in float (its own trainer
+                and `fit`, as `quantize="none"` does), and the quantizers
+                (and `float_layers="auto"`'s plan) are set up at the switch
+                on the float-fine-tuned student. 1: quantization-aware
+                from the first fine-tuning step.
+            qat_learning_rate_scale: The quantization-aware stage's
+                learning rates (generator and discriminator, cosine-decayed
+                over that stage) are the float stage's times this.
         """
 
         beta: float = 20.0
@@ -279,6 +289,8 @@ class GanSlimming(base.Method):
         refit: bool = True
         finetune_loss: str = "slimming"
         finetune_beta: float | None = None
+        qat_share: float = 1.0
+        qat_learning_rate_scale: float = 1.0
 
         def __post_init__(self):
             choices_of = (
@@ -304,7 +316,17 @@ class GanSlimming(base.Method):
                     "gan_slimming option quantize='finetune' needs fine-tuning "
                     "steps: set search_share below 1."
                 )
-            positive = ("beta", "gamma_learning_rate", "learning_rate_scale")
+            if self.qat_share < 1 and self.quantize != "finetune":
+                raise ValueError(
+                    "gan_slimming option qat_share < 1 splits a quantization-aware "
+                    f"fine-tuning; it needs quantize='finetune', got {self.quantize!r}."
+                )
+            positive = (
+                "beta",
+                "gamma_learning_rate",
+                "learning_rate_scale",
+                "qat_learning_rate_scale",
+            )
             for key in positive:
                 if getattr(self, key) <= 0:
                     raise ValueError(
@@ -323,7 +345,7 @@ class GanSlimming(base.Method):
                 )
             if self.rho is not None and self.rho <= 0:
                 raise ValueError(f"gan_slimming option rho must be > 0, got {self.rho}")
-            for key in ("reach", "search_share"):
+            for key in ("reach", "search_share", "qat_share"):
                 if not 0 < getattr(self, key) <= 1:
                     raise ValueError(
                         f"gan_slimming option {key} must be in (0, 1], got "
@@ -439,16 +461,32 @@ class GanSlimming(base.Method):
             student.kept = None
         return student
 
+    def finetune_stages(self, steps: int) -> list[int]:
+        """Float, then quantization-aware fine-tuning with `qat_share < 1`."""
+        if self.options.quantize != "finetune" or self.options.qat_share == 1:
+            return [steps]
+        quantized = min(steps, max(1, round(self.options.qat_share * steps)))
+        return [steps - quantized, quantized]
+
     def finetune_trainer(self, student, teacher, setup, steps):
-        if self.options.quantize == "finetune" and not (
-            tgc.quantization.is_quantized(student.generator)
-        ):
-            # After the refit; its moving ranges start at the first batch.
-            float_layers = self.int8_float_layers(student.generator, setup)
-            student.state["int8_float_layers"] = ",".join(float_layers)  # reports
-            student.generator = tgc.quantization.quantize_generator(
-                student.generator, float_layers=float_layers
-            )
+        stage = student.state.get("finetune_stage", 0)
+        student.state["finetune_stage"] = stage + 1
+        float_stage = self.options.qat_share < 1 and stage == 0
+        if self.options.quantize == "finetune" and not float_stage:
+            if not tgc.quantization.is_quantized(student.generator):
+                # After the refit (and the float stage); its moving ranges
+                # start at the first batch.
+                float_layers = self.int8_float_layers(student.generator, setup)
+                student.state["int8_float_layers"] = ",".join(float_layers)
+                student.generator = tgc.quantization.quantize_generator(
+                    student.generator, float_layers=float_layers
+                )
+            if self.options.qat_share < 1:
+                setup = dataclasses.replace(
+                    setup,
+                    learning_rate=setup.learning_rate
+                    * self.options.qat_learning_rate_scale,
+                )
         if self.options.finetune_loss == "distill":
             return base.distillation_trainer(student, teacher, setup, steps)
         beta = self.options.finetune_beta or self.options.beta
