@@ -438,7 +438,10 @@ def finetune(
     history, done = {}, 0
     for index, stage_steps in enumerate(stages):
         keras.utils.set_random_seed(setup.seed + index)
-        trainer = method.finetune_trainer(student, teacher, setup, stage_steps)
+        staged = {"stage": index} if len(stages) > 1 else {}
+        trainer = method.finetune_trainer(
+            student, teacher, setup, stage_steps, **staged
+        )
         if not stage_steps:  # set up (the method counts its stages), not fit
             continue
         run = [*method.finetune_callbacks(student, setup, stage_steps), *callbacks]
