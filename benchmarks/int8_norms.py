@@ -31,6 +31,7 @@ import statistics
 import keras
 import numpy as np
 from absl import app, flags, logging
+from keras import ops
 
 import tfgancompress as tgc
 from benchmarks import norms
@@ -47,22 +48,26 @@ FILES = {
 TARGET_RATIO = 2.5
 
 
-def export_row(row: str, task, files_dir: str) -> dict[str, str]:
-    """`{file name: path}`: the row's student in the three forms."""
+def export_row(row: str, task, files_dir: str, reuse: bool) -> dict[str, str]:
+    """`{file name: path}`: the row's student in the three forms (with
+    `reuse`, files already in `files_dir` are kept)."""
     student = keras.saving.load_model(os.path.join(row, "student.keras"), compile=False)
     inputs = task.held_out[0]
     shape = (1,) + inputs.shape[1:]
     float_layers = norms._row_float_layers(row)
     paths = {}
     for name, options in FILES.items():
+        paths[name] = os.path.join(files_dir, f"{name}.tflite")
+        if reuse and os.path.exists(paths[name]):
+            continue
         print(f"exporting {os.path.basename(row)} {name}", flush=True)
         options = dict(options)
         quantization = options.pop("quantization")
         if quantization:
             options["float_layers"] = float_layers
-        paths[name] = tgc.export.to_litert(
+        tgc.export.to_litert(
             student,
-            os.path.join(files_dir, f"{name}.tflite"),
+            paths[name],
             quantization,
             task.reference[0] if quantization else None,
             shape,
@@ -87,14 +92,68 @@ def op_table(path: str, threads: int) -> dict:
     }
 
 
+KERNELS = {
+    "x * x": lambda x, m: x * x,
+    "x * y (two full-size tensors)": lambda x, m: x * ops.relu(x),
+    "x * per-channel vector": lambda x, m: x * m,
+    "x * per-image scalar": lambda x, m: x * ops.mean(m, axis=3, keepdims=True),
+    "x + per-channel vector": lambda x, m: x + m,
+    "x + y (two full-size tensors)": lambda x, m: x + ops.relu(x),
+    "MEAN over the pixels": lambda x, m: m,
+}
+
+
+class _Kernel(keras.layers.Layer):
+    """One of `KERNELS` on its input (`m`: the per-channel mean)."""
+
+    def __init__(self, kind: str, **kwargs):
+        super().__init__(**kwargs)
+        self.kind = kind
+
+    def call(self, x):
+        return KERNELS[self.kind](x, ops.mean(x, axis=(1, 2), keepdims=True))
+
+
+def kernel_times(files_dir: str, threads: int, shape=(64, 64, 96)) -> dict:
+    """`{kernel: {"fp32": us, "int8": us}}`: the norms' elementwise kernels
+    alone, float32 against int8, on one `shape` tensor (the last MUL, ADD
+    or MEAN of a one-kernel file, timed on its own)."""
+    data = np.random.default_rng(0).normal(size=(16,) + shape).astype("float32")
+    found = {}
+    for index, kind in enumerate(KERNELS):
+        inputs = keras.Input(shape)
+        model = keras.Model(inputs, _Kernel(kind)(inputs))
+        found[kind] = {}
+        for label, quantization in (("fp32", None), ("int8", "int8")):
+            path = tgc.export.to_litert(
+                model,
+                os.path.join(files_dir, f"kernel{index}_{label}.tflite"),
+                quantization,
+                data if quantization else None,
+                (1,) + shape,
+                float_norms=False,
+                lowering=False,
+            )
+            _, timings = latency.op_profile(path, threads, runs=31)
+            timing = [t for t in timings if t.op in ("MUL", "ADD", "MEAN")][-1]
+            found[kind][label] = 1000.0 * timing.ms
+    return found
+
+
 def measure_row(
-    row: str, task, files_dir: str, runs: int, repeats: int, threads: int
+    row: str,
+    task,
+    files_dir: str,
+    runs: int,
+    repeats: int,
+    threads: int,
+    reuse: bool = False,
 ) -> dict:
     """Quality, partitions and interleaved speed ratios of one row."""
     label = os.path.basename(os.path.normpath(row))
     files_dir = os.path.join(files_dir, label)
     os.makedirs(files_dir, exist_ok=True)
-    paths = export_row(row, task, files_dir)
+    paths = export_row(row, task, files_dir, reuse)
     inputs, targets = task.held_out
     outputs = {name: norms._run(path, inputs) for name, path in paths.items()}
     quality = {name: norms._psnr(targets, out) for name, out in outputs.items()}
@@ -168,6 +227,21 @@ def to_markdown(report: dict) -> str:
             f"{q['int8_norms']:.3f} | " + " | ".join(cells) + " | "
             f"{parts['fp32']}/{parts['int8']}/{parts['int8_norms']} |"
         )
+    lines += [
+        "",
+        "## The norms' kernels alone, float32 against int8",
+        "",
+        "One kernel per file on a 1x64x64x96 tensor, timed on its own "
+        "(`tgc.latency.op_profile`, 31 runs):",
+        "",
+        "| kernel | fp32 us | int8 us | int8 / fp32 time |",
+        "|---|---:|---:|---:|",
+    ]
+    for kind, times in report["kernels"].items():
+        lines.append(
+            f"| {kind} | {times['fp32']:.1f} | {times['int8']:.1f} | "
+            f"{times['int8'] / times['fp32']:.2f} |"
+        )
     for label, profile in report["profiles"].items():
         lines += [
             "",
@@ -238,12 +312,16 @@ def run(
     runs: int,
     repeats: int,
     threads: int = 2,
+    reuse: bool = False,
     **settings,
 ) -> dict:
     """Measures every row; writes and returns the report."""
     task = tasks.from_settings(train.settings(settings))
+    print("timing the kernels alone", flush=True)
+    os.makedirs(files_dir, exist_ok=True)
+    kernels = kernel_times(files_dir, threads)
     measured = [
-        measure_row(row, task, files_dir, runs, repeats, threads) for row in rows
+        measure_row(row, task, files_dir, runs, repeats, threads, reuse) for row in rows
     ]
     profiles = {}
     for row in measured:
@@ -260,6 +338,7 @@ def run(
         "eval_images": len(task.held_out[0]),
         "rows": measured,
         "profiles": profiles,
+        "kernels": kernels,
     }
     os.makedirs(output_dir, exist_ok=True)
     stem = os.path.join(output_dir, name)
@@ -280,6 +359,7 @@ def _define_flags() -> None:
     flags.DEFINE_string("name", "int8_norms", "Stem of the report files.")
     flags.DEFINE_integer("runs", 20, "Interleaved timing rounds.", lower_bound=1)
     flags.DEFINE_integer("repeats", 3, "Interleaved timing runs.", lower_bound=1)
+    flags.DEFINE_bool("reuse", False, "Keep the .tflite files of an earlier run.")
     tasks.define_flags()
 
 
@@ -296,6 +376,7 @@ def main(argv):
         FLAGS.name,
         FLAGS.runs,
         FLAGS.repeats,
+        reuse=FLAGS.reuse,
         **settings,
     )
     print(to_markdown(report))
