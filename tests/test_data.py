@@ -455,13 +455,14 @@ def test_pseudo_pairs_any_teacher(tmp_path):
         )
 
 
-def test_jittered_views_are_seeded_and_paired_with_the_teacher_on_each(tmp_path):
-    chosen = _small_photos()
+def _negating_views(cache_dir) -> tuple[dict, list]:
+    """`cached_views` arguments with a stand-in teacher (the negative), and
+    the list its factory appends to on each call."""
     calls = []
 
     def make_function():
         calls.append(1)
-        return lambda view: 255 - view  # a stand-in teacher: the negative
+        return lambda view: 255 - view
 
     kwargs = dict(
         key="negate",
@@ -469,9 +470,15 @@ def test_jittered_views_are_seeded_and_paired_with_the_teacher_on_each(tmp_path)
         crop_size=16,
         views_per_photo=2,
         training=True,
-        cache_dir=tmp_path,
+        cache_dir=cache_dir,
         make_function=make_function,
     )
+    return kwargs, calls
+
+
+def test_jittered_views_are_seeded_and_paired_with_the_teacher_on_each(tmp_path):
+    chosen = _small_photos()
+    kwargs, calls = _negating_views(tmp_path)
     plain, _ = pairs.cached_views(chosen, **kwargs)
     jittered, targets = pairs.cached_views(chosen, colour_jitter=1.0, **kwargs)
     again, _ = pairs.cached_views(chosen, colour_jitter=1.0, **kwargs)
@@ -542,3 +549,78 @@ def test_colour_jitter_is_seeded_bounded_and_off_at_zero():
     np.testing.assert_array_equal(pipeline.colour_jitter(image, seed, 0.0), image)
     with pytest.raises(ValueError, match="strength must be in \\[0, 1\\], got 1.5"):
         pipeline.colour_jitter(image, seed, 1.5)
+
+
+def test_apply_tone_applies_gains_then_gammas_exactly_and_stays_in_range():
+    # [0, 1] levels 0, 0.25, 1 in three pixels; channel gains 0.5, 1, 2.
+    unit = np.array([[[0.0, 0.25, 1.0], [0.25, 1.0, 0.0], [1.0, 0.0, 0.25]]])
+    gains = tf.constant([0.5, 1.0, 2.0])
+    gammas = tf.constant([2.0, 1.0, 0.5])
+    toned = pipeline.apply_tone(tf.constant(unit * 2 - 1, tf.float32), gains, gammas)
+    expected_unit = np.array(
+        [
+            [
+                [0.0, 0.25, 1.0],  # 0 ** 2, 0.25, min(2, 1) ** 0.5
+                [0.125**2, 1.0, 0.0],  # (0.25 * 0.5) ** 2, 1, 0
+                [0.5**2, 0.0, 0.5**0.5],  # (1 * 0.5) ** 2, 0, (0.25 * 2) ** 0.5
+            ]
+        ]
+    )
+    np.testing.assert_allclose(toned.numpy(), expected_unit * 2 - 1, atol=1e-6)
+    rng = np.random.default_rng(0)
+    image = tf.constant(rng.uniform(-1, 1, (8, 8, 3)), tf.float32)
+    extreme = pipeline.apply_tone(image, tf.constant([4.0, 0.2, 1.0]), gammas)
+    assert -1.0 <= float(tf.reduce_min(extreme)) <= float(tf.reduce_max(extreme)) <= 1
+
+
+def test_draw_tone_is_seeded_centred_and_within_its_strengths():
+    seed = tf.constant([3, 4], tf.int64)
+    gains, gammas = pipeline.draw_tone(seed, white_balance=0.5, gamma=0.5)
+    again = pipeline.draw_tone(seed, white_balance=0.5, gamma=0.5)
+    np.testing.assert_array_equal(gains, again[0])
+    np.testing.assert_array_equal(gammas, again[1])
+    assert np.prod(gains.numpy()) == pytest.approx(1.0, abs=1e-5)  # a cast only
+    assert np.all(np.abs(np.log2(gains.numpy())) <= 0.5 * 4 / 3 + 1e-6)
+    assert len(set(gammas.numpy().tolist())) == 1  # one gamma per image
+    assert 2**-0.5 <= gammas.numpy()[0] <= 2**0.5
+    others = pipeline.draw_tone(tf.constant([3, 5], tf.int64), 0.5, 0.5)
+    assert not np.allclose(others[0], gains) and not np.allclose(others[1], gammas)
+    _, per_channel = pipeline.draw_tone(seed, channel_gamma=1.0)
+    assert len(set(per_channel.numpy().tolist())) == 3
+    assert np.all((per_channel.numpy() >= 0.5) & (per_channel.numpy() <= 2.0))
+    off = pipeline.draw_tone(seed)
+    np.testing.assert_array_equal(np.concatenate(off), np.ones(6))
+    image = tf.zeros((4, 4, 3))
+    assert pipeline.tone_jitter(image, seed) is image
+    with pytest.raises(ValueError, match="gamma jitter must be in"):
+        pipeline.draw_tone(seed, gamma=1.5)
+
+
+def test_tone_jittered_views_are_seeded_and_paired_with_the_teacher_on_each(
+    tmp_path,
+):
+    chosen = _small_photos()
+    kwargs, calls = _negating_views(tmp_path)
+    kwargs["colour_jitter"] = 0.5
+    tone = dict(white_balance_jitter=1.0, gamma_jitter=1.0)
+    jittered, _ = pairs.cached_views(chosen, **kwargs)
+    toned, targets = pairs.cached_views(chosen, **tone, **kwargs)
+    again, _ = pairs.cached_views(chosen, **tone, **kwargs)
+    assert len(calls) == 2  # one teacher per cache folder, none on the reload
+    folders = sorted(p.name for p in (tmp_path / "negate" / "32").iterdir())
+    assert folders == ["crop16-jitter0.5", "crop16-jitter0.5-wb1-gamma1"]
+    np.testing.assert_array_equal(targets, 255 - toned)  # teacher of aug(x)
+    np.testing.assert_array_equal(again, toned)  # fixed per photo and view
+
+    # The white balance moves the channels apart: each view's channel means
+    # relative to their average change.
+    def cast(views):
+        means = views.astype(float).mean(axis=(1, 2)) + 1.0
+        return means / means.mean(axis=1, keepdims=True)
+
+    assert np.all(np.abs(cast(toned) - cast(jittered)).max(axis=1) > 0.01)
+    with pytest.raises(ValueError, match="gamma_jitter must be in"):
+        pairs.cached_views(chosen, **{**kwargs, "gamma_jitter": -0.1})
+    assert pairs.view_folder(64, True, 0.5) == "crop64-jitter0.5"
+    assert pairs.view_folder(64, True, 0.0, 0.0, 0.25) == "crop64-gamma0.25"
+    assert pairs.view_folder(64, False, 0.5, 1.0, 1.0, 1.0) == "crop64"

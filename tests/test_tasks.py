@@ -1,5 +1,7 @@
 """Tasks: splits by photo, the teacher's views as targets, loaded once, errors."""
 
+import dataclasses
+
 import keras
 import numpy as np
 import pytest
@@ -177,3 +179,36 @@ def test_the_colour_map_reference_recovers_a_linear_map():
     )
     np.testing.assert_allclose(task.references()["colour_map"], targets, atol=1e-4)
     np.testing.assert_array_equal(task.references()["identity"], inputs)
+
+
+def test_tone_jitters_off_keep_the_data_key_and_on_change_it(tmp_path):
+    # The views' description and data key as they were before the tone
+    # jitters existed: every cached view folder and benchmark row keyed on
+    # them stays valid while the jitters are off.
+    legacy = (
+        "Views(photo_size=256, crop_size=128, crops_per_photo=2, "
+        "colour_jitter=0.5, eval_size=256, reference_photos=32, "
+        "validation_photos=16)"
+    )
+    assert tasks.VIEWS.description() == legacy
+    described = {"teacher": "vintage", "views": legacy, "seed": 0, "train": ["a/b"]}
+    assert base.data_key(described) == "9bed7838e6ea"
+    toned = dataclasses.replace(tasks.VIEWS, white_balance_jitter=0.5)
+    assert toned.description() == legacy[:-1] + ", white_balance_jitter=0.5)"
+    with pytest.raises(ValueError, match="gamma_jitter must be in"):
+        tasks.Views(gamma_jitter=2.0)
+    write_photos(tmp_path / "photos", 6)
+    teacher = _teacher()
+
+    def task(views):
+        return tasks.photo_task(
+            teacher, "tiny", tmp_path / "photos", None, 0.2, views, 0, tmp_path
+        )
+
+    plain = task(VIEWS)
+    gamma = task(dataclasses.replace(VIEWS, gamma_jitter=1.0, channel_gamma_jitter=1.0))
+    assert gamma.key != plain.key
+    assert not np.array_equal(gamma.train[0], plain.train[0])
+    np.testing.assert_array_equal(gamma.held_out[0], plain.held_out[0])  # train only
+    expected = teacher(base.to_float(gamma.train[0]), training=False)
+    assert np.abs(np.asarray(expected) - base.to_float(gamma.train[1])).max() <= STEP

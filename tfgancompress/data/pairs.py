@@ -182,6 +182,31 @@ def _view_seed(digest: str, index: int) -> tf.Tensor:
     return tf.constant([int(digest[:8], 16), index], tf.int64)
 
 
+def view_folder(
+    crop_size: int,
+    training: bool,
+    colour_jitter: float = 0.0,
+    white_balance_jitter: float = 0.0,
+    gamma_jitter: float = 0.0,
+    channel_gamma_jitter: float = 0.0,
+) -> str:
+    """The cache folder of views of these settings (see `cached_views`).
+
+    A jitter that is off adds nothing to the name, so views cached before
+    a jitter existed keep their folder.
+    """
+    name = f"crop{crop_size}"
+    if not training:
+        return name
+    parts = (
+        ("jitter", colour_jitter),
+        ("wb", white_balance_jitter),
+        ("gamma", gamma_jitter),
+        ("cgamma", channel_gamma_jitter),
+    )
+    return name + "".join(f"-{tag}{value:g}" for tag, value in parts if value > 0)
+
+
 def cached_views(
     chosen: Sequence[builtin.Photo],
     *,
@@ -193,15 +218,21 @@ def cached_views(
     cache_dir: str | os.PathLike | None,
     make_function: Callable[[], Callable[[np.ndarray], np.ndarray]],
     colour_jitter: float = 0.0,
+    white_balance_jitter: float = 0.0,
+    gamma_jitter: float = 0.0,
+    channel_gamma_jitter: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Loads (computing what is missing) fixed views and a model's output on each.
 
     A training view is a zoom crop (`pipeline.zoom_crop`) of the photo at
     short side `size`, with a seed fixed by the photo's content and the view's
-    index, then colour-jittered (`pipeline.colour_jitter`); the evaluation
-    view is the central square, unchanged. The model runs on the view
-    itself, so the pair is exact even for a model with per-image statistics
-    (instance norms).
+    index, then colour-jittered (`pipeline.colour_jitter`), then given a
+    random white balance and gamma (`pipeline.tone_jitter`, when on); the
+    evaluation view is the central square, unchanged. The model runs on the
+    view itself, so the pair is exact even for a model with per-image
+    statistics (instance norms). Each jitter setting has its own cache
+    folder (`crop<side>-jitter<s>`, with `-wb<s>`, `-gamma<s>`, `-cgamma<s>`
+    only for the tone jitters that are on).
 
     Args:
         chosen: The photos.
@@ -216,6 +247,11 @@ def cached_views(
             the model's `uint8` output of the same shape.
         colour_jitter: Strength of the training views' colour jitter, in
             [0, 1].
+        white_balance_jitter: Strength of the training views' random
+            per-channel gains, [0, 1] (`pipeline.draw_tone`).
+        gamma_jitter: Strength of their random gamma, one per view, [0, 1].
+        channel_gamma_jitter: Strength of their random per-channel gamma
+            on top of it, [0, 1].
 
     Returns:
         `(inputs, outputs)`, `uint8 (N, crop_size, crop_size, 3)` each, photo
@@ -226,8 +262,15 @@ def cached_views(
     """
     if views_per_photo < 1:
         raise ValueError(f"crops_per_photo must be >= 1, got {views_per_photo}.")
-    if not 0.0 <= colour_jitter <= 1.0:
-        raise ValueError(f"colour_jitter must be in [0, 1], got {colour_jitter}.")
+    jitters = {
+        "colour_jitter": colour_jitter,
+        "white_balance_jitter": white_balance_jitter,
+        "gamma_jitter": gamma_jitter,
+        "channel_gamma_jitter": channel_gamma_jitter,
+    }
+    for name, strength in jitters.items():
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {strength}.")
     if crop_size > size:
         raise ValueError(
             f"crop_size={crop_size} exceeds size={size}, the short side the "
@@ -235,9 +278,9 @@ def cached_views(
         )
     folder = Path(cache_dir or default_cache_dir()) / key / str(size)
     jittered = training and colour_jitter > 0
-    folder = folder / (
-        f"crop{crop_size}-jitter{colour_jitter:g}" if jittered else f"crop{crop_size}"
-    )
+    tone = (white_balance_jitter, gamma_jitter, channel_gamma_jitter)
+    toned = training and any(tone)
+    folder = folder / view_folder(crop_size, training, *jitters.values())
     names = range(views_per_photo) if training else ["central"]
     digests = [photo.digest() for photo in chosen]
     views = [
@@ -258,6 +301,9 @@ def cached_views(
         if jittered:
             jitter_seed = tf.random.experimental.stateless_fold_in(seed, 1)
             view = pipeline.colour_jitter(view, jitter_seed, colour_jitter)
+        if toned:
+            tone_seed = tf.random.experimental.stateless_fold_in(seed, 2)
+            view = pipeline.tone_jitter(view, tone_seed, *tone)
         view = np.round((view.numpy() + 1.0) * 127.5)
         return np.clip(view, 0, 255).astype(np.uint8)
 

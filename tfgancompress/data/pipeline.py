@@ -203,6 +203,102 @@ def colour_jitter(image: tf.Tensor, seed: tf.Tensor, strength: float) -> tf.Tens
     return tf.clip_by_value(unit * 2.0 - 1.0, -1.0, 1.0)
 
 
+def apply_tone(image: tf.Tensor, gains: tf.Tensor, gammas: tf.Tensor) -> tf.Tensor:
+    """Per-channel gains, then per-channel gammas, of a float image.
+
+    On the image mapped to [0, 1]: `clip(unit * gains, 0, 1) ** gammas`,
+    mapped back to [-1, 1].
+
+    Args:
+        image: `(H, W, 3)` float image in [-1, 1].
+        gains: `(3,)` positive gain of each channel (white balance).
+        gammas: `(3,)` positive exponent of each channel.
+
+    Returns:
+        The image with its tone changed, in [-1, 1].
+    """
+    unit = tf.clip_by_value((image + 1.0) / 2.0 * gains, 0.0, 1.0)
+    return tf.clip_by_value(tf.pow(unit, gammas) * 2.0 - 1.0, -1.0, 1.0)
+
+
+def draw_tone(
+    seed: tf.Tensor,
+    white_balance: float = 0.0,
+    gamma: float = 0.0,
+    channel_gamma: float = 0.0,
+) -> tuple[tf.Tensor, tf.Tensor]:
+    """Random per-channel gains and gammas for `apply_tone` (stateless).
+
+    Args:
+        seed: `int64 (2,)` stateless seed.
+        white_balance: 0 to 1: each channel's log2 gain is drawn uniformly
+            in [-s, s], then the three are centred (their mean subtracted),
+            so the gains multiply to 1: a colour cast, not an exposure
+            change (each gain within 2 ** (+-4s/3)).
+        gamma: 0 to 1: one log2 gamma per image, uniform in [-s, s] (s=1:
+            gammas in [0.5, 2]; above 1 darkens the mid-tones).
+        channel_gamma: 0 to 1: each channel's log2 gamma moves by its own
+            uniform draw in [-s, s] on top of the image's.
+
+    Returns:
+        `(gains, gammas)`, float32 `(3,)` each; all ones when every
+        strength is 0.
+
+    Raises:
+        ValueError: If a strength is outside [0, 1].
+    """
+    strengths = {
+        "white_balance": white_balance,
+        "gamma": gamma,
+        "channel_gamma": channel_gamma,
+    }
+    for name, strength in strengths.items():
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"{name} jitter must be in [0, 1], got {strength}.")
+    gain_seed, gamma_seed, channel_seed = tf.unstack(
+        tf.random.experimental.stateless_split(seed, 3)
+    )
+    log_gains = tf.random.stateless_uniform([3], gain_seed, -1.0, 1.0) * white_balance
+    log_gains -= tf.reduce_mean(log_gains)
+    log_gamma = tf.random.stateless_uniform([], gamma_seed, -1.0, 1.0) * gamma
+    log_gammas = log_gamma + channel_gamma * tf.random.stateless_uniform(
+        [3], channel_seed, -1.0, 1.0
+    )
+    return tf.pow(2.0, log_gains), tf.pow(2.0, log_gammas)
+
+
+def tone_jitter(
+    image: tf.Tensor,
+    seed: tf.Tensor,
+    white_balance: float = 0.0,
+    gamma: float = 0.0,
+    channel_gamma: float = 0.0,
+) -> tf.Tensor:
+    """Random white balance (per-channel gains) and gamma of a float image.
+
+    What `colour_jitter` does not vary; like it, run before the teacher, so
+    the pair stays exact. `draw_tone` draws the factors, `apply_tone`
+    applies them.
+
+    Args:
+        image: `(H, W, 3)` float image in [-1, 1].
+        seed: `int64 (2,)` stateless seed.
+        white_balance: Strength of the per-channel gains, [0, 1].
+        gamma: Strength of the image's gamma, [0, 1].
+        channel_gamma: Strength of each channel's own gamma, [0, 1].
+
+    Returns:
+        The image, in [-1, 1]; unchanged when every strength is 0.
+
+    Raises:
+        ValueError: If a strength is outside [0, 1].
+    """
+    gains, gammas = draw_tone(seed, white_balance, gamma, channel_gamma)
+    if white_balance == gamma == channel_gamma == 0.0:
+        return image
+    return apply_tone(image, gains, gammas)
+
+
 def with_seeds(dataset: tf.data.Dataset, seed: int | None) -> tf.data.Dataset:
     """Zips each element with its own `int64 (2,)` stateless seed.
 

@@ -157,6 +157,31 @@ def define_flags() -> None:
         lower_bound=0.0,
         upper_bound=1.0,
     )
+    flags.DEFINE_float(
+        "white_balance_jitter",
+        VIEWS.white_balance_jitter,
+        "Strength of the training views' random per-channel gains (white "
+        "balance; log2 gains uniform in [-s, s], centred), applied before the "
+        "teacher runs; 0: off.",
+        lower_bound=0.0,
+        upper_bound=1.0,
+    )
+    flags.DEFINE_float(
+        "gamma_jitter",
+        VIEWS.gamma_jitter,
+        "Strength of the training views' random gamma (one per view, log2 "
+        "uniform in [-s, s]), applied before the teacher runs; 0: off.",
+        lower_bound=0.0,
+        upper_bound=1.0,
+    )
+    flags.DEFINE_float(
+        "channel_gamma_jitter",
+        VIEWS.channel_gamma_jitter,
+        "Strength of the training views' random per-channel gamma on top of "
+        "--gamma_jitter's (log2 uniform in [-s, s]); 0: off.",
+        lower_bound=0.0,
+        upper_bound=1.0,
+    )
     flags.DEFINE_integer(
         "eval_size",
         VIEWS.eval_size,

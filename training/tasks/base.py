@@ -36,6 +36,8 @@ import tfgancompress as tgc
 from tfgancompress.data import pairs as data_pairs
 
 COLOUR_MAP_SAMPLES = 20000
+# The jitters of the training views' tone (`tgc.data.pipeline.tone_jitter`).
+TONE_JITTERS = ("white_balance_jitter", "gamma_jitter", "channel_gamma_jitter")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,6 +50,13 @@ class Views:
         crops_per_photo: Training views per photo: zoom crops at a position
             fixed by the photo and the view's index, colour-jittered.
         colour_jitter: Colour-jitter strength of the training views, [0, 1].
+        white_balance_jitter: Strength of the training views' random
+            per-channel gains (white balance), [0, 1]; 0 (off) by default.
+        gamma_jitter: Strength of their random gamma (one per view), [0, 1];
+            0 (off) by default.
+        channel_gamma_jitter: Strength of their random per-channel gamma
+            on top of it, [0, 1]; 0 (off) by default (see
+            `tgc.data.pipeline.draw_tone` for all three).
         eval_size: Side of the central views of the held-out, validation
             and reference photos.
         reference_photos: Training photos whose central views fit the
@@ -64,6 +73,9 @@ class Views:
     eval_size: int = 256
     reference_photos: int = 32
     validation_photos: int = 16
+    white_balance_jitter: float = 0.0
+    gamma_jitter: float = 0.0
+    channel_gamma_jitter: float = 0.0
 
     def __post_init__(self):
         for name in ("crop_size", "eval_size"):
@@ -84,10 +96,30 @@ class Views:
             raise ValueError(
                 f"validation_photos must be >= 0, got {self.validation_photos}."
             )
-        if not 0.0 <= self.colour_jitter <= 1.0:
-            raise ValueError(
-                f"colour_jitter must be in [0, 1], got {self.colour_jitter}."
-            )
+        for name in ("colour_jitter", *TONE_JITTERS):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(
+                    f"{name} must be in [0, 1], got {getattr(self, name)}."
+                )
+
+    def description(self) -> str:
+        """What names these views in a task's data key.
+
+        The fields as the dataclass prints them, the tone jitters only when
+        on: keys (and so cached benchmark rows) made before the tone
+        jitters existed stay valid.
+        """
+        shown = [
+            field.name
+            for field in dataclasses.fields(self)
+            if field.name not in TONE_JITTERS or getattr(self, field.name)
+        ]
+        values = ", ".join(f"{name}={getattr(self, name)!r}" for name in shown)
+        return f"{type(self).__name__}({values})"
+
+    def tone_jitters(self) -> dict[str, float]:
+        """The tone jitters' strengths, by `cached_views` argument name."""
+        return {name: getattr(self, name) for name in TONE_JITTERS}
 
     @classmethod
     def from_settings(cls, settings: dict) -> Views:
@@ -178,6 +210,7 @@ def teacher_views(
         cache_dir=cache_dir,
         make_function=lambda: data_pairs.teacher_function(teacher),
         colour_jitter=views.colour_jitter if training else 0.0,
+        **(views.tone_jitters() if training else {}),
     )
 
 
@@ -344,7 +377,9 @@ def assemble(
         photos={split: len(photos) for split, photos in splits.items()},
         photo_names=names,
         views=views,
-        key=data_key({"teacher": key, "views": views, "seed": seed, **names}),
+        key=data_key(
+            {"teacher": key, "views": views.description(), "seed": seed, **names}
+        ),
         sources=(
             {s: tgc.data.count_by_source(p) for s, p in splits.items()}
             if sources

@@ -29,6 +29,9 @@ VIEWS = Views(
     eval_size=256,
     reference_photos=32,
     validation_photos=16,
+    white_balance_jitter=0.0,
+    gamma_jitter=0.0,
+    channel_gamma_jitter=0.0,
 )
 
 
