@@ -136,3 +136,73 @@ def test_few_calibration_samples_warn(generator, calibration, tmp_path):
             (SIZE, SIZE, 3),
             float_norms=False,
         )
+
+
+def _float32_full_size_ops(path) -> list[str]:
+    """Ops with a float32 output larger than 1x1 pixels, but the last one
+    (the DEQUANTIZE to the float32 output)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    with open(path, "rb") as file:
+        model = schema.ModelT.InitFromPackedBuf(file.read(), 0)
+    graph = model.subgraphs[0]
+    names = [op.name for op in export.litert_graph(path)]
+    found = []
+    for name, operator in zip(names[:-1], graph.operators[:-1], strict=True):
+        tensor = graph.tensors[operator.outputs[0]]
+        if tensor.type == schema.TensorType.FLOAT32 and max(tensor.shape[1:3]) > 1:
+            found.append(name)
+    return found
+
+
+def test_int8_norms_run_full_size_passes_in_int8(
+    generator, calibration, held_out, tmp_path
+):
+    from tfgancompress import latency
+
+    path = tmp_path / "int8_norms.tflite"
+    psnr = _int8_psnr(
+        generator, calibration, held_out, path, float_layers=(), int8_norms=True
+    )
+    print(f"int8 norms vs float32 PSNR: {psnr:.1f} dB")
+    assert psnr >= 28.0
+    assert _float32_full_size_ops(path) == []
+    graph = export.litert_graph(path)
+    # The per-channel statistics stay float32: variance, rsqrt, scale, shift.
+    assert {op.output_dtypes[0] for op in graph if op.name == "RSQRT"} == {"float32"}
+    assert {op.output_dtypes[0] for op in graph if op.name == "MEAN"} == {"int8"}
+    assert latency.delegate_partitions(path) == 1
+    # Today's recipe computes the norms' full-size passes in float32.
+    recipe = tmp_path / "recipe.tflite"
+    export.to_litert(
+        generator, recipe, "int8", calibration, (SIZE, SIZE, 3), float_layers=()
+    )
+    assert {"MUL", "ADD", "DEQUANTIZE"} <= set(_float32_full_size_ops(recipe))
+
+
+def test_int8_norms_keep_norms_after_float32_convolutions(
+    generator, calibration, tmp_path
+):
+    conv, norm = generator.layers[2], generator.layers[3]
+    assert isinstance(conv, keras.layers.Conv2D)
+    assert isinstance(norm, InstanceNormalization)
+    path = tmp_path / "kept.tflite"
+    export.to_litert(
+        generator,
+        path,
+        "int8",
+        calibration,
+        (SIZE, SIZE, 3),
+        float_layers=[conv.name],
+        int8_norms=True,
+    )
+    # The kept convolution and its norm (MEANs, MULs, ADD) stay float32;
+    # every other norm's full-size passes are int8.
+    full_size = _float32_full_size_ops(path)
+    assert full_size.count("CONV_2D") == 1
+    assert 1 <= full_size.count("MUL") <= 3
+    graph = export.litert_graph(path)
+    means = [op.output_dtypes[0] for op in graph if op.name == "MEAN"]
+    assert means.count("float32") == 2  # E[x] and E[x**2] of the kept norm
+    assert means.count("int8") == len(means) - 2
+    assert export.litert_contract(path)["float32_convolutions"] == [conv.name]
