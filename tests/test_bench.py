@@ -15,7 +15,7 @@ from tiny_tasks import TRAINING, VIEW_SETTINGS, VIEWS, write_photos, write_pth_t
 
 import tfgancompress as tgc
 from tfgancompress import reports
-from training import bench, ship, tasks, train
+from training import bench, pipeline, ship, tasks, train
 
 ROW_KEYS = (
     "method",
@@ -39,6 +39,16 @@ ROW_KEYS = (
 
 def _settings() -> dict:
     return {**TRAINING, "progress": 0}
+
+
+def _tiny_task(tmp_path) -> tasks.TaskData:
+    """A task of 8 tiny photos (one held out) and a random ngf-8 teacher."""
+    keras.utils.set_random_seed(0)
+    teacher = tgc.models.resnet_generator(ngf=8, n_blocks=1, affine=True)
+    write_photos(tmp_path / "photos", 8)
+    return tasks.photo_task(
+        teacher, "tiny", tmp_path / "photos", views=VIEWS, cache_dir=tmp_path / "c"
+    )
 
 
 def _row_json(work_dir, label) -> str:
@@ -88,6 +98,8 @@ def test_methods_trains_only_the_named_rows_and_reuses_the_rest(tmp_path, monkey
     assert "- uniform:" not in table
     assert (out / "photos.png").stat().st_size > 0
     assert (out / "photos_latency.png").stat().st_size > 0
+    for name in ("uniform", "distill"):
+        assert (out / "curves" / f"{name}.png").stat().st_size > 0
     # --retrain: the cached row is dropped and trained again (training
     # itself is tested above, so a stand-in records the call).
     distill = _row_json(work, "distill")
@@ -109,12 +121,7 @@ def test_methods_trains_only_the_named_rows_and_reuses_the_rest(tmp_path, monkey
 
 
 def test_a_dmad_row_keeps_its_mask_trajectory(tmp_path, monkeypatch):
-    keras.utils.set_random_seed(0)
-    teacher = tgc.models.resnet_generator(ngf=8, n_blocks=1, affine=True)
-    write_photos(tmp_path / "photos", 8)
-    task = tasks.photo_task(
-        teacher, "tiny", tmp_path / "photos", views=VIEWS, cache_dir=tmp_path / "c"
-    )
+    task = _tiny_task(tmp_path)
     # Training is what writes the trajectory; export is tested above.
     monkeypatch.setattr(bench, "ship_row", lambda student, *_: {"macs": 1, "params": 1})
     config = train.settings({**_settings(), "macs_ratio": 8})
@@ -125,6 +132,65 @@ def test_a_dmad_row_keeps_its_mask_trajectory(tmp_path, monkeypatch):
     assert [r["event"] for r in trajectory["history"]] == ["check", "frozen"]
     assert trajectory["history"][-1]["open_macs"] <= trajectory["budget_macs"]
     assert (row / "mask_trajectory.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_trained_row_keeps_its_training_curves(tmp_path, monkeypatch):
+    task = _tiny_task(tmp_path)
+    monkeypatch.setattr(bench, "ship_row", lambda student, *_: {"macs": 1, "params": 1})
+    settings = {"steps": 5, "match_steps": 3, "steps_per_epoch": 2}
+    config = train.settings({**_settings(), **settings})
+    directory = tmp_path / "row"
+    bench.train_row(bench.known_rows()["distill"], task, config, str(directory))
+    phases = bench.load_curves(str(directory))["phases"]
+    assert [(p["phase"], p["start"], p["steps"]) for p in phases] == [
+        ("match", 0, 3),
+        ("finetune", 3, 5),
+    ]
+    match, finetune = (p["epochs"] for p in phases)
+    assert [e["phase_step"] for e in match] == [2, 3]  # one per logged epoch
+    assert [e["phase_step"] for e in finetune] == [2, 4, 5]
+    assert [e["step"] for e in match + finetune] == [2, 3, 5, 7, 8]
+    for epoch in match + finetune:
+        assert 0 < epoch["val_psnr"] < 60 and epoch["val_l1"] > 0, epoch
+    assert "loss" in match[0] and "g_loss" in finetune[0]
+    bench._plot_curves("distill", str(directory), str(tmp_path / "out"))
+    png = (tmp_path / "out" / "curves" / "distill.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_curves_count_steps_across_phases_and_stages():
+    """A search phase first; fine-tuning stages' counters each start at 0."""
+    history = {}
+    for offset, stage in ((0, {"g_loss": [3.0, 2.0], "step": [2, 3]}), (3, {})):
+        pipeline._extend_history(history, {**stage, "trained_steps": 3}, offset)
+    pipeline._extend_history(
+        history, {"g_loss": [1.0], "qat": [0.5], "step": [1], "trained_steps": 1}, 3
+    )
+    assert history == {
+        "g_loss": [3.0, 2.0, 1.0],
+        "step": [2, 3, 4],
+        "trained_steps": 7,
+        "qat": [None, None, 0.5],
+    }
+    del history["trained_steps"]
+    result = pipeline.Compressed(
+        student=None,
+        macs=1,
+        steps={"search": 4, "finetune": 4},
+        seconds={},
+        histories={
+            "search": {"d_loss": [1.0, 0.5], "step": [2, 4]},
+            "finetune": history,
+        },
+    )
+    curves = bench.training_curves(result, {"match_steps": 0})["phases"]
+    assert [(p["phase"], p["start"]) for p in curves] == [
+        ("search", 0),
+        ("finetune", 4),
+    ]
+    assert curves[0]["epochs"][1] == {"d_loss": 0.5, "phase_step": 4, "step": 4}
+    assert [e["step"] for e in curves[1]["epochs"]] == [6, 7, 8]
+    assert curves[1]["epochs"][0]["qat"] is None
 
 
 def test_variants_are_rows_of_their_own():
@@ -230,12 +296,7 @@ def test_other_export_settings_reship_cached_rows_without_training(
     tmp_path, monkeypatch
 ):
     """A row cached before `--fold_norms` existed is re-exported, not retrained."""
-    keras.utils.set_random_seed(0)
-    teacher = tgc.models.resnet_generator(ngf=8, n_blocks=1, affine=True)
-    write_photos(tmp_path / "photos", 8)
-    task = tasks.photo_task(
-        teacher, "tiny", tmp_path / "photos", views=VIEWS, cache_dir=tmp_path / "c"
-    )
+    task = _tiny_task(tmp_path)
     out, work = tmp_path / "out", tmp_path / "work"
     settings = {**_settings(), "fold_norms": True}
     # The uniform row as an earlier bench left it: its student and a
@@ -268,6 +329,7 @@ def test_other_export_settings_reship_cached_rows_without_training(
     assert shipped["export"]["folded_norms"] == norms > 0
     assert shipped["export"]["instance_norms"] == 0
     assert shipped["train_seconds"] == 12.5 and shipped["method"] == "uniform"
+    assert not (out / "curves").exists()  # trained before curves were kept
     # The row's quality is the folded files'; the unfolded, the student's.
     inputs, targets = task.held_out
     own = np.mean(tgc.metrics.psnr(targets, student.predict(inputs, verbose=0)))

@@ -217,8 +217,9 @@ def test_qat_share_fine_tunes_in_float_then_quantization_aware(teacher, pairs):
     stages = []
     make_trainer = method.finetune_trainer
 
-    def finetune_trainer(student, teacher, setup, steps):
-        trainer = make_trainer(student, teacher, setup, steps)
+    def finetune_trainer(student, teacher, setup, steps, stage):
+        assert stage == len(stages)  # the pipeline passes each stage's index
+        trainer = make_trainer(student, teacher, setup, steps, stage=stage)
         trainer.run_eagerly = True  # faster than tracing for a few steps
         quantized = tgc.quantization.is_quantized(trainer.generator)
         before = trainer.generator.predict(pairs[0], verbose=0)
@@ -239,6 +240,7 @@ def test_qat_share_fine_tunes_in_float_then_quantization_aware(teacher, pairs):
     # The quantizers wrap the float-fine-tuned student, not the slimmed one.
     assert np.abs(qat_start - float_start).max() > 1e-3
     assert tgc.quantization.is_quantized(student.generator)
+    assert list(pipeline.method_state(student)) == ["int8_float_layers"]
     assert history["trained_steps"] == 3
     # One step: the float stage has none, the one step is quantization-aware.
     method, setup, student = _student(

@@ -66,6 +66,18 @@ def save_comparison_grid(
     save_image_grid(path, [inputs, teacher, student, difference])
 
 
+def save_figure(figure, path: str) -> None:
+    """Lays out, writes (atomically, 100 dpi) and closes a matplotlib figure."""
+    import matplotlib.pyplot as plt
+
+    figure.tight_layout()
+    try:
+        with atomic_path(path) as temporary:
+            figure.savefig(temporary, dpi=100)
+    finally:
+        plt.close(figure)
+
+
 def plot_channels(channels, path: str, title: str = "") -> None:
     """Bar chart of kept vs total channels per layer, written as a PNG.
 
@@ -89,12 +101,7 @@ def plot_channels(channels, path: str, title: str = "") -> None:
     axis.set_ylabel("channels")
     axis.set_title(title)
     axis.legend()
-    figure.tight_layout()
-    try:
-        with atomic_path(path) as temporary:
-            figure.savefig(temporary, dpi=100)
-    finally:
-        plt.close(figure)
+    save_figure(figure, path)
 
 
 def strict_json(value):
@@ -191,12 +198,84 @@ def plot_mask_trajectory(
     macs.set_ylabel("G MACs of live channels")
     macs.set_xlabel("step")
     channels.set_title(title)
-    figure.tight_layout()
-    try:
-        with atomic_path(path) as temporary:
-            figure.savefig(temporary, dpi=100)
-    finally:
-        plt.close(figure)
+    save_figure(figure, path)
+
+
+def plot_training_curves(
+    phases: Sequence[dict], path: str, title: str = "", monitor: str = "val_psnr"
+) -> None:
+    """A run's losses and validation metric against the step, as a PNG.
+
+    Panels: every logged loss (log scale when all are positive), then
+    `monitor` when it was logged. The x axis is the step across phases; a
+    dotted line marks where each phase starts.
+
+    Args:
+        phases: Records with `phase`, `start` (its first step) and `epochs`
+            (records with `step` and the logged values; a value may be
+            `None`), e.g. `training.bench.training_curves(...)["phases"]`.
+        path: PNG path.
+        title: Chart title.
+        monitor: The validation metric of the lower panel.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    skip = {"step", "phase_step", monitor}
+    names = list(
+        dict.fromkeys(
+            name
+            for phase in phases
+            for epoch in phase["epochs"]
+            for name in epoch
+            if name not in skip and not name.startswith("val_")
+        )
+    )
+
+    def points(name: str) -> tuple[list, list]:
+        pairs = [
+            (epoch["step"], epoch[name])
+            for phase in phases
+            for epoch in phase["epochs"]
+            if epoch.get(name) is not None
+        ]
+        return [s for s, _ in pairs], [v for _, v in pairs]
+
+    monitored = points(monitor)
+    rows = 2 if monitored[0] else 1
+    figure, axes = plt.subplots(
+        rows, 1, figsize=(8.0, 3.2 * rows), sharex=True, squeeze=False
+    )
+    axes = list(axes[:, 0])
+    colours = plt.get_cmap("tab20")
+    positive = True
+    for index, name in enumerate(names):
+        steps, values = points(name)
+        positive = positive and all(v > 0 for v in values)
+        axes[0].plot(steps, values, marker=".", color=colours(index % 20), label=name)
+    if names:
+        axes[0].legend(fontsize=6, ncol=2, loc="upper left", bbox_to_anchor=(1.01, 1))
+        axes[0].set_yscale("log" if positive else "linear")
+    axes[0].set_ylabel("loss (epoch mean)")
+    axes[0].set_title(title)
+    if rows == 2:
+        axes[1].plot(*monitored, marker="o", color="#d62728")
+        axes[1].set_ylabel(monitor)
+    for phase in phases:
+        for axis in axes:
+            axis.axvline(phase["start"], color="#555555", lw=0.8, ls=":")
+        axes[0].annotate(
+            phase["phase"],
+            (phase["start"], 1.0),
+            xycoords=("data", "axes fraction"),
+            xytext=(2, -10),
+            textcoords="offset points",
+            fontsize=8,
+        )
+    axes[-1].set_xlabel("step (all training phases)")
+    save_figure(figure, path)
 
 
 def write_report(output_dir: str, stem: str, report: dict, markdown: str) -> None:

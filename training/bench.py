@@ -194,6 +194,53 @@ def ship_row(
     return facts
 
 
+# The training phases, in order.
+CURVE_PHASES = ("search", "match", "finetune")
+CURVES = "curves.json"
+
+
+def training_curves(result: pipeline.Compressed, config: dict) -> dict:
+    """A row's training curves from its phases' `fit` histories.
+
+    Returns:
+        `{"phases": [...]}`, one record per training phase in order
+        (`CURVE_PHASES`, phases of 0 steps left out): `phase`, `start` (the
+        cumulative step it starts at), `steps`, and `epochs`, one record
+        per logged epoch: `step` (cumulative across phases), `phase_step`
+        and every loss and metric Keras logged (`val_psnr`: on the
+        validation photos). A phase resumed from a checkpoint holds the
+        epochs run after the resume only.
+    """
+    planned = {**result.steps, "match": config["match_steps"]}
+    phases, start = [], 0
+    for phase in CURVE_PHASES:
+        steps = planned.get(phase, 0)
+        if not steps:
+            continue
+        history = result.histories.get(phase) or {}
+        epochs = [
+            dict(zip(history, values, strict=True))
+            for values in zip(*history.values(), strict=True)
+        ]
+        for epoch in epochs:
+            epoch["phase_step"] = epoch.pop("step")
+            epoch["step"] = start + epoch["phase_step"]
+        phases.append(
+            {"phase": phase, "start": start, "steps": steps, "epochs": epochs}
+        )
+        start += steps
+    return {"phases": phases}
+
+
+def load_curves(directory: str) -> dict | None:
+    """A row's stored training curves, or `None` (rows trained before them)."""
+    path = os.path.join(directory, CURVES)
+    if not os.path.exists(path):
+        return None
+    with open(path) as file:
+        return json.load(file)
+
+
 def train_row(row: Row, task: tasks.TaskData, config: dict, directory: str) -> dict:
     """Trains, exports and scores one row in `directory`; returns its results."""
     method = row.make()
@@ -203,6 +250,7 @@ def train_row(row: Row, task: tasks.TaskData, config: dict, directory: str) -> d
     result, d_macs = train.compress(
         method, task, config, budget, checkpoints, report_dir=directory
     )
+    reports.write_json(os.path.join(directory, CURVES), training_curves(result, config))
     student = result.student.generator
     with atomic_path(os.path.join(directory, "student.keras")) as temporary:
         student.save(temporary)
@@ -356,6 +404,8 @@ def run(
         elif cached is not None:
             print(f"{label}: cached in {directory}", flush=True)
             rows[label] = cached
+        if label in rows:
+            _plot_curves(label, directory, output_dir)
     print("timing every LiteRT file interleaved", flush=True)
     _time_rows(rows, _teacher_file(task, work_dir), config["latency_runs"])
     teacher_macs = rows["teacher"]["macs"]
@@ -486,12 +536,20 @@ def _plot_quality(results: dict, path: str) -> None:
     axis.set_ylabel("PSNR vs teacher (dB)")
     teacher = results["rows"]["teacher"]["macs"] / 1e9
     axis.set_title(f"{results['task']}: quality vs cost (teacher {teacher:.1f} G)")
-    figure.tight_layout()
-    try:
-        with atomic_path(path) as temporary:
-            figure.savefig(temporary, dpi=100)
-    finally:
-        plt.close(figure)
+    reports.save_figure(figure, path)
+
+
+def _plot_curves(label: str, directory: str, output_dir: str) -> None:
+    """`<output_dir>/curves/<label>.png` from the row's curves, if it has them."""
+    curves = load_curves(directory)
+    if curves is None:
+        return
+    os.makedirs(os.path.join(output_dir, "curves"), exist_ok=True)
+    reports.plot_training_curves(
+        curves["phases"],
+        os.path.join(output_dir, "curves", f"{label}.png"),
+        title=f"{label}: training curves",
+    )
 
 
 def _plot_latency(results: dict, path: str) -> None:

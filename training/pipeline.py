@@ -71,7 +71,11 @@ class Compressed:
         macs: The generator's MACs at the budget's input shape.
         steps: Training steps per phase (`search`, `finetune`).
         seconds: Wall time per phase run in this call.
-        histories: `fit` histories of the training phases run in this call.
+        histories: `fit` histories of the training phases run in this call:
+            `{phase: {name: [value per epoch]}}`, every logged loss and
+            metric (`val_psnr` with `training.callbacks.Evaluate`) and
+            `step`, the phase's step count at each epoch's end (a resumed
+            phase holds the epochs run after the resume).
         refit_images: Calibration images of the least-squares refit run in
             this call, or `None`.
         trained_steps: The step counter of each training phase's trainer
@@ -86,6 +90,17 @@ class Compressed:
     histories: dict[str, dict]
     refit_images: int | None = None
     trained_steps: dict[str, int] = dataclasses.field(default_factory=dict)
+
+
+class _LogStep(keras.callbacks.Callback):
+    """Logs the trainer's step count at each epoch's end as `step`.
+
+    Only reads the counter: the training is the same with or without it.
+    """
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["step"] = int(callbacks_lib.training_step(self.model).numpy())
 
 
 class _StopAtStep(keras.callbacks.Callback):
@@ -203,7 +218,7 @@ def _fit(
         completed = backup.completed_epochs()
         if completed:  # continue the batch stream where the backup left it
             data = data.skip(completed * per_epoch)
-    run += [*callbacks, _StopAtStep(steps)]
+    run += [*callbacks, _StopAtStep(steps), _LogStep()]
     history = trainer.fit(
         data,
         epochs=math.ceil(steps / per_epoch),
@@ -424,8 +439,9 @@ def finetune(
     0 steps gets the call but no `fit`).
 
     Returns:
-        The `fit` history (the stages' histories concatenated), or `None`
-        when `steps` is 0.
+        The `fit` history (the stages' histories concatenated: `step`
+        counts from the first stage's start, a value a stage did not log
+        is `None`), or `None` when `steps` is 0.
     """
     if steps <= 0:
         return None
@@ -438,7 +454,10 @@ def finetune(
     history, done = {}, 0
     for index, stage_steps in enumerate(stages):
         keras.utils.set_random_seed(setup.seed + index)
-        trainer = method.finetune_trainer(student, teacher, setup, stage_steps)
+        staged = {"stage": index} if len(stages) > 1 else {}
+        trainer = method.finetune_trainer(
+            student, teacher, setup, stage_steps, **staged
+        )
         if not stage_steps:  # set up (the method counts its stages), not fit
             continue
         run = [*method.finetune_callbacks(student, setup, stage_steps), *callbacks]
@@ -450,13 +469,24 @@ def finetune(
         stage = _fit(
             trainer, batches, stage_steps, steps_per_epoch, run, backup, verbose
         )
+        _extend_history(history, stage, done)
         done += stage_steps
-        for key, values in stage.items():
-            if key == "trained_steps":
-                history[key] = history.get(key, 0) + values
-            else:
-                history.setdefault(key, []).extend(values)
     return history
+
+
+def _extend_history(history: dict, stage: dict, offset: int) -> None:
+    """Appends a fine-tuning stage's `fit` history (`offset` steps in)."""
+    before, epochs = len(history.get("step", [])), len(stage.get("step", []))
+    for key, values in stage.items():
+        if key == "trained_steps":
+            history[key] = history.get(key, 0) + values
+        elif key == "step":  # each stage's trainer counts from 0
+            history[key] = history.get(key, []) + [offset + v for v in values]
+        else:
+            history[key] = history.get(key, [None] * before) + list(values)
+    for key, values in history.items():  # what this stage did not log
+        if key != "trained_steps" and len(values) < before + epochs:
+            values.extend([None] * epochs)
 
 
 DISCRIMINATOR_REPORT = ("d_macs", "d_macs_before", "d_live_fraction")

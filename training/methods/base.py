@@ -392,8 +392,10 @@ class Method(abc.ABC):
         """Phase 5's steps split into stages, each its own trainer and `fit`.
 
         `finetune_trainer` is called once per stage, in order, with that
-        stage's steps (e.g. float fine-tuning, then quantization-aware); a
-        stage of 0 steps is not fit. One stage of all `steps` by default.
+        stage's steps (e.g. float fine-tuning, then quantization-aware) and,
+        when there is more than one stage, `stage=<its index>` (so a method
+        that splits its steps takes a `stage` argument); a stage of 0 steps
+        is not fit. One stage of all `steps` by default.
         """
         return [steps]
 

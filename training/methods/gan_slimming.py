@@ -468,9 +468,8 @@ class GanSlimming(base.Method):
         quantized = min(steps, max(1, round(self.options.qat_share * steps)))
         return [steps - quantized, quantized]
 
-    def finetune_trainer(self, student, teacher, setup, steps):
-        stage = student.state.get("finetune_stage", 0)
-        student.state["finetune_stage"] = stage + 1
+    def finetune_trainer(self, student, teacher, setup, steps, stage: int = 0):
+        """The fine-tuning trainer of `finetune_stages`' stage `stage`."""
         float_stage = self.options.qat_share < 1 and stage == 0
         if self.options.quantize == "finetune" and not float_stage:
             if not tgc.quantization.is_quantized(student.generator):
