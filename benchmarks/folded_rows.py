@@ -211,7 +211,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    settings = {key: FLAGS[key].value for key in tasks.DEFAULTS if key in FLAGS}
+    settings = tasks.flag_settings()
     report = run(
         FLAGS.rows, FLAGS.output_dir, FLAGS.name, FLAGS.runs, FLAGS.repeats, **settings
     )

@@ -594,6 +594,18 @@ def test_draw_tone_is_seeded_centred_and_within_its_strengths():
     assert pipeline.tone_jitter(image, seed) is image
     with pytest.raises(ValueError, match="gamma jitter must be in"):
         pipeline.draw_tone(seed, gamma=1.5)
+    with pytest.raises(ValueError, match=r"white_balance_jitter must be in \[0, 1\]"):
+        pairs.cached_views(
+            [],
+            key="k",
+            size=8,
+            crop_size=8,
+            views_per_photo=1,
+            training=True,
+            cache_dir=None,
+            make_function=lambda: None,
+            white_balance_jitter=-0.1,
+        )
 
 
 def test_tone_jittered_views_are_seeded_and_paired_with_the_teacher_on_each(

@@ -268,9 +268,7 @@ def cached_views(
         "gamma_jitter": gamma_jitter,
         "channel_gamma_jitter": channel_gamma_jitter,
     }
-    for name, strength in jitters.items():
-        if not 0.0 <= strength <= 1.0:
-            raise ValueError(f"{name} must be in [0, 1], got {strength}.")
+    pipeline.check_strengths(jitters)
     if crop_size > size:
         raise ValueError(
             f"crop_size={crop_size} exceeds size={size}, the short side the "

@@ -221,6 +221,17 @@ def apply_tone(image: tf.Tensor, gains: tf.Tensor, gammas: tf.Tensor) -> tf.Tens
     return tf.clip_by_value(tf.pow(unit, gammas) * 2.0 - 1.0, -1.0, 1.0)
 
 
+def check_strengths(strengths: dict[str, float]) -> None:
+    """Raises `ValueError` naming the first strength outside [0, 1].
+
+    Args:
+        strengths: `{name: strength}` of augmentations.
+    """
+    for name, strength in strengths.items():
+        if not 0.0 <= strength <= 1.0:
+            raise ValueError(f"{name} must be in [0, 1], got {strength}.")
+
+
 def draw_tone(
     seed: tf.Tensor,
     white_balance: float = 0.0,
@@ -247,14 +258,13 @@ def draw_tone(
     Raises:
         ValueError: If a strength is outside [0, 1].
     """
-    strengths = {
-        "white_balance": white_balance,
-        "gamma": gamma,
-        "channel_gamma": channel_gamma,
-    }
-    for name, strength in strengths.items():
-        if not 0.0 <= strength <= 1.0:
-            raise ValueError(f"{name} jitter must be in [0, 1], got {strength}.")
+    check_strengths(
+        {
+            "white_balance jitter": white_balance,
+            "gamma jitter": gamma,
+            "channel_gamma jitter": channel_gamma,
+        }
+    )
     gain_seed, gamma_seed, channel_seed = tf.unstack(
         tf.random.experimental.stateless_split(seed, 3)
     )

@@ -108,6 +108,13 @@ def from_settings(settings: dict) -> TaskData:
     )
 
 
+def flag_settings() -> dict:
+    """The task settings (`DEFAULTS` keys) given by the `define_flags` flags."""
+    from absl import flags
+
+    return {key: flags.FLAGS[key].value for key in DEFAULTS if key in flags.FLAGS}
+
+
 def define_flags() -> None:
     """The task flags of `training.train` and `training.bench`."""
     from absl import flags
