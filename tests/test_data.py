@@ -636,3 +636,28 @@ def test_tone_jittered_views_are_seeded_and_paired_with_the_teacher_on_each(
     assert pairs.view_folder(64, True, 0.5) == "crop64-jitter0.5"
     assert pairs.view_folder(64, True, 0.0, 0.0, 0.25) == "crop64-gamma0.25"
     assert pairs.view_folder(64, False, 0.5, 1.0, 1.0, 1.0) == "crop64"
+
+
+def test_replayable_datasets_give_every_iterator_the_first_ones_stream():
+    def shuffled():
+        return tf.data.Dataset.range(10).shuffle(10, seed=3).repeat().prefetch(4)
+
+    def read(dataset, count=25):
+        return [int(x) for x in dataset.take(count)]
+
+    def drop_early(dataset):  # fits of a few steps: prefetching reads ahead
+        for count in (1, 9, 2):
+            iterator = iter(dataset)
+            for _ in range(count):
+                next(iterator)
+            del iterator
+
+    plain = shuffled()
+    first = read(plain)
+    drop_early(plain)
+    assert read(plain) != first  # the shared reshuffle seed moved on
+    replayed = pipeline.replayable(shuffled)
+    assert read(replayed) == first  # the first stream, unchanged
+    drop_early(replayed)
+    assert read(replayed) == first
+    assert sorted(first[:10]) == list(range(10)) and first[:10] != first[10:20]
