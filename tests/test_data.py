@@ -661,3 +661,27 @@ def test_replayable_datasets_give_every_iterator_the_first_ones_stream():
     drop_early(replayed)
     assert read(replayed) == first
     assert sorted(first[:10]) == list(range(10)) and first[:10] != first[10:20]
+    # The library's repeating datasets replay; one-epoch ones reshuffle.
+    arrays = [np.full((12, 12, 3), i, np.uint8) for i in range(5)]
+
+    def crops(repeat):
+        return builtin.crops_dataset(
+            arrays,
+            crop_size=8,
+            crops_per_photo=1,
+            batch_size=1,
+            training=True,
+            seed=0,
+            repeat=repeat,
+            drop_remainder=True,
+        )
+
+    def photos(dataset, count=15):
+        return [int(np.round((x[0, 0, 0, 0] + 1) * 127.5)) for x in dataset.take(count)]
+
+    endless = crops(True)
+    stream = photos(endless)
+    drop_early(endless)
+    assert photos(endless) == stream and sorted(stream[:5]) == list(range(5))
+    once = crops(False)
+    assert len({tuple(photos(once)) for _ in range(4)}) > 1

@@ -353,7 +353,7 @@ def with_seeds(dataset: tf.data.Dataset, seed: int | None) -> tf.data.Dataset:
 
 
 def finish(
-    dataset: tf.data.Dataset,
+    examples: Callable[[], tf.data.Dataset],
     batch_size: int,
     drop_remainder: bool,
     repeat: bool,
@@ -361,8 +361,11 @@ def finish(
 ) -> tf.data.Dataset:
     """Repeat (optional), batch, prefetch; checks the batch can be filled.
 
+    Repeating, the examples are built by every iterator (`replayable`):
+    each iterator reads the same epochs.
+
     Args:
-        dataset: The per-example dataset (shuffled already).
+        examples: Builds the per-example dataset (shuffled, seeded).
         batch_size: Examples per batch.
         drop_remainder: Drop the last partial batch (XLA compiles once per
             batch shape).
@@ -384,6 +387,5 @@ def finish(
             "drop_remainder=True: every batch would be dropped. Lower "
             "batch_size, set repeat=True or drop_remainder=False."
         )
-    if repeat:
-        dataset = dataset.repeat()
+    dataset = replayable(lambda: examples().repeat()) if repeat else examples()
     return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)
