@@ -19,6 +19,18 @@ source**, never by crop, see `split_by_source`):
 | `palapeli-data` | `usr/share/palapeli/collection` | 5 |
 | **all** | | **400** |
 
+The extended set (`photo_set("extended")`, `--photo_set=extended`; opt-in,
+never the default) adds four more Debian packages, unpacked by `make
+photos-extended` (~330 MB download) into the same folder:
+
+| source | where | photos |
+|---|---|---|
+| `mate-backgrounds` | `usr/share/backgrounds/mate/nature` | 12 |
+| `lomiri-wallpapers-20.04` | `usr/share/backgrounds` | 2 |
+| `stellarium-data` | `usr/share/stellarium/nebulae/default` (deep sky) | 162 |
+| `kalzium-data` | `usr/share/kalzium/data/toolpics` (laboratory) | 16 |
+| **extended** | | **592** |
+
 opencv-doc is installed by the project's set-up where apt-get exists (as
 root). The last eight are Debian packages the set-up (`make system-deps`)
 *unpacks* with `apt-get download` + `dpkg-deb -x`, without installing them
@@ -119,7 +131,7 @@ class Photo:
     """One built-in photo.
 
     Attributes:
-        source: Where it comes from, one of `SOURCES`.
+        source: Where it comes from, one of `PHOTO_SETS["extended"]`.
         name: Its name, unique within the source (`"astronaut"`).
         path: The image file, or the Qt resource bundle holding it.
         member: The image's resource path inside the bundle `path`, or

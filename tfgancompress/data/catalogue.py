@@ -624,6 +624,7 @@ EXTRA_FOLDERS = {
     "mate-backgrounds": "usr/share/backgrounds/mate/nature",
     "lomiri-wallpapers-20.04": "usr/share/backgrounds",
     "stellarium-data": "usr/share/stellarium/nebulae/default",
+    "kalzium-data": "usr/share/kalzium/data/toolpics",
 }
 # Stellarium's deep-sky photographs (nebulae, galaxies, clusters; DSS,
 # SDSS and amateur telescope photos): 162 of its 539. Left out: the 347
@@ -827,9 +828,31 @@ _LOMIRI_2004 = _files(
     "Infinite-Sea_by_Aury88.jpg",
     "Kleiber_by_Lukas_Baubkus.jpg",
 )
+# Kalzium's photos of laboratory equipment, all but the gray `spatel`,
+# `trichter` and `trockenrohr` and the 21 under 200 pixels.
+_KALZIUM = _files(
+    "",
+    "abzug.jpg",
+    "becherglas.jpg",
+    "brechungsmesser.jpg",
+    "brenner.jpg",
+    "dsc.jpg",
+    "erlenmeyerkolben.jpg",
+    "exikator.jpg",
+    "hplc.jpg",
+    "moerser.jpg",
+    "phpapier.jpg",
+    "rg-staender.jpg",
+    "rotationsverdampfer.jpg",
+    "rundkolben.jpg",
+    "tonschale.jpg",
+    "verteiler.jpg",
+    "waage.jpg",
+)
 # source -> {photo name: location} of the extended set's extra sources.
 EXTRA_PHOTOS = {
     "mate-backgrounds": _MATE,
     "lomiri-wallpapers-20.04": _LOMIRI_2004,
     "stellarium-data": _STELLARIUM,
+    "kalzium-data": _KALZIUM,
 }
