@@ -280,7 +280,7 @@ _STEREO_PAIRS = {
 
 def test_builtin_photos_are_colour_photos_from_several_sources():
     """Checks the selection rules of builtin's docstring on every photo there,
-    the extended set's too (all 592 where `make photos-extended` ran, 400 after
+    the extended set's too (all 597 where `make photos-extended` ran, 400 after
     the set-up alone: ~15-20 s, decoding each photo once)."""
     found = data.builtin_photos(data.photo_set("extended"))
     counts = data.count_by_source(found)

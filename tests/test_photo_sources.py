@@ -238,7 +238,7 @@ def test_extended_set_adds_whole_sources_only_when_asked(tmp_path, caplog):
         "mate-backgrounds": 1,
         "stellarium-data": 1,
     }
-    for missing in ("lomiri-wallpapers-20.04", "kalzium-data"):
+    for missing in ("lomiri-wallpapers-20.04", "kalzium-data", "libjxl-testdata"):
         assert f"Photo source {missing} is not installed" in caplog.text
     assert "stellarium-data: 161 of its 162 catalogued photos are missing" in (
         caplog.text
@@ -268,6 +268,7 @@ def test_extended_catalogue_is_disjoint_from_the_standard_one():
         "lomiri-wallpapers-20.04": 2,
         "stellarium-data": 162,
         "kalzium-data": 16,
+        "libjxl-testdata": 5,
     }
 
 

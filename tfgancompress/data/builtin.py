@@ -20,8 +20,8 @@ source**, never by crop, see `split_by_source`):
 | **all** | | **400** |
 
 The extended set (`photo_set("extended")`, `--photo_set=extended`; opt-in,
-never the default) adds four more Debian packages, unpacked by `make
-photos-extended` (~330 MB download) into the same folder:
+never the default) adds five more Debian packages, unpacked by `make
+photos-extended` (~390 MB download) into the same folder:
 
 | source | where | photos |
 |---|---|---|
@@ -29,7 +29,8 @@ photos-extended` (~330 MB download) into the same folder:
 | `lomiri-wallpapers-20.04` | `usr/share/backgrounds` | 2 |
 | `stellarium-data` | `usr/share/stellarium/nebulae/default` (deep sky) | 162 |
 | `kalzium-data` | `usr/share/kalzium/data/toolpics` (laboratory) | 16 |
-| **extended** | | **592** |
+| `libjxl-testdata` | `usr/share/libjxl-testdata` (JPEG XL's test photos) | 5 |
+| **extended** | | **597** |
 
 opencv-doc is installed by the project's set-up where apt-get exists (as
 root). The last eight are Debian packages the set-up (`make system-deps`)

@@ -625,6 +625,7 @@ EXTRA_FOLDERS = {
     "lomiri-wallpapers-20.04": "usr/share/backgrounds",
     "stellarium-data": "usr/share/stellarium/nebulae/default",
     "kalzium-data": "usr/share/kalzium/data/toolpics",
+    "libjxl-testdata": "usr/share/libjxl-testdata",
 }
 # Stellarium's deep-sky photographs (nebulae, galaxies, clusters; DSS,
 # SDSS and amateur telescope photos): 162 of its 539. Left out: the 347
@@ -849,10 +850,24 @@ _KALZIUM = _files(
     "verteiler.jpg",
     "waage.jpg",
 )
+# JPEG XL's test photographs, each once: the 8-bit sRGB copies of its three
+# CC0 photos (not their grayscale, alpha and 64-pixel copies), `flower` (not
+# its 16 recompressed, gray, alpha and cropped copies) and `hdr_room`; its
+# colour-space charts, PNG suite and fuzzing inputs are left out.
+_LIBJXL = {
+    **_files(
+        "external/wesaturate/500px",
+        "cvo9xd_keong_macan_srgb8.png",
+        "tmshre_riaphotographs_srgb8.png",
+        "u76c0g_bliznaca_srgb8.png",
+    ),
+    **_files("jxl", "flower/flower.png", "hdr_room.png"),
+}
 # source -> {photo name: location} of the extended set's extra sources.
 EXTRA_PHOTOS = {
     "mate-backgrounds": _MATE,
     "lomiri-wallpapers-20.04": _LOMIRI_2004,
     "stellarium-data": _STELLARIUM,
     "kalzium-data": _KALZIUM,
+    "libjxl-testdata": _LIBJXL,
 }

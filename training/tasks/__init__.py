@@ -160,9 +160,10 @@ def define_flags() -> None:
         DEFAULTS["photo_set"],
         list(tgc.data.PHOTO_SETS),
         "Built-in photos to train on: 'standard' (391 training photos) or "
-        "'extended' (583: adds Stellarium's deep-sky photos, Kalzium's "
-        "laboratory photos and two wallpaper packages, unpacked by `make "
-        "photos-extended`). Held out: the same 9 scikit-image photos.",
+        "'extended' (588: adds Stellarium's deep-sky photos, Kalzium's "
+        "laboratory photos, JPEG XL's test photos and two wallpaper packages, "
+        "unpacked by `make photos-extended`). Held out: the same 9 "
+        "scikit-image photos.",
     )
     flags.DEFINE_integer(
         "photo_size",
