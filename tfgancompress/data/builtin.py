@@ -534,9 +534,6 @@ def _crops(
     """
     drop_remainder = training if drop_remainder is None else drop_remainder
     count = images * (crops_per_photo if training else 1)
-    indices = tf.data.Dataset.range(count)
-    if training:
-        indices = indices.shuffle(count, seed=seed, reshuffle_each_iteration=True)
 
     def crop(index, element_seed):
         pixels = tf.numpy_function(
@@ -550,9 +547,14 @@ def _crops(
             return out
         return out[..., :3], out[..., 3:]
 
-    examples = pipeline.with_seeds(indices, seed).map(
-        crop, num_parallel_calls=pipeline.AUTOTUNE
-    )
+    def examples():
+        indices = tf.data.Dataset.range(count)
+        if training:
+            indices = indices.shuffle(count, seed=seed, reshuffle_each_iteration=True)
+        return pipeline.with_seeds(indices, seed).map(
+            crop, num_parallel_calls=pipeline.AUTOTUNE
+        )
+
     return pipeline.finish(examples, batch_size, drop_remainder, repeat, count)
 
 
