@@ -534,16 +534,21 @@ def _convert_int8_float_layers(
 
 
 def _float_layers(
-    model: keras.Model, float_layers: Sequence[str] | str, batches: list
+    model: keras.Model,
+    float_layers: Sequence[str] | str,
+    batches: list,
+    target_psnr: float | None,
 ) -> list[keras.layers.Layer]:
-    """The instance norms and the chosen convolutions of `model`."""
+    """The instance norms and the chosen convolutions (and adds) of `model`."""
     if isinstance(float_layers, str):
         if float_layers != "auto":
             raise ValueError(
                 f'float_layers must be "auto" or a list of layer names, got '
                 f"{float_layers!r}."
             )
-        plan = _quantization.plan_int8(model, batches, equalize=False)
+        plan = _quantization.plan_int8(
+            model, batches, equalize=False, target_psnr=target_psnr
+        )
         float_layers = plan.float_layers
     names = {layer.name for layer in model.layers}
     unknown = sorted(set(float_layers) - names)
@@ -555,7 +560,7 @@ def _float_layers(
         if isinstance(layer, InstanceNormalization)
     ]
     convolutions = [model.get_layer(name) for name in float_layers]
-    return norms + convolutions + _activations_after(convolutions)
+    return norms + convolutions + _quantization.activations_after(convolutions)
 
 
 def _split_norms(layers: list) -> tuple[list, list]:
@@ -592,25 +597,7 @@ def _in_converted_model(model: keras.Model, layers: list) -> list:
             for layer in by_name.values()
             if isinstance(layer, keras.layers.Conv2DTranspose) and layer not in found
         ]
-        found += transposed + _activations_after(transposed)
-    return found
-
-
-def _activations_after(layers: list) -> list:
-    """The activation layers that alone consume `layers`' outputs.
-
-    A convolution kept float32 keeps its activation float32 too, so the
-    int8 rounding comes after it: before a ReLU, the rounding would span
-    the negative tail the ReLU discards (the outliers that made the
-    convolution float in the first place).
-    """
-    found = []
-    for layer in layers:
-        consumers = [node.operation for node in layer._outbound_nodes]
-        if len(consumers) == 1 and isinstance(
-            consumers[0], keras.layers.ReLU | keras.layers.Activation
-        ):
-            found.append(consumers[0])
+        found += transposed + _quantization.activations_after(transposed)
     return found
 
 
@@ -749,6 +736,7 @@ def to_litert(
     one_pass_norms: bool = True,
     norm_statistics_stride: int = 1,
     int8_norms: bool = False,
+    int8_target_psnr: float | None = _quantization.DEFAULT_TARGET_PSNR,
 ) -> str:
     """Converts a Keras model into a builtin-ops-only LiteRT (`.tflite`) file.
 
@@ -840,6 +828,7 @@ def to_litert(
             f"norm_statistics_stride={norm_statistics_stride!r} is a lowering: "
             "it needs lowering=True."
         )
+    _quantization.check_target_psnr(int8_target_psnr, "int8_target_psnr")
     path = _check_writable(path)
     shape = _fixed_input_shape(model, input_shape)
     batches = None
@@ -854,7 +843,7 @@ def to_litert(
         _quantization.check_calibration_size(batches)
         if float_norms:
             model = equalize_for_int8(model, batches)
-            kept_float = _float_layers(model, float_layers, batches)
+            kept_float = _float_layers(model, float_layers, batches, int8_target_psnr)
             if int8_norms:
                 kept_float, norms_in_int8 = _split_norms(kept_float)
     if lowering:
