@@ -256,3 +256,26 @@ def test_a_bad_target_psnr_is_named(bad, generator, calibration, tmp_path):
         export.to_litert(
             generator, tmp_path / "g.tflite", "int8", calibration, int8_target_psnr=bad
         )
+
+
+def test_a_float_convolution_reads_a_float_norm_through_a_float_padding(
+    planted, calibration, tmp_path
+):
+    # out_conv reads mid_norm's ReLU output through a reflection padding:
+    # an int8 padding would round the tensor that out_conv kept float.
+    path = export.to_litert(
+        planted,
+        tmp_path / "out.tflite",
+        "int8",
+        calibration,
+        (1, SIZE, SIZE, 3),
+        float_layers=["out_conv"],
+    )
+    graph = export.litert_graph(path)
+    last_norm = max(i for i, op in enumerate(graph) if op.name == "MEAN")
+    last_conv = max(i for i, op in enumerate(graph) if op.name == "CONV_2D")
+    between = graph[last_norm + 1 : last_conv + 1]
+    copies = [op for op in between if op.name in ("PAD", "MIRROR_PAD", "CONCATENATION")]
+    print([(op.name, op.output_dtypes) for op in between])
+    assert copies  # the padding is there, and runs in float32
+    assert all(op.output_dtypes == ("float32",) for op in between)

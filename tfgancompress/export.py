@@ -560,7 +560,12 @@ def _float_layers(
         if isinstance(layer, InstanceNormalization)
     ]
     convolutions = [model.get_layer(name) for name in float_layers]
-    return norms + convolutions + _quantization.activations_after(convolutions)
+    return (
+        norms
+        + convolutions
+        + _quantization.activations_after(convolutions)
+        + _quantization.copies_into(convolutions)
+    )
 
 
 def _split_norms(layers: list) -> tuple[list, list]:

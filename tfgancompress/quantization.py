@@ -690,6 +690,30 @@ def activations_after(layers: Sequence[keras.layers.Layer]) -> list:
     return found
 
 
+def copies_into(layers: Sequence[keras.layers.Layer]) -> list:
+    """The copy layers (paddings, ...) that feed only `layers` (or each other).
+
+    A float32 layer reading a float32 tensor through a padding keeps the
+    padding float32 too; an int8 padding would round the tensor on its way.
+    """
+    kept = {layer.name for layer in layers}
+    found, frontier = [], list(layers)
+    while frontier:
+        for node in frontier.pop()._inbound_nodes:
+            for tensor in node.input_tensors:
+                producer = tensor._keras_history.operation
+                consumers = [n.operation.name for n in producer._outbound_nodes]
+                if (
+                    isinstance(producer, _SAME_GRID)
+                    and producer.name not in kept
+                    and set(consumers) <= kept
+                ):
+                    kept.add(producer.name)
+                    found.append(producer)
+                    frontier.append(producer)
+    return found
+
+
 def _float_ops(model: keras.Model, float_layers: Sequence[str]) -> set[str]:
     """The layers an int8 file with float norms computes in float32.
 
@@ -718,9 +742,30 @@ def check_target_psnr(target_psnr: float | None, name: str = "target_psnr") -> N
         )
 
 
+def _sources(layer) -> list[str]:
+    """The layers whose outputs `layer` reads, looking through copies."""
+    found = []
+    for node in layer._inbound_nodes:
+        for tensor in node.input_tensors:
+            producer = tensor._keras_history.operation
+            while isinstance(producer, _SAME_GRID):
+                tensor = producer._inbound_nodes[0].input_tensors[0]
+                producer = tensor._keras_history.operation
+            found.append(producer.name)
+    return found
+
+
+def _cost(model, name: str, floats: set[str], sensitivity: Mapping) -> float:
+    """The lowest sensitivity among the roundings keeping `name` float removes."""
+    read = _sources(model.get_layer(name))
+    removed = [name] + [n for n in read if n in floats and n in sensitivity]
+    return min(sensitivity[n] for n in removed)
+
+
 def _keep_float_until(
     simulation: _Simulation,
     model: keras.Model,
+    sensitivity: Mapping[str, float],
     candidates: Sequence[str],
     float_layers: list[str],
     target_psnr: float | None,
@@ -728,11 +773,11 @@ def _keep_float_until(
 ) -> list[tuple[str | None, float]]:
     """Adds candidates to `float_layers` (in place) until the target is met.
 
-    Each candidate is ranked once by what keeping it float32 alone (with
-    `float_layers`) gains: a layer can matter through the rounding it
-    removes from its input (a convolution reading a float norm's output)
-    as much as through its own output. The best are added in that order
-    until the simulated output reaches `target_psnr`.
+    A layer kept float32 removes the rounding of its own output and of
+    the float32 tensors it reads (a convolution reading a float norm's
+    output through a padding), so each candidate's cost is the lowest
+    `sensitivity` among those tensors; the costliest is added first, one
+    simulation per step, until the simulated output reaches `target_psnr`.
 
     Returns:
         `[(layer added or None at the start, planned PSNR dB)]`, one entry
@@ -743,15 +788,14 @@ def _keep_float_until(
         return simulation.psnr(simulation.tensors, _float_ops(model, names), peak)
 
     steps: list[tuple[str | None, float]] = [(None, planned(float_layers))]
-    if target_psnr is None or steps[-1][1] >= target_psnr:
-        return steps
     rest = [name for name in candidates if name not in float_layers]
-    gain = {name: planned([*float_layers, name]) for name in rest}
-    for name in sorted(rest, key=gain.get, reverse=True):
+    while target_psnr is not None and steps[-1][1] < target_psnr and rest:
+        floats = _float_ops(model, float_layers)
+        costs = {name: _cost(model, name, floats, sensitivity) for name in rest}
+        name = min(rest, key=costs.get)
+        rest.remove(name)
         float_layers.append(name)
         steps.append((name, planned(float_layers)))
-        if steps[-1][1] >= target_psnr:
-            break
     return steps
 
 
@@ -822,7 +866,7 @@ def plan_int8(
     float_layers = [n for n in candidates if sensitivity[n] < min_layer_psnr]
 
     steps = _keep_float_until(
-        simulation, model, candidates, float_layers, target_psnr, peak
+        simulation, model, sensitivity, candidates, float_layers, target_psnr, peak
     )
     planned_psnr = steps[-1][1]
     if target_psnr is not None and planned_psnr < target_psnr:
