@@ -213,6 +213,9 @@ def test_a_whole_output_target_keeps_float_until_met(generator, calibration, tmp
     assert per_layer.planned_psnr < target <= plan.planned_psnr
     assert plan.target_psnr == target and plan.float_layers
     assert plan.all_int8_psnr == pytest.approx(per_layer.all_int8_psnr, abs=1e-6)
+    with pytest.warns(UserWarning, match="short of target_psnr=99"):
+        unreachable = quantization.plan_int8(generator, calibration, target_psnr=99.0)
+    assert unreachable.float_layers == per_layer.float_layers
 
     held_out = _images(4, seed=3)
     expected = generator.predict(held_out, verbose=0)

@@ -765,13 +765,15 @@ def to_litert(
             (`equalize_for_int8`); see the module docstring. `False` runs
             the norms in int8 too, for integer-only accelerators, at a
             large quality cost.
-        float_layers: For `"int8"` with `float_norms`: convolutions to
-            keep in float32 besides the norms. `"auto"` measures what each
-            tensor's rounding costs and keeps the convolutions whose output
-            alone costs more than 40 dB PSNR
+        float_layers: For `"int8"` with `float_norms`: convolutions (and
+            residual adds) to keep in float32 besides the norms; paddings
+            between float32 layers stay float32 too. `"auto"` measures what
+            each tensor's rounding costs and keeps the layers whose output
+            alone costs more than 40 dB PSNR, then more until the whole
+            output meets `int8_target_psnr`
             (`tfgancompress.quantization.plan_int8`, a few forward passes
-            of 8 calibration images per quantized tensor); `()` keeps
-            none.
+            of 8 calibration images per quantized tensor and per layer
+            added); `()` keeps none.
         lowering: Apply the exact export-time rewrites of
             `tfgancompress.lowering` (transposed convolutions as sub-pixel
             convolutions, ...): the same function, a faster file. `False`
@@ -794,6 +796,11 @@ def to_litert(
             than the float32 ones) and the trained bench student measured
             lost 0.42 dB more than with float32 norms (README, "Real
             speed-up").
+        int8_target_psnr: For `"int8"` with `float_layers="auto"`: the
+            simulated PSNR in dB of the int8 output against the float
+            model the plan keeps layers float32 for
+            (`quantization.DEFAULT_TARGET_PSNR`; see `plan_int8`). `None`:
+            the per-layer threshold alone.
 
     Returns:
         `path` as a string. The file carries its input/output contract in
@@ -801,7 +808,8 @@ def to_litert(
         (`litert_contract`).
 
     Raises:
-        ValueError: For an unknown `quantization`, an input shape that is
+        ValueError: For an unknown `quantization`, an `int8_target_psnr`
+            that is not `None` or in (0, 100], an input shape that is
             unknown or does not fit the model, `"int8"` without
             representative data, or a model that needs non-builtin (flex)
             ops — the message names those TensorFlow ops.
