@@ -25,7 +25,7 @@ VINTAGIFY := vintagify==0.1.2
 
 APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300
 
-.PHONY: install system-deps photos lint test train demo bazel bazel-setup
+.PHONY: install system-deps photos photos-extended lint test train demo bazel bazel-setup
 
 # Training photos from Debian packages (tfgancompress/data/catalogue.py names
 # the files used), unpacked with `apt-get download` + `dpkg-deb -x`, not
@@ -37,6 +37,10 @@ APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300
 # error: training then uses the other built-in photos.
 PHOTO_PACKAGES := gcompris-qt-data kphotoalbum lomiri-wallpapers-16.04 \
 	lxqt-themes palapeli-data plasma-workspace-wallpapers scratch tuxpaint-data
+# The extended photo set's extra packages (`--photo_set=extended`; ~390 MB
+# download, ~600 MB unpacked): `make photos-extended`, never part of set-up.
+EXTRA_PHOTO_PACKAGES := kalzium-data libjxl-testdata lomiri-wallpapers-20.04 \
+	mate-backgrounds stellarium-data
 # Keep in step with tfgancompress.data.default_photo_dir().
 PHOTO_DIR ?= $(or $(TFGANCOMPRESS_PHOTOS),$(or $(XDG_DATA_HOME),$(HOME)/.local/share)/tfgancompress/photos)
 
@@ -83,6 +87,9 @@ photos:
 		fi; \
 		[ -z "$$tmp" ] || rm -rf "$$tmp"; \
 	fi
+
+photos-extended:
+	@$(MAKE) --no-print-directory photos PHOTO_PACKAGES="$(EXTRA_PHOTO_PACKAGES)"
 
 lint:
 	$(PYTHON) -m ruff check .

@@ -193,6 +193,32 @@ def test_curves_count_steps_across_phases_and_stages():
     assert curves[1]["epochs"][0]["qat"] is None
 
 
+def test_known_rows_without_a_cache_are_named_not_dropped(tmp_path, capsys):
+    task = _tiny_task(tmp_path)
+    out, work = tmp_path / "out", tmp_path / "work"
+    # distill cached under another key (e.g. before its options changed).
+    stale = bench.row_dir(str(work), "distill", "000000000000")
+    os.makedirs(stale)
+    reports.write_json(os.path.join(stale, "row.json"), {"method": "distill"})
+    variants = {"pixel": ("distill", "lambda_distill=0")}
+    results = bench.run([], str(out), str(work), task=task, variants=variants)
+    assert list(results["rows"]) == ["teacher", "identity", "colour_map"]
+    config = train.settings({"output_dir": str(out)})
+    budget = train.budget_for(task, config)
+    warnings = {
+        line.split()[2]: line
+        for line in capsys.readouterr().out.splitlines()
+        if line.startswith("WARNING: row ")
+    }
+    assert set(warnings) == set(bench.known_rows(variants))
+    for label, row in bench.known_rows(variants).items():
+        key = train.run_key(row.make(), budget, config, task)
+        assert f"(key {key})" in warnings[label]
+        assert bench.row_dir(str(work), label, key) in warnings[label]
+    assert "other keys: distill-000000000000." in warnings["distill"]
+    assert "other keys" not in warnings["pixel"]
+
+
 def test_variants_are_rows_of_their_own():
     label, (method, options) = bench.parse_variant("pixel=distill:lambda_distill=0")
     assert (label, method, options) == ("pixel", "distill", "lambda_distill=0")

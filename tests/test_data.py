@@ -279,16 +279,18 @@ _STEREO_PAIRS = {
 
 
 def test_builtin_photos_are_colour_photos_from_several_sources():
-    """Checks the selection rules of builtin's docstring on every photo there
-    (all 400 where the set-up ran: ~15 s, decoding each photo once)."""
-    found = data.builtin_photos()
+    """Checks the selection rules of builtin's docstring on every photo there,
+    the extended set's too (all 597 where `make photos-extended` ran, 400 after
+    the set-up alone: ~15-20 s, decoding each photo once)."""
+    found = data.builtin_photos(data.photo_set("extended"))
     counts = data.count_by_source(found)
     if data.OPENCV_DOC_DIR.is_dir():
         assert counts["opencv-doc"] == 28
     assert {"scikit-image", "scikit-learn", "matplotlib"} <= set(counts)
-    for source in data.DEBIAN_SOURCES:
+    catalogued = {**catalogue.PHOTOS, **catalogue.EXTRA_PHOTOS}
+    for source in data.DEBIAN_SOURCES + data.EXTRA_SOURCES:
         if (data.default_photo_dir() / source).is_dir():
-            assert counts[source] == len(catalogue.PHOTOS[source]), source
+            assert counts[source] == len(catalogued[source]), source
     assert len({(p.source, p.name) for p in found}) == len(found)
     hashes = {}
     for photo in found:
@@ -296,7 +298,7 @@ def test_builtin_photos_are_colour_photos_from_several_sources():
         assert image.dtype == np.uint8 and image.shape[-1] == 3
         assert min(image.shape[:2]) == 256 and image.shape[1] % 4 == 0
         assert _colourfulness(image) > 12, photo
-        if photo.source in data.DEBIAN_SOURCES:
+        if photo.source in data.DEBIAN_SOURCES + data.EXTRA_SOURCES:
             with Image.open(io.BytesIO(photo.read_bytes())) as original:
                 assert min(original.size) >= 200, photo
             border = np.concatenate([image[0], image[-1], image[:, 0], image[:, -1]])
@@ -307,7 +309,7 @@ def test_builtin_photos_are_colour_photos_from_several_sources():
 
 
 def test_split_by_source_holds_out_whole_sources():
-    found = data.builtin_photos()
+    found = data.builtin_photos(data.photo_set("extended"))
     present = sorted({p.source for p in found})
     train, held_out = data.split_by_source(found)
     assert {p.source for p in held_out} == set(data.DEFAULT_HOLDOUT)
@@ -636,3 +638,52 @@ def test_tone_jittered_views_are_seeded_and_paired_with_the_teacher_on_each(
     assert pairs.view_folder(64, True, 0.5) == "crop64-jitter0.5"
     assert pairs.view_folder(64, True, 0.0, 0.0, 0.25) == "crop64-gamma0.25"
     assert pairs.view_folder(64, False, 0.5, 1.0, 1.0, 1.0) == "crop64"
+
+
+def test_replayable_datasets_give_every_iterator_the_first_ones_stream():
+    def shuffled():
+        return tf.data.Dataset.range(10).shuffle(10, seed=3).repeat().prefetch(4)
+
+    def read(dataset, count=25):
+        return [int(x) for x in dataset.take(count)]
+
+    def drop_early(dataset):  # fits of a few steps: prefetching reads ahead
+        for count in (1, 9, 2):
+            iterator = iter(dataset)
+            for _ in range(count):
+                next(iterator)
+            del iterator
+
+    plain = shuffled()
+    first = read(plain)
+    drop_early(plain)
+    assert read(plain) != first  # the shared reshuffle seed moved on
+    replayed = pipeline.replayable(shuffled)
+    assert read(replayed) == first  # the first stream, unchanged
+    drop_early(replayed)
+    assert read(replayed) == first
+    assert sorted(first[:10]) == list(range(10)) and first[:10] != first[10:20]
+    # The library's repeating datasets replay; one-epoch ones reshuffle.
+    arrays = [np.full((12, 12, 3), i, np.uint8) for i in range(5)]
+
+    def crops(repeat):
+        return builtin.crops_dataset(
+            arrays,
+            crop_size=8,
+            crops_per_photo=1,
+            batch_size=1,
+            training=True,
+            seed=0,
+            repeat=repeat,
+            drop_remainder=True,
+        )
+
+    def photos(dataset, count=15):
+        return [int(np.round((x[0, 0, 0, 0] + 1) * 127.5)) for x in dataset.take(count)]
+
+    endless = crops(True)
+    stream = photos(endless)
+    drop_early(endless)
+    assert photos(endless) == stream and sorted(stream[:5]) == list(range(5))
+    once = crops(False)
+    assert len({tuple(photos(once)) for _ in range(4)}) > 1

@@ -2,12 +2,13 @@
 
 import dataclasses
 import json
+import types
 
 import keras
 import pytest
 
 import tfgancompress as tgc
-from training import budget, methods
+from training import budget, methods, train
 from training.budget import Budget, BudgetError
 from training.methods import base
 
@@ -61,6 +62,47 @@ def test_description_is_stable_and_names_every_option():
     assert hash(method) == hash(
         methods.get("distill", lambda_distill=2, lambda_gan=0.5)
     )
+
+
+def test_an_added_key_neutral_option_leaves_run_keys_as_they_were():
+    @dataclasses.dataclass(frozen=True)
+    class Knobs:
+        rate: float = 1.0
+
+    class Before(methods.Method):
+        name = "knobs"
+        Options = Knobs
+
+        def build(self, teacher, setup):
+            raise NotImplementedError
+
+        def finetune_trainer(self, student, teacher, setup, steps):
+            raise NotImplementedError
+
+    class Added(Before):  # the same method once it gained an option
+        @dataclasses.dataclass(frozen=True)
+        class Options(Knobs):
+            width: int = methods.key_neutral(3)
+
+    class Plain(Before):  # the option declared plainly
+        @dataclasses.dataclass(frozen=True)
+        class Options(Knobs):
+            width: int = 3
+
+    budget = types.SimpleNamespace(macs=1000)
+    task = types.SimpleNamespace(key="data")
+    config = train.settings({})
+
+    def key(method):
+        return train.run_key(method, budget, config, task)
+
+    assert key(Added()) == key(Added("width=3")) == key(Before())
+    assert Added().description == Before().description == "knobs(rate=1.0)"
+    assert Added().option_values() == {"rate": 1.0, "width": 3}  # for reports
+    assert Added(width=4).describe()["options"] == {"rate": 1.0, "width": 4}
+    assert key(Added(width=4)) != key(Before())
+    assert key(Added(rate=2.0)) == key(Before(rate=2.0)) != key(Before())
+    assert key(Plain()) != key(Before())
 
 
 def test_option_types_bool_int_str_and_optional():

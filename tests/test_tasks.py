@@ -115,6 +115,18 @@ def test_pair_task_trains_on_the_pairs_and_scores_against_the_teacher(tmp_path):
     held_inputs, held_targets = task.held_out
     expected = teacher(held_inputs, training=False)
     assert np.abs(np.asarray(expected) - held_targets).max() <= STEP
+    # Every iterator (a training phase, a resumed run) reads the same
+    # shuffled stream, however far earlier ones prefetched.
+    data = task.dataset(batch_size=2, seed=0)
+    first = [x.numpy() for x, _ in data.take(6)]
+    for count in (1, 5):
+        iterator = iter(data)
+        for _ in range(count):
+            next(iterator)
+        del iterator
+    np.testing.assert_array_equal([x.numpy() for x, _ in data.take(6)], first)
+    epoch = np.round((np.concatenate(first[:2]) + 1.0) * 127.5).astype(np.uint8)
+    assert sorted(v.tobytes() for v in epoch) == sorted(v.tobytes() for v in inputs)
 
 
 def test_load_picks_the_task_and_rejects_bad_choices(tmp_path, monkeypatch):
@@ -212,3 +224,59 @@ def test_tone_jitters_off_keep_the_data_key_and_on_change_it(tmp_path):
     np.testing.assert_array_equal(gamma.held_out[0], plain.held_out[0])  # train only
     expected = teacher(base.to_float(gamma.train[0]), training=False)
     assert np.abs(np.asarray(expected) - base.to_float(gamma.train[1])).max() <= STEP
+
+
+def _fake_extra_package(photo_dir, source: str, name: str, seed: int) -> None:
+    """One catalogued photo of an extended-set package, as the set-up unpacks it."""
+    from PIL import Image
+
+    location = tgc.data.builtin.catalogue.EXTRA_PHOTOS[source][name]
+    path = photo_dir / source / tgc.data.builtin.catalogue.EXTRA_FOLDERS[source]
+    path = path / location
+    path.parent.mkdir(parents=True)
+    pixels = np.random.default_rng(seed).integers(0, 256, (48, 56, 3), np.uint8)
+    Image.fromarray(pixels).save(path)
+
+
+def test_photo_set_standard_keeps_the_data_key_and_extended_changes_it(
+    tmp_path, monkeypatch
+):
+    monkeypatch.setenv("TFGANCOMPRESS_PHOTOS", str(tmp_path / "photos"))
+    (tmp_path / "photos").mkdir()
+    teacher = _teacher()
+    assert tasks.DEFAULTS["photo_set"] == "standard"
+    with pytest.raises(ValueError, match="none of its extra sources"):
+        tasks.builtin_task(teacher, "tiny", VIEWS, photo_set="extended")
+    with pytest.raises(ValueError, match="Unknown photo set 'big'"):
+        tasks.load(photo_set="big")
+    _fake_extra_package(tmp_path / "photos", "mate-backgrounds", "Aqua", 1)
+    _fake_extra_package(tmp_path / "photos", "stellarium-data", "m16", 2)
+
+    def task(**photo_set):
+        return tasks.builtin_task(
+            teacher, "tiny", VIEWS, cache_dir=tmp_path / "cache", **photo_set
+        )
+
+    plain, standard, extended = (
+        task(),
+        task(photo_set="standard"),
+        task(photo_set="extended"),
+    )
+    # The standard set is what builtin_photos() has always given: same
+    # photos, same key (cached rows stay valid).
+    train, held_out = tgc.data.split_by_source(tgc.data.builtin_photos())
+    names = {f"{p.source}/{p.name}" for p in train}
+    assert standard.key == plain.key
+    assert {n for s in ("train", "validation") for n in plain.photo_names[s]} == names
+    expected = {"teacher": "tiny", "views": VIEWS.description(), "seed": 0}
+    assert plain.key == base.data_key({**expected, **plain.photo_names})
+    # Extended: two more training photos, the same held-out photos, a new key.
+    assert extended.key != plain.key
+    assert extended.photo_names["held_out"] == plain.photo_names["held_out"]
+    assert extended.sources["held_out"] == {"scikit-image": 9}
+    extra = {"mate-backgrounds/Aqua", "stellarium-data/m16"}
+    trained = set(extended.photo_names["train"]) | set(
+        extended.photo_names["validation"]
+    )
+    assert trained == names | extra
+    assert "extended built-in photos" in extended.description

@@ -18,6 +18,8 @@ Per-image metrics on float32 NHWC batches in [-1, 1] (written with
 Each returns one value per image, shape `(N,)`. `PSNR`, `SSIM` and `L1` are
 their streaming means as Keras metrics (`update_state(target, output)`,
 `result()`, `reset_state()`), usable in `compile(metrics=...)`.
+`paired_comparison(scores, baseline)` compares two models image by image
+(mean difference, bootstrap interval, exact sign-flip p-value).
 
 Distribution metrics on features of a pluggable network (`feature_fn`: any
 callable from an image batch to `(N, D)` features; default
@@ -750,3 +752,78 @@ class KernelInceptionDistance(_DistributionMetric):
     def std(self) -> float:
         """Standard deviation of the subset estimates (0 for one estimate)."""
         return float(self._estimates().std())
+
+
+def paired_comparison(
+    scores, baseline, resamples: int = 10_000, confidence: float = 0.95, seed: int = 0
+) -> dict:
+    """How far one model's per-image scores are from a baseline's, and how sure.
+
+    On a few test images (the vintage task holds out 9) a mean difference of
+    a few tenths of a dB can come from one image. This pairs the images:
+
+    - `mean`: the mean of `scores - baseline`;
+    - `low`, `high`: the percentile bootstrap interval of that mean
+      (`resamples` draws of the images with replacement, seeded);
+    - `p_value`: the exact two-sided sign-flip (paired permutation) test of
+      "no difference": the share of the `2**n` sign patterns of the
+      differences whose mean is at least as far from 0 (for `n <= 16`;
+      above, `resamples` random patterns, counting the observed one);
+    - `wins`: images where `scores` is higher; `n`: images.
+
+    Args:
+        scores: Per-image scores `(n,)` of the model (e.g. PSNR dB).
+        baseline: The baseline's scores on the same images, same order.
+        resamples: Bootstrap draws (and random sign patterns for n > 16).
+        confidence: Coverage of the interval, in (0, 1).
+        seed: Seed of the draws.
+
+    Returns:
+        A dict with `mean`, `low`, `high`, `p_value`, `wins`, `n`.
+
+    Raises:
+        ValueError: If the shapes differ, fewer than 2 images are given, a
+            score is not finite, or `confidence` is outside (0, 1).
+
+    Example:
+
+    >>> out = paired_comparison([25.0, 24.0, 26.0], [24.0, 23.5, 25.0])
+    >>> round(out["mean"], 3), out["wins"], out["p_value"]
+    (0.833, 3, 0.25)
+    """
+    scores = np.asarray(scores, np.float64)
+    baseline = np.asarray(baseline, np.float64)
+    if scores.shape != baseline.shape or scores.ndim != 1:
+        raise ValueError(
+            f"paired_comparison needs two 1-D score arrays of one shape, got "
+            f"{scores.shape} and {baseline.shape}."
+        )
+    if len(scores) < 2:
+        raise ValueError(f"paired_comparison needs >= 2 images, got {len(scores)}.")
+    if not (np.isfinite(scores).all() and np.isfinite(baseline).all()):
+        raise ValueError("paired_comparison got a score that is not finite.")
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}.")
+    differences = scores - baseline
+    n = len(differences)
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, n, size=(resamples, n))
+    means = differences[draws].mean(axis=1)
+    tail = 50.0 * (1.0 - confidence)
+    low, high = np.percentile(means, [tail, 100.0 - tail])
+    if n <= 16:
+        patterns = (np.arange(2**n)[:, None] >> np.arange(n)) & 1
+    else:
+        patterns = rng.integers(0, 2, size=(resamples, n))
+    flipped = np.abs(((1 - 2 * patterns) * differences).mean(axis=1))
+    extreme = np.sum(flipped >= abs(differences.mean()) - 1e-12)
+    # All patterns: the exact share. Random ones: the observed counts too.
+    p_value = extreme / len(patterns) if n <= 16 else (extreme + 1) / (resamples + 1)
+    return {
+        "mean": float(differences.mean()),
+        "low": float(low),
+        "high": float(high),
+        "p_value": float(p_value),
+        "wins": int(np.sum(differences > 0)),
+        "n": n,
+    }

@@ -131,6 +131,30 @@ def row_dir(work_dir: str, label: str, key: str) -> str:
     return os.path.join(work_dir, "rows", f"{label}-{key}")
 
 
+def missing_row_warning(work_dir: str, label: str, key: str) -> str:
+    """The console line for a known row left out: nothing cached under `key`.
+
+    Names the folders of the row cached under other keys, if any: a row
+    whose options, settings or data differ (or a method that gained an
+    option not declared `training.methods.key_neutral`).
+    """
+    rows = os.path.join(work_dir, "rows")
+    others = sorted(
+        name
+        for name in (os.listdir(rows) if os.path.isdir(rows) else [])
+        if name.rpartition("-")[0] == label
+        and name != f"{label}-{key}"
+        and load_row(os.path.join(rows, name)) is not None
+    )
+    text = (
+        f"WARNING: row {label} (key {key}) is left out of the table: nothing is "
+        f"cached in {row_dir(work_dir, label, key)}; --methods={label} trains it."
+    )
+    if others:
+        text += f" Cached under other keys: {', '.join(others)}."
+    return text
+
+
 def load_row(directory: str) -> dict | None:
     """A finished row's results, or `None` if it is not finished."""
     path = os.path.join(directory, "row.json")
@@ -258,7 +282,7 @@ def train_row(row: Row, task: tasks.TaskData, config: dict, directory: str) -> d
     results = {
         "method": row.label,
         "base_method": row.method,
-        "options": method.describe()["options"],
+        "options": method.option_values(),
         "macs": facts.pop("macs"),
         "params": facts.pop("params"),
         "d_macs": d_macs or None,
@@ -404,6 +428,8 @@ def run(
         elif cached is not None:
             print(f"{label}: cached in {directory}", flush=True)
             rows[label] = cached
+        else:
+            print(missing_row_warning(work_dir, label, key), flush=True)
         if label in rows:
             _plot_curves(label, directory, output_dir)
     print("timing every LiteRT file interleaved", flush=True)

@@ -604,7 +604,11 @@ def compress(
         teacher: The trained generator to compress.
         data: A repeating `tf.data.Dataset` of training batches (as the
             method's trainers read them: `(x, y)` when `setup.mode` is
-            `"paired"`), e.g. with `drop_remainder=True` for XLA.
+            `"paired"`), e.g. with `drop_remainder=True` for XLA. Each
+            phase reads it with an iterator of its own; for reproducible
+            runs every iterator must read the same stream (build a
+            reshuffling dataset with `tgc.data.pipeline.replayable`, as
+            the tasks' and `tgc.data`'s repeating datasets are).
         setup: Budget and training settings.
         steps: Training steps of all phases together (`method.split_steps`).
         steps_per_epoch: Steps between checkpoints and epoch callbacks.

@@ -601,7 +601,7 @@ def run(**overrides) -> dict:
         strategy=config["strategy"],
         replicas=distribution.num_replicas_in_sync,
         description=method.description,
-        method_options=method.describe()["options"],
+        method_options=method.option_values(),
         budget=budget.describe(),
         macs_budget=budget.macs,
         steps=config["steps"],

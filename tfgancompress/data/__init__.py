@@ -36,7 +36,10 @@ print(len(train_photos), tgc.data.count_by_source(train_photos))
 from tfgancompress.data.builtin import (
     DEBIAN_SOURCES,
     DEFAULT_HOLDOUT,
+    DEFAULT_PHOTO_SET,
+    EXTRA_SOURCES,
     OPENCV_DOC_DIR,
+    PHOTO_SETS,
     SOURCES,
     Photo,
     builtin_photos,
@@ -44,6 +47,7 @@ from tfgancompress.data.builtin import (
     default_photo_dir,
     load_photo,
     open_photo,
+    photo_set,
     photos,
     split_by_source,
 )
@@ -67,8 +71,11 @@ from tfgancompress.data.pairs import (
 __all__ = [
     "DEBIAN_SOURCES",
     "DEFAULT_HOLDOUT",
+    "DEFAULT_PHOTO_SET",
+    "EXTRA_SOURCES",
     "IMAGE_EXTENSIONS",
     "OPENCV_DOC_DIR",
+    "PHOTO_SETS",
     "SOURCES",
     "BadImageError",
     "FolderScan",
@@ -84,6 +91,7 @@ __all__ = [
     "open_photo",
     "paired_dataset",
     "perceptual_hash",
+    "photo_set",
     "photos",
     "pseudo_pairs",
     "scan_images",

@@ -19,6 +19,19 @@ source**, never by crop, see `split_by_source`):
 | `palapeli-data` | `usr/share/palapeli/collection` | 5 |
 | **all** | | **400** |
 
+The extended set (`photo_set("extended")`, `--photo_set=extended`; opt-in,
+never the default) adds five more Debian packages, unpacked by `make
+photos-extended` (~390 MB download) into the same folder:
+
+| source | where | photos |
+|---|---|---|
+| `mate-backgrounds` | `usr/share/backgrounds/mate/nature` | 12 |
+| `lomiri-wallpapers-20.04` | `usr/share/backgrounds` | 2 |
+| `stellarium-data` | `usr/share/stellarium/nebulae/default` (deep sky) | 162 |
+| `kalzium-data` | `usr/share/kalzium/data/toolpics` (laboratory) | 16 |
+| `libjxl-testdata` | `usr/share/libjxl-testdata` (JPEG XL's test photos) | 5 |
+| **extended** | | **597** |
+
 opencv-doc is installed by the project's set-up where apt-get exists (as
 root). The last eight are Debian packages the set-up (`make system-deps`)
 *unpacks* with `apt-get download` + `dpkg-deb -x`, without installing them
@@ -91,7 +104,14 @@ from tfgancompress.data import catalogue, pipeline, rcc
 OPENCV_DOC_DIR = Path("/usr/share/doc/opencv-doc/examples/data")
 SOURCES = tuple(catalogue.PHOTOS)
 DEBIAN_SOURCES = tuple(catalogue.FOLDERS)
+EXTRA_SOURCES = tuple(catalogue.EXTRA_PHOTOS)
+# Named sets of sources: "standard" is the default everywhere (and what
+# every cached benchmark row was made of); "extended" adds the extra sources.
+PHOTO_SETS = {"standard": SOURCES, "extended": SOURCES + EXTRA_SOURCES}
+DEFAULT_PHOTO_SET = "standard"
 DEFAULT_HOLDOUT = ("scikit-image",)
+_ALL_PHOTOS = {**catalogue.PHOTOS, **catalogue.EXTRA_PHOTOS}
+_ALL_FOLDERS = {**catalogue.FOLDERS, **catalogue.EXTRA_FOLDERS}
 _PHOTO_DIR_ENV = "TFGANCOMPRESS_PHOTOS"
 
 
@@ -112,7 +132,7 @@ class Photo:
     """One built-in photo.
 
     Attributes:
-        source: Where it comes from, one of `SOURCES`.
+        source: Where it comes from, one of `PHOTO_SETS["extended"]`.
         name: Its name, unique within the source (`"astronaut"`).
         path: The image file, or the Qt resource bundle holding it.
         member: The image's resource path inside the bundle `path`, or
@@ -147,8 +167,8 @@ def _source_dir(
     """The folder holding a source's photos, or None if not there."""
     if source == "opencv-doc":
         folder = Path(opencv_dir)
-    elif source in catalogue.FOLDERS:
-        folder = Path(photo_dir) / source / catalogue.FOLDERS[source]
+    elif source in _ALL_FOLDERS:
+        folder = Path(photo_dir) / source / _ALL_FOLDERS[source]
     else:
         package, sub = catalogue.PACKAGE_DIRS[source]
         spec = importlib.util.find_spec(package)
@@ -159,9 +179,21 @@ def _source_dir(
 
 
 def _check_sources(sources: Sequence[str]) -> None:
-    unknown = sorted(set(sources) - set(SOURCES))
+    known = PHOTO_SETS["extended"]
+    unknown = sorted(set(sources) - set(known))
     if unknown:
-        raise ValueError(f"Unknown photo source(s) {unknown}; known: {SOURCES}.")
+        raise ValueError(f"Unknown photo source(s) {unknown}; known: {known}.")
+
+
+def photo_set(name: str) -> tuple[str, ...]:
+    """The sources of a named photo set (`PHOTO_SETS`).
+
+    Raises:
+        ValueError: If the name is not one of `PHOTO_SETS`.
+    """
+    if name not in PHOTO_SETS:
+        raise ValueError(f"Unknown photo set {name!r}; known: {', '.join(PHOTO_SETS)}.")
+    return PHOTO_SETS[name]
 
 
 def _bundle_files(bundle: Path) -> set[str] | None:
@@ -176,7 +208,7 @@ def _bundle_files(bundle: Path) -> set[str] | None:
 def _source_photos(source: str, folder: Path) -> list[Photo]:
     """The catalogued photos of one source found in `folder` (missing: logged)."""
     photos, bundles, missing = [], {}, []
-    for name, location in catalogue.PHOTOS[source].items():
+    for name, location in _ALL_PHOTOS[source].items():
         rotation = catalogue.ROTATIONS.get((source, name), 0)
         if ".rcc:" in location:
             bundle_name, member = location.split(":", 1)
@@ -199,7 +231,7 @@ def _source_photos(source: str, folder: Path) -> list[Photo]:
             "Photo source %s: %d of its %d catalogued photos are missing, left out: %s",
             source,
             len(missing),
-            len(catalogue.PHOTOS[source]),
+            len(_ALL_PHOTOS[source]),
             shown,
         )
     return photos
@@ -218,13 +250,15 @@ def builtin_photos(
     count and the first paths).
 
     Args:
-        sources: Sources to include (default: all of `SOURCES`).
+        sources: Sources to include (default: `SOURCES`, the standard
+            set; `photo_set("extended")` adds `EXTRA_SOURCES`).
         opencv_dir: Where Debian's `opencv-doc` puts its example images.
         photo_dir: Where the set-up unpacked the Debian photo packages
             (default: `default_photo_dir()`).
 
     Returns:
-        The photos, ordered by source (as in `SOURCES`) and as catalogued.
+        The photos, ordered by source (as in `PHOTO_SETS["extended"]`) and
+        as catalogued.
 
     Raises:
         ValueError: If a source name is unknown, or no photo is found.
@@ -239,7 +273,7 @@ def builtin_photos(
     _check_sources(sources)
     photo_dir = default_photo_dir() if photo_dir is None else photo_dir
     photos = []
-    for source in SOURCES:
+    for source in PHOTO_SETS["extended"]:
         if source not in sources:
             continue
         folder = _source_dir(source, opencv_dir, photo_dir)
@@ -256,14 +290,14 @@ def builtin_photos(
 
 
 def count_by_source(photos: Sequence[Photo]) -> dict[str, int]:
-    """How many of `photos` each source gave, in `SOURCES` order.
+    """How many of `photos` each source gave, in `PHOTO_SETS["extended"]` order.
 
     Example:
 
     >>> train, held_out = split_by_source(builtin_photos())
     >>> print(len(train), "training photos:", count_by_source(train))
     """
-    counts = {source: 0 for source in SOURCES}
+    counts = {source: 0 for source in PHOTO_SETS["extended"]}
     for photo in photos:
         counts[photo.source] += 1
     return {source: count for source, count in counts.items() if count}
@@ -500,9 +534,6 @@ def _crops(
     """
     drop_remainder = training if drop_remainder is None else drop_remainder
     count = images * (crops_per_photo if training else 1)
-    indices = tf.data.Dataset.range(count)
-    if training:
-        indices = indices.shuffle(count, seed=seed, reshuffle_each_iteration=True)
 
     def crop(index, element_seed):
         pixels = tf.numpy_function(
@@ -516,9 +547,14 @@ def _crops(
             return out
         return out[..., :3], out[..., 3:]
 
-    examples = pipeline.with_seeds(indices, seed).map(
-        crop, num_parallel_calls=pipeline.AUTOTUNE
-    )
+    def examples():
+        indices = tf.data.Dataset.range(count)
+        if training:
+            indices = indices.shuffle(count, seed=seed, reshuffle_each_iteration=True)
+        return pipeline.with_seeds(indices, seed).map(
+            crop, num_parallel_calls=pipeline.AUTOTUNE
+        )
+
     return pipeline.finish(examples, batch_size, drop_remainder, repeat, count)
 
 

@@ -493,8 +493,6 @@ def paired_dataset(
         )
         load = _load_aligned
     _check_uniform(infos, batch_size, crop_size, load_size, keep_aspect)
-    if shuffle:
-        files = files.shuffle(len(infos), seed=seed, reshuffle_each_iteration=True)
 
     def make_pair(paths, seed_pair):
         a, b = load(*paths) if isinstance(paths, tuple) else load(paths)
@@ -508,10 +506,17 @@ def paired_dataset(
         a, b = ab[..., :3], ab[..., 3:]
         return (a, b) if direction == "AtoB" else (b, a)
 
-    pairs = pipeline.with_seeds(files, seed).map(
-        make_pair, num_parallel_calls=pipeline.AUTOTUNE
-    )
-    return pipeline.finish(pairs, batch_size, drop_remainder, repeat, len(infos))
+    def examples():
+        shuffled = files
+        if shuffle:
+            shuffled = files.shuffle(
+                len(infos), seed=seed, reshuffle_each_iteration=True
+            )
+        return pipeline.with_seeds(shuffled, seed).map(
+            make_pair, num_parallel_calls=pipeline.AUTOTUNE
+        )
+
+    return pipeline.finish(examples, batch_size, drop_remainder, repeat, len(infos))
 
 
 def _domain(
@@ -595,9 +600,15 @@ def unpaired_dataset(
         _check_uniform(infos, batch_size, crop_size, load_size, keep_aspect)
     transform = _shape_transform(load_size, crop_size, keep_aspect, training, flip)
     seed_b = None if seed is None else seed + 1
-    pairs = tf.data.Dataset.zip(
-        _domain(infos_a, shuffle, seed, transform),
-        _domain(infos_b, shuffle, seed_b, transform),
-    )
     count = max(len(infos_a), len(infos_b))
-    return pipeline.finish(pairs.take(count), batch_size, drop_remainder, repeat, count)
+
+    def examples():
+        pairs = tf.data.Dataset.zip(
+            _domain(infos_a, shuffle, seed, transform),
+            _domain(infos_b, shuffle, seed_b, transform),
+        )
+        # Repeating, the endless domains go on: restarting them every
+        # `count` pairs would let their read-ahead move the reshuffle seeds.
+        return pairs if repeat else pairs.take(count)
+
+    return pipeline.finish(examples, batch_size, drop_remainder, repeat, count)

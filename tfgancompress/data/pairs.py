@@ -345,13 +345,19 @@ def _views_task(
     )
     drop_remainder = training if drop_remainder is None else drop_remainder
     pairs = tf.data.Dataset.from_tensor_slices((inputs, outputs))
-    if training:
-        pairs = pairs.shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True)
-    pairs = pairs.map(
-        lambda x, y: (pipeline.to_float(x), pipeline.to_float(y)),
-        num_parallel_calls=pipeline.AUTOTUNE,
-    )
-    return pipeline.finish(pairs, batch_size, drop_remainder, repeat, len(inputs))
+
+    def examples():
+        shuffled = pairs
+        if training:
+            shuffled = pairs.shuffle(
+                len(inputs), seed=seed, reshuffle_each_iteration=True
+            )
+        return shuffled.map(
+            lambda x, y: (pipeline.to_float(x), pipeline.to_float(y)),
+            num_parallel_calls=pipeline.AUTOTUNE,
+        )
+
+    return pipeline.finish(examples, batch_size, drop_remainder, repeat, len(inputs))
 
 
 def _task(

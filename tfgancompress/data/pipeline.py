@@ -8,6 +8,8 @@ random choice is stateless and derived from one per-element seed drawn from
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import tensorflow as tf
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -309,6 +311,30 @@ def tone_jitter(
     return apply_tone(image, gains, gammas)
 
 
+def replayable(make: Callable[[], tf.data.Dataset]) -> tf.data.Dataset:
+    """A dataset that `make()` builds anew for every iterator.
+
+    A `shuffle(..., reshuffle_each_iteration=True)` or a
+    `Dataset.random(..., rerandomize_each_iteration=True)` draws a new seed
+    from a generator its dataset object owns, shared by all its iterators,
+    whenever an iteration (or a `repeat` epoch) starts. Prefetching threads
+    start epochs ahead of what is read, and an iterator dropped early (a
+    `fit` of a few steps) has drawn as many seeds as its threads reached:
+    the next iterator's order depends on thread timing. Built inside the
+    returned dataset's iteration, each iterator gets its own generator,
+    so every iterator replays the stream the first one reads: a training
+    phase, a resumed run and a second run see the same batches.
+
+    Args:
+        make: Builds the dataset (repeating, if the stream should go on:
+            a `repeat` outside would replay the first epoch).
+
+    Returns:
+        The dataset.
+    """
+    return tf.data.Dataset.range(1).flat_map(lambda _: make())
+
+
 def with_seeds(dataset: tf.data.Dataset, seed: int | None) -> tf.data.Dataset:
     """Zips each element with its own `int64 (2,)` stateless seed.
 
@@ -327,7 +353,7 @@ def with_seeds(dataset: tf.data.Dataset, seed: int | None) -> tf.data.Dataset:
 
 
 def finish(
-    dataset: tf.data.Dataset,
+    examples: Callable[[], tf.data.Dataset],
     batch_size: int,
     drop_remainder: bool,
     repeat: bool,
@@ -335,8 +361,11 @@ def finish(
 ) -> tf.data.Dataset:
     """Repeat (optional), batch, prefetch; checks the batch can be filled.
 
+    Repeating, the examples are built by every iterator (`replayable`):
+    each iterator reads the same epochs.
+
     Args:
-        dataset: The per-example dataset (shuffled already).
+        examples: Builds the per-example dataset (shuffled, seeded).
         batch_size: Examples per batch.
         drop_remainder: Drop the last partial batch (XLA compiles once per
             batch shape).
@@ -358,6 +387,5 @@ def finish(
             "drop_remainder=True: every batch would be dropped. Lower "
             "batch_size, set repeat=True or drop_remainder=False."
         )
-    if repeat:
-        dataset = dataset.repeat()
+    dataset = replayable(lambda: examples().repeat()) if repeat else examples()
     return dataset.batch(batch_size, drop_remainder=drop_remainder).prefetch(AUTOTUNE)

@@ -25,6 +25,7 @@ from training.methods.base import (
     adam,
     discriminator,
     distillation_trainer,
+    key_neutral,
     parse_options,
 )
 
@@ -136,6 +137,7 @@ __all__ = [
     "discriminator",
     "distillation_trainer",
     "get",
+    "key_neutral",
     "parse_options",
     "register",
     "unregister",

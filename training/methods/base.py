@@ -50,6 +50,29 @@ from training import budget as budget_lib
 from training.callbacks import gates_of
 from training.trainer import MODES, AdversarialTrainer
 
+KEY_NEUTRAL = "key_neutral"
+
+
+def key_neutral(default):
+    """An option field whose default value does not enter run keys.
+
+    Declare an option added to a method's `Options` after runs of the
+    method were cached this way (`added: int = methods.key_neutral(3)`):
+    at its default it is left out of `Method.describe` (so out of
+    `training.train.run_key`, benchmark row keys and checkpoint claims),
+    and every earlier run's key stays valid; any other value enters them.
+    An option declared plainly enters the key at every value (the options
+    the methods had when this existed stay so: their keys do not change).
+
+    Args:
+        default: The option's default; it must keep the method training
+            exactly as it did before the option existed.
+
+    Returns:
+        A `dataclasses.field` with that default.
+    """
+    return dataclasses.field(default=default, metadata={KEY_NEUTRAL: True})
+
 
 @dataclasses.dataclass(frozen=True)
 class NoOptions:
@@ -245,7 +268,9 @@ class Method(abc.ABC):
     Class attributes a subclass sets:
         name: The registry name (`training.methods.get(name)`).
         Options: A frozen dataclass of the knobs, every field with a
-            default; its `__post_init__` may validate them.
+            default; its `__post_init__` may validate them. A knob added
+            once runs of the method exist is declared with `key_neutral`,
+            so that at its default those runs keep their keys.
         search_share: Fraction of the pipeline's steps given to the search
             phase by the default `split_steps`.
         colour_skip: Whether the pipeline may wrap the slimmed generator in
@@ -278,19 +303,32 @@ class Method(abc.ABC):
 
     # Identity --------------------------------------------------------------
 
+    def option_values(self) -> dict:
+        """Every option's value by name, for reports (`describe` names the run)."""
+        return dataclasses.asdict(self.options)
+
     def describe(self) -> dict:
-        """`{"method": name, "options": {...}}`: JSON-able, every option set."""
-        return {"method": self.name, "options": dataclasses.asdict(self.options)}
+        """`{"method": name, "options": {...}}`: JSON-able, what names the run.
+
+        Every option, except a `key_neutral` one at its default: the
+        identity of a run (`training.train.run_key`), unchanged when such
+        an option is added.
+        """
+        values = self.option_values()
+        for field in dataclasses.fields(self.options):
+            if field.metadata.get(KEY_NEUTRAL) and values[field.name] == field.default:
+                del values[field.name]
+        return {"method": self.name, "options": values}
 
     @property
     def description(self) -> str:
         """A stable one-line description, e.g. `distill(lambda_distill=1.0,...)`.
 
-        The options are sorted by name with their values' `repr`: two
-        methods are the same run configuration exactly when their
-        descriptions are equal (use it as a cache key).
+        The options of `describe`, sorted by name with their values'
+        `repr`: two methods are the same run configuration exactly when
+        their descriptions are equal (use it as a cache key).
         """
-        options = dataclasses.asdict(self.options)
+        options = self.describe()["options"]
         inner = ",".join(f"{key}={options[key]!r}" for key in sorted(options))
         return f"{self.name}({inner})"
 
@@ -503,5 +541,6 @@ __all__ = [
     "check_non_negative",
     "discriminator",
     "distillation_trainer",
+    "key_neutral",
     "parse_options",
 ]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+import tfgancompress as tgc
 from training.tasks.base import TaskData, Views, split_photos
 from training.tasks.pairs import pair_task
 from training.tasks.photos import (
@@ -37,6 +38,7 @@ DEFAULTS = {
     "pairs": None,
     "held_out": None,
     "held_out_fraction": DEFAULT_HELD_OUT_FRACTION,
+    "photo_set": tgc.data.DEFAULT_PHOTO_SET,
     **dataclasses.asdict(VIEWS),
 }
 
@@ -50,6 +52,7 @@ def load(
     views: Views = VIEWS,
     seed: int = 0,
     cache_dir=None,
+    photo_set: str = tgc.data.DEFAULT_PHOTO_SET,
 ) -> TaskData:
     """The task of these choices, loaded once.
 
@@ -65,6 +68,9 @@ def load(
         views: How to cut views.
         seed: Seed of the splits.
         cache_dir: View cache root.
+        photo_set: Which built-in photos the vintage or teacher-only task
+            trains on (`tgc.data.PHOTO_SETS`; the held-out photos are the
+            same in every set).
 
     Returns:
         With no `teacher`, `photos` or `pairs`: the vintage task. With a
@@ -86,8 +92,9 @@ def load(
         raise ValueError(
             "A held-out folder goes with your photos or pairs (--photos or --pairs)."
         )
+    tgc.data.photo_set(photo_set)  # an unknown name fails before any loading
     if teacher is None:
-        return vintage_task(views, seed, cache_dir)
+        return vintage_task(views, seed, cache_dir, photo_set)
     model, key = load_teacher(teacher)
     if photos is not None:
         return photo_task(
@@ -95,7 +102,9 @@ def load(
         )
     if pairs is not None:
         return pair_task(model, key, pairs, held_out, held_out_fraction, views, seed)
-    return builtin_task(model, key, views, seed, cache_dir=cache_dir, name="builtin")
+    return builtin_task(
+        model, key, views, seed, cache_dir=cache_dir, photo_set=photo_set
+    )
 
 
 def from_settings(settings: dict) -> TaskData:
@@ -105,6 +114,7 @@ def from_settings(settings: dict) -> TaskData:
         held_out_fraction=settings["held_out_fraction"],
         views=Views.from_settings(settings),
         seed=settings["seed"],
+        photo_set=settings.get("photo_set", tgc.data.DEFAULT_PHOTO_SET),
     )
 
 
@@ -144,6 +154,16 @@ def define_flags() -> None:
         "Fraction of your files held out (seeded) when --held_out is not given.",
         lower_bound=0.0,
         upper_bound=1.0,
+    )
+    flags.DEFINE_enum(
+        "photo_set",
+        DEFAULTS["photo_set"],
+        list(tgc.data.PHOTO_SETS),
+        "Built-in photos to train on: 'standard' (391 training photos) or "
+        "'extended' (588: adds Stellarium's deep-sky photos, Kalzium's "
+        "laboratory photos, JPEG XL's test photos and two wallpaper packages, "
+        "unpacked by `make photos-extended`). Held out: the same 9 "
+        "scikit-image photos.",
     )
     flags.DEFINE_integer(
         "photo_size",

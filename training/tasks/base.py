@@ -265,13 +265,25 @@ class TaskData:
         """The training views as a repeating, shuffled dataset of float batches.
 
         Batches are `(input, target)`, float32 in [-1, 1], all of
-        `batch_size` (XLA compiles once).
+        `batch_size` (XLA compiles once). Every iterator replays the same
+        stream (`tgc.data.pipeline.replayable`): each training phase
+        starts at its first batch, whatever the previous phase's
+        prefetching read ahead.
         """
         seed = self.seed if seed is None else seed
-        inputs, targets = self.train
-        pairs = tf.data.Dataset.from_tensor_slices((inputs, targets))
-        pairs = pairs.shuffle(len(inputs), seed=seed, reshuffle_each_iteration=True)
-        pairs = pairs.repeat().map(_as_float, num_parallel_calls=tf.data.AUTOTUNE)
+        inputs, targets = (tf.constant(a) for a in self.train)
+        count = len(self.train[0])
+        order = tgc.data.pipeline.replayable(
+            lambda: (
+                tf.data.Dataset.range(count)
+                .shuffle(count, seed=seed, reshuffle_each_iteration=True)
+                .repeat()
+            )
+        )
+        pairs = order.map(
+            lambda i: _as_float(tf.gather(inputs, i), tf.gather(targets, i)),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
         return pairs.batch(batch_size, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
 
     def calibration(self, count: int, seed: int | None = None) -> np.ndarray:

@@ -181,6 +181,25 @@ def views_task(
     )
 
 
+def builtin_set(photo_set: str) -> list[tgc.data.Photo]:
+    """The built-in photos of a named set (`tgc.data.PHOTO_SETS`).
+
+    Raises:
+        ValueError: On an unknown set name, or a set whose extra sources
+            are all missing (the message says how to unpack them).
+    """
+    sources = tgc.data.photo_set(photo_set)
+    photos = tgc.data.builtin_photos(sources)
+    extra = set(sources) - set(tgc.data.SOURCES)
+    if extra and not {photo.source for photo in photos} & extra:
+        raise ValueError(
+            f"Photo set {photo_set!r}: none of its extra sources "
+            f"({', '.join(sorted(extra))}) is unpacked in "
+            f"{tgc.data.default_photo_dir()}: run `make photos-extended`."
+        )
+    return photos
+
+
 def builtin_task(
     teacher: keras.Model,
     key: str,
@@ -189,6 +208,7 @@ def builtin_task(
     holdout=tgc.data.DEFAULT_HOLDOUT,
     cache_dir=None,
     name: str = "builtin",
+    photo_set: str = tgc.data.DEFAULT_PHOTO_SET,
 ) -> TaskData:
     """`teacher` on the built-in photos, held out by source.
 
@@ -201,13 +221,21 @@ def builtin_task(
             (`tgc.data.split_by_source`).
         cache_dir: View cache root.
         name: Task name.
+        photo_set: Which built-in photos (`tgc.data.PHOTO_SETS`); the
+            default "standard" set keeps the task's data key as it was
+            before the extended set existed.
+
+    Raises:
+        ValueError: On an unknown photo set, or "extended" with none of its
+            extra sources unpacked.
     """
     views = views or Views()
-    train, held_out = tgc.data.split_by_source(tgc.data.builtin_photos(), holdout)
+    train, held_out = tgc.data.split_by_source(builtin_set(photo_set), holdout)
     sources = ", ".join(holdout) if not isinstance(holdout, str) else holdout
+    which = "" if photo_set == tgc.data.DEFAULT_PHOTO_SET else f"{photo_set} "
     return views_task(
         name,
-        f"{teacher.name} on the built-in photos (held out: {sources})",
+        f"{teacher.name} on the {which}built-in photos (held out: {sources})",
         teacher,
         key,
         train,

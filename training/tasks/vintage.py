@@ -35,13 +35,19 @@ VIEWS = Views(
 )
 
 
-def vintage_task(views: Views = VIEWS, seed: int = 0, cache_dir=None) -> TaskData:
+def vintage_task(
+    views: Views = VIEWS,
+    seed: int = 0,
+    cache_dir=None,
+    photo_set: str = tgc.data.DEFAULT_PHOTO_SET,
+) -> TaskData:
     """The vintage teacher on the built-in photos (see the module docstring).
 
     Args:
         views: How to cut the views.
         seed: Seed of the validation and reference draws.
         cache_dir: View cache root (default `tgc.data.default_cache_dir()`).
+        photo_set: Which built-in photos (`tgc.data.PHOTO_SETS`).
     """
     return builtin_task(
         tgc.models.pretrained("vintage"),
@@ -50,4 +56,5 @@ def vintage_task(views: Views = VIEWS, seed: int = 0, cache_dir=None) -> TaskDat
         seed,
         cache_dir=cache_dir,
         name="vintage",
+        photo_set=photo_set,
     )
