@@ -194,3 +194,91 @@ def test_a_float_convolution_keeps_its_relu_float(planted, calibration, tmp_path
     ]
     assert floats == ["CONV_2D"]  # the ReLU fused into it, rounding after
     assert agreement["auto"] > agreement["none"] + 6.0
+
+
+@pytest.fixture(scope="module")
+def generator():
+    keras.utils.set_random_seed(0)
+    return resnet_generator(ngf=8, n_blocks=2)
+
+
+def test_a_whole_output_target_keeps_float_until_met(generator, calibration, tmp_path):
+    # Random weights: every tensor alone costs > 40 dB, so the per-layer
+    # plan keeps nothing float; together they end below the target.
+    per_layer = quantization.plan_int8(generator, calibration, target_psnr=None)
+    target = per_layer.planned_psnr + 3.0
+    plan = quantization.plan_int8(generator, calibration, target_psnr=target)
+    print(per_layer.float_layers, per_layer.planned_psnr, plan.float_layers, plan)
+    assert per_layer.float_layers == []
+    assert per_layer.planned_psnr < target <= plan.planned_psnr
+    assert plan.target_psnr == target and plan.float_layers
+    assert plan.all_int8_psnr == pytest.approx(per_layer.all_int8_psnr, abs=1e-6)
+    with pytest.warns(UserWarning, match="short of target_psnr=99"):
+        unreachable = quantization.plan_int8(generator, calibration, target_psnr=99.0)
+    assert unreachable.float_layers == per_layer.float_layers
+
+    held_out = _images(4, seed=3)
+    expected = generator.predict(held_out, verbose=0)
+
+    def file_psnr(name, target_psnr):
+        path = export.to_litert(
+            generator,
+            tmp_path / name,
+            "int8",
+            calibration,
+            (1, SIZE, SIZE, 3),
+            int8_target_psnr=target_psnr,
+        )
+        actual = np.concatenate([export.run_litert(path, x[None]) for x in held_out])
+        return path, _psnr(actual, expected)
+
+    planned, planned_psnr = file_psnr("planned.tflite", target)
+    _, per_layer_psnr = file_psnr("per_layer.tflite", None)
+    print(f"file vs float: per-layer {per_layer_psnr:.1f}, target {planned_psnr:.1f}")
+    # The file gains what the simulation promised, give or take a half
+    # (its int8 weights and integer arithmetic are not simulated).
+    assert planned_psnr - per_layer_psnr > 0.5 * (target - per_layer.planned_psnr)
+    convolutions = [
+        name
+        for name in plan.float_layers
+        if isinstance(
+            generator.get_layer(name),
+            keras.layers.Conv2D | keras.layers.Conv2DTranspose,
+        )
+    ]
+    assert set(export.litert_contract(planned)["float32_convolutions"]) == set(
+        convolutions
+    )
+
+
+@pytest.mark.parametrize("bad", [0.0, -5.0, 101.0, float("nan"), "35", True])
+def test_a_bad_target_psnr_is_named(bad, generator, calibration, tmp_path):
+    with pytest.raises(ValueError, match=r"target_psnr must be .* got"):
+        quantization.plan_int8(generator, calibration, target_psnr=bad)
+    with pytest.raises(ValueError, match=r"int8_target_psnr must be .* got"):
+        export.to_litert(
+            generator, tmp_path / "g.tflite", "int8", calibration, int8_target_psnr=bad
+        )
+
+
+def test_a_float_convolution_reads_a_float_norm_through_a_float_padding(
+    planted, calibration, tmp_path
+):
+    # out_conv reads mid_norm's ReLU output through a reflection padding:
+    # an int8 padding would round the tensor that out_conv kept float.
+    path = export.to_litert(
+        planted,
+        tmp_path / "out.tflite",
+        "int8",
+        calibration,
+        (1, SIZE, SIZE, 3),
+        float_layers=["out_conv"],
+    )
+    graph = export.litert_graph(path)
+    last_norm = max(i for i, op in enumerate(graph) if op.name == "MEAN")
+    last_conv = max(i for i, op in enumerate(graph) if op.name == "CONV_2D")
+    between = graph[last_norm + 1 : last_conv + 1]
+    copies = [op for op in between if op.name in ("PAD", "MIRROR_PAD", "CONCATENATION")]
+    print([(op.name, op.output_dtypes) for op in between])
+    assert copies  # the padding is there, and runs in float32
+    assert all(op.output_dtypes == ("float32",) for op in between)

@@ -64,6 +64,11 @@ Where the all-int8 error came from (intermediate tensors compared):
   (`tfgancompress.quantization.plan_int8`) and keeps the convolutions
   costing more than 40 dB in float32: 36.8 dB, 0.14 dB lost. See
   `tfgancompress.quantization` for the tensor-by-tensor analysis.
+- Many moderate roundings can still add up (trained bench students: 27-33
+  dB against the float model, up to 0.95 dB lost): the plan then keeps
+  more convolutions and residual adds in float32 until its simulation of
+  the whole output meets `int8_target_psnr` (35 dB by default; README,
+  "A whole-output target for the plan").
 
 What remains (the teacher's 22 dB): trained ResNet activations are heavy-
 tailed (single pixels 10-70 standard deviations out, most in the up-
@@ -534,16 +539,21 @@ def _convert_int8_float_layers(
 
 
 def _float_layers(
-    model: keras.Model, float_layers: Sequence[str] | str, batches: list
+    model: keras.Model,
+    float_layers: Sequence[str] | str,
+    batches: list,
+    target_psnr: float | None,
 ) -> list[keras.layers.Layer]:
-    """The instance norms and the chosen convolutions of `model`."""
+    """The instance norms and the chosen convolutions (and adds) of `model`."""
     if isinstance(float_layers, str):
         if float_layers != "auto":
             raise ValueError(
                 f'float_layers must be "auto" or a list of layer names, got '
                 f"{float_layers!r}."
             )
-        plan = _quantization.plan_int8(model, batches, equalize=False)
+        plan = _quantization.plan_int8(
+            model, batches, equalize=False, target_psnr=target_psnr
+        )
         float_layers = plan.float_layers
     names = {layer.name for layer in model.layers}
     unknown = sorted(set(float_layers) - names)
@@ -555,7 +565,12 @@ def _float_layers(
         if isinstance(layer, InstanceNormalization)
     ]
     convolutions = [model.get_layer(name) for name in float_layers]
-    return norms + convolutions + _activations_after(convolutions)
+    return (
+        norms
+        + convolutions
+        + _quantization.activations_after(convolutions)
+        + _quantization.copies_into(convolutions)
+    )
 
 
 def _split_norms(layers: list) -> tuple[list, list]:
@@ -592,25 +607,7 @@ def _in_converted_model(model: keras.Model, layers: list) -> list:
             for layer in by_name.values()
             if isinstance(layer, keras.layers.Conv2DTranspose) and layer not in found
         ]
-        found += transposed + _activations_after(transposed)
-    return found
-
-
-def _activations_after(layers: list) -> list:
-    """The activation layers that alone consume `layers`' outputs.
-
-    A convolution kept float32 keeps its activation float32 too, so the
-    int8 rounding comes after it: before a ReLU, the rounding would span
-    the negative tail the ReLU discards (the outliers that made the
-    convolution float in the first place).
-    """
-    found = []
-    for layer in layers:
-        consumers = [node.operation for node in layer._outbound_nodes]
-        if len(consumers) == 1 and isinstance(
-            consumers[0], keras.layers.ReLU | keras.layers.Activation
-        ):
-            found.append(consumers[0])
+        found += transposed + _quantization.activations_after(transposed)
     return found
 
 
@@ -749,6 +746,7 @@ def to_litert(
     one_pass_norms: bool = True,
     norm_statistics_stride: int = 1,
     int8_norms: bool = False,
+    int8_target_psnr: float | None = _quantization.DEFAULT_TARGET_PSNR,
 ) -> str:
     """Converts a Keras model into a builtin-ops-only LiteRT (`.tflite`) file.
 
@@ -772,13 +770,15 @@ def to_litert(
             (`equalize_for_int8`); see the module docstring. `False` runs
             the norms in int8 too, for integer-only accelerators, at a
             large quality cost.
-        float_layers: For `"int8"` with `float_norms`: convolutions to
-            keep in float32 besides the norms. `"auto"` measures what each
-            tensor's rounding costs and keeps the convolutions whose output
-            alone costs more than 40 dB PSNR
+        float_layers: For `"int8"` with `float_norms`: convolutions (and
+            residual adds) to keep in float32 besides the norms; paddings
+            between float32 layers stay float32 too. `"auto"` measures what
+            each tensor's rounding costs and keeps the layers whose output
+            alone costs more than 40 dB PSNR, then more until the whole
+            output meets `int8_target_psnr`
             (`tfgancompress.quantization.plan_int8`, a few forward passes
-            of 8 calibration images per quantized tensor); `()` keeps
-            none.
+            of 8 calibration images per quantized tensor and per layer
+            added); `()` keeps none.
         lowering: Apply the exact export-time rewrites of
             `tfgancompress.lowering` (transposed convolutions as sub-pixel
             convolutions, ...): the same function, a faster file. `False`
@@ -801,6 +801,11 @@ def to_litert(
             than the float32 ones) and the trained bench student measured
             lost 0.42 dB more than with float32 norms (README, "Real
             speed-up").
+        int8_target_psnr: For `"int8"` with `float_layers="auto"`: the
+            simulated PSNR in dB of the int8 output against the float
+            model the plan keeps layers float32 for
+            (`quantization.DEFAULT_TARGET_PSNR`; see `plan_int8`). `None`:
+            the per-layer threshold alone.
 
     Returns:
         `path` as a string. The file carries its input/output contract in
@@ -808,7 +813,8 @@ def to_litert(
         (`litert_contract`).
 
     Raises:
-        ValueError: For an unknown `quantization`, an input shape that is
+        ValueError: For an unknown `quantization`, an `int8_target_psnr`
+            that is not `None` or in (0, 100], an input shape that is
             unknown or does not fit the model, `"int8"` without
             representative data, or a model that needs non-builtin (flex)
             ops — the message names those TensorFlow ops.
@@ -840,6 +846,7 @@ def to_litert(
             f"norm_statistics_stride={norm_statistics_stride!r} is a lowering: "
             "it needs lowering=True."
         )
+    _quantization.check_target_psnr(int8_target_psnr, "int8_target_psnr")
     path = _check_writable(path)
     shape = _fixed_input_shape(model, input_shape)
     batches = None
@@ -854,7 +861,7 @@ def to_litert(
         _quantization.check_calibration_size(batches)
         if float_norms:
             model = equalize_for_int8(model, batches)
-            kept_float = _float_layers(model, float_layers, batches)
+            kept_float = _float_layers(model, float_layers, batches, int8_target_psnr)
             if int8_norms:
                 kept_float, norms_in_int8 = _split_norms(kept_float)
     if lowering:
