@@ -341,9 +341,18 @@ def test_other_export_settings_reship_cached_rows_without_training(
     assert bench.needs_reship(legacy, config)
     unfolded = {**config, "fold_norms": False}
     assert bench.needs_reship(legacy, unfolded)  # two-pass norm statistics
-    current = {"export": {"fold_norms": False, "norm_statistics": "one_pass"}}
+    current = {
+        "export": {
+            "fold_norms": False,
+            "norm_statistics": "one_pass",
+            "int8_target_psnr": tgc.quantization.DEFAULT_TARGET_PSNR,
+        }
+    }
     assert not bench.needs_reship(current, unfolded)
     assert bench.needs_reship({"export": {"fold_norms": False}}, unfolded)
+    # Files made before the int8 plan's whole-output target: made again.
+    before_target = {k: v for k, v in current["export"].items() if "int8" not in k}
+    assert bench.needs_reship({"export": before_target}, unfolded)
 
     def no_training(*args):
         raise AssertionError("a cached row was trained again")
@@ -386,6 +395,7 @@ def test_other_export_settings_reship_cached_rows_without_training(
     assert per_image["export"] == {
         "fold_norms": False,
         "norm_statistics": "one_pass",
+        "int8_target_psnr": tgc.quantization.DEFAULT_TARGET_PSNR,
         "folded_norms": 0,
         "instance_norms": norms,
     }

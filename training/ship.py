@@ -35,6 +35,9 @@ ROWS = ("teacher", "student", "student_int8", "identity", "colour_map")
 # How the files' instance norms take their statistics (`tgc.export.to_litert`'s
 # default lowering: `E[x]` and `E[x**2]` in one pass; files before it: two).
 NORM_STATISTICS = "one_pass"
+# The whole-output target of the int8 files' plan (`tgc.export.to_litert`'s
+# default; files before it: the per-layer plan only, recorded as missing).
+INT8_TARGET_PSNR = tgc.quantization.DEFAULT_TARGET_PSNR
 UNFOLDED = "student_unfolded"
 
 
@@ -99,7 +102,7 @@ def shipped_model(student: keras.Model, task: TaskData, fold_norms: bool):
 
     Returns:
         `(model, export)`: `export` records the settings (`fold_norms`,
-        `norm_statistics`),
+        `norm_statistics`, `int8_target_psnr`),
         `folded_norms` (how many norms were folded), `instance_norms` (how
         many the files still compute per image: a norm not fed by a plain
         convolution stays) and, when norms were folded and the task has
@@ -114,6 +117,7 @@ def shipped_model(student: keras.Model, task: TaskData, fold_norms: bool):
     export = {
         "fold_norms": fold_norms,
         "norm_statistics": NORM_STATISTICS,
+        "int8_target_psnr": INT8_TARGET_PSNR,
         "folded_norms": instance_norms(student) - left,
         "instance_norms": left,
     }
