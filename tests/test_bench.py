@@ -219,6 +219,39 @@ def test_known_rows_without_a_cache_are_named_not_dropped(tmp_path, capsys):
     assert "other keys" not in warnings["pixel"]
 
 
+def test_rows_not_cached_here_are_kept_from_the_earlier_report(tmp_path, capsys):
+    task = _tiny_task(tmp_path)
+    out = tmp_path / "out"
+    first = bench.run(
+        ["uniform"], str(out), str(tmp_path / "a"), task=task, **_settings()
+    )
+    report = out / "photos.json"
+    earlier = json.loads(report.read_text())
+    del earlier["rows"]["uniform"]["key"]  # as rows recorded before the key was
+    reports.write_json(str(report), earlier)
+    # A new machine: nothing cached, the report of the earlier run in place.
+    second = bench.run(
+        ["distill"], str(out), str(tmp_path / "b"), task=task, **_settings()
+    )
+    rows = second["rows"]
+    assert list(rows) == ["teacher", "identity", "colour_map", "uniform", "distill"]
+    assert rows["uniform"]["from_report"] is True
+    assert "from_report" not in rows["distill"]
+    for key in ("psnr", "fd", "psnr_int8", "latency_ms", "speedup", "speedup_int8"):
+        assert rows["uniform"][key] == first["rows"]["uniform"][key], key
+    assert rows["distill"]["key"] in rows["distill"]["files"]["fp32"]
+    assert "| uniform (earlier run) |" in (out / "photos.md").read_text()
+    assert f"uniform: not cached here; kept from {report}" in capsys.readouterr().out
+    # Under another run key (here another seed) the earlier rows are not kept.
+    other = bench.run(
+        [], str(out), str(tmp_path / "c"), task=task, **_settings(), seed=1
+    )
+    assert list(other["rows"]) == ["teacher", "identity", "colour_map"]
+    report.write_text("{")
+    with pytest.raises(ValueError, match="photos.json is not a readable benchmark"):
+        bench.run([], str(out), str(tmp_path / "c"), task=task, **_settings())
+
+
 def test_variants_are_rows_of_their_own():
     label, (method, options) = bench.parse_variant("pixel=distill:lambda_distill=0")
     assert (label, method, options) == ("pixel", "distill", "lambda_distill=0")

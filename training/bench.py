@@ -40,7 +40,12 @@ exported and scored again from its `student.keras`, without training
 
 `--methods` lists the rows to produce now; every other row cached under
 the same settings is reused, so `--methods=gcc` trains gcc and keeps the
-others. `--retrain` trains the listed rows again.
+others. `--retrain` trains the listed rows again. A known row with no cache
+in `work_dir` (a new machine, a cleared cache) is kept from the report
+already in `--output_dir` when that report's row was made under the same
+run key (`reported_row`): as that run made, scored and timed it, marked
+`from_report` and "(earlier run)" in the table, and not timed again (its
+files are not here). Otherwise it is left out with a warning.
 
 Then one pass times every row's fp32 and int8 LiteRT file and the
 teacher's, interleaved (`tgc.ship.time_files`), so the speed-ups share the
@@ -154,6 +159,43 @@ def missing_row_warning(work_dir: str, label: str, key: str) -> str:
     if others:
         text += f" Cached under other keys: {', '.join(others)}."
     return text
+
+
+def load_report(output_dir: str, task_name: str) -> tuple[str, dict | None]:
+    """The earlier report in `output_dir` (`<task>.json`), or `None` if absent.
+
+    Raises:
+        ValueError: If the file is there but is not a readable report.
+    """
+    path = os.path.join(output_dir, f"{task_name}.json")
+    if not os.path.exists(path):
+        return path, None
+    try:
+        with open(path) as file:
+            report = json.load(file)
+    except (OSError, json.JSONDecodeError) as error:
+        raise ValueError(
+            f"{path} is not a readable benchmark report ({error}); move it away "
+            "or fix it: the benchmark keeps rows from it."
+        ) from error
+    if not isinstance(report.get("rows"), dict):
+        raise ValueError(f"{path} has no 'rows' table: not a benchmark report.")
+    return path, report
+
+
+def reported_row(report: dict | None, label: str, key: str) -> dict | None:
+    """Row `label` of an earlier report if it was made under run key `key`.
+
+    The key is the one the row recorded, or, for rows from before it was
+    recorded, the one in the name of its files' folder (`<label>-<key>`).
+    """
+    row = (report or {}).get("rows", {}).get(label)
+    if not row or "files" not in row:
+        return None
+    made_under = row.get("key") or os.path.basename(
+        os.path.dirname(row["files"]["fp32"])
+    ).removeprefix(f"{label}-")
+    return row if made_under == key else None
 
 
 def load_row(directory: str) -> dict | None:
@@ -283,6 +325,7 @@ def train_row(row: Row, task: tasks.TaskData, config: dict, directory: str) -> d
     facts = ship_row(student, task, config, directory)
     results = {
         "method": row.label,
+        "key": os.path.basename(directory).removeprefix(f"{row.label}-"),
         "base_method": row.method,
         "options": method.option_values(),
         "macs": facts.pop("macs"),
@@ -357,7 +400,7 @@ def _time_rows(rows: dict[str, dict], teacher_file: str, runs: int) -> None:
     files = {"teacher": teacher_file}
     owners = {"teacher": ("teacher", "")}  # file name -> (row, key suffix)
     for label, row in rows.items():
-        if "files" in row:
+        if "files" in row and not row.get("from_report"):
             for kind, suffix in (("fp32", ""), ("int8", "_int8")):
                 # A row may be named like another's int8 file (gan_slimming_int8).
                 name = f"{label} {kind}"
@@ -407,6 +450,7 @@ def run(
     task = task or tasks.from_settings(config)
     budget = train.budget_for(task, config)
     rows = _reference_rows(task)  # cheap: always there, the teacher the baseline
+    report_path, report = load_report(output_dir, task.summary()["task"])
     for label, row in known.items():
         key = train.run_key(row.make(), budget, config, task)
         directory = row_dir(work_dir, label, key)
@@ -430,6 +474,18 @@ def run(
         elif cached is not None:
             print(f"{label}: cached in {directory}", flush=True)
             rows[label] = cached
+        elif (earlier := reported_row(report, label, key)) is not None:
+            note = (
+                f", whose files were made under {earlier.get('export', LEGACY_EXPORT)}"
+                if needs_reship(earlier, config)
+                else ""
+            )
+            print(
+                f"{label}: not cached here; kept from {report_path} (key {key}) as "
+                f"that run made and timed it{note}",
+                flush=True,
+            )
+            rows[label] = {**earlier, "from_report": True}
         else:
             print(missing_row_warning(work_dir, label, key), flush=True)
         if label in rows:
@@ -508,7 +564,9 @@ def _markdown(results: dict) -> str:
         "`--fold_norms`; the row's PSNR, FD, int8 and speed are of those "
         "files, *unfolded PSNR* is the trained student's own; *val*: on the "
         "validation photos, of the training photos' sources, where frozen "
-        "statistics cost more).",
+        "statistics cost more). *(earlier run)*: a row with no cache on "
+        "this machine, kept from the report this one replaces (same run key): "
+        "its numbers, speed included, are from the run that made it.",
         "",
         "| row | norms | " + " | ".join(name for name, *_ in COLUMNS) + " | D MACs G |",
         "|---|---|" + "---:|" * (len(COLUMNS) + 1),
@@ -524,7 +582,8 @@ def _markdown(results: dict) -> str:
             if d_macs
             else ""
         )
-        lines.append(f"| {label} | {_norms_cell(row)} | " + " | ".join(cells) + " |")
+        name = f"{label} (earlier run)" if row.get("from_report") else label
+        lines.append(f"| {name} | {_norms_cell(row)} | " + " | ".join(cells) + " |")
     states = [
         f"- {label}: " + ", ".join(f"{k}={v}" for k, v in row["method_state"].items())
         for label, row in results["rows"].items()
