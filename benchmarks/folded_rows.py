@@ -192,9 +192,7 @@ def run(
         "profiled": profiled,
         "ops": ops,
     }
-    reports.write_json(os.path.join(output_dir, f"{name}.json"), report)
-    with open(os.path.join(output_dir, f"{name}.md"), "w", encoding="utf-8") as file:
-        file.write(to_markdown(report))
+    reports.write_report(output_dir, name, report, to_markdown(report))
     return report
 
 
@@ -212,10 +210,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     settings = tasks.flag_settings()
-    report = run(
-        FLAGS.rows, FLAGS.output_dir, FLAGS.name, FLAGS.runs, FLAGS.repeats, **settings
-    )
-    print(to_markdown(report))
+    run(FLAGS.rows, FLAGS.output_dir, FLAGS.name, FLAGS.runs, FLAGS.repeats, **settings)
 
 
 if __name__ == "__main__":

@@ -342,9 +342,7 @@ def run(
     }
     os.makedirs(output_dir, exist_ok=True)
     stem = os.path.join(output_dir, name)
-    reports.write_json(f"{stem}.json", report)
-    with open(f"{stem}.md", "w", encoding="utf-8") as file:
-        file.write(to_markdown(report))
+    reports.write_report(output_dir, name, report, to_markdown(report))
     _plot(report, f"{stem}.png")
     return report
 
@@ -368,7 +366,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     settings = tasks.flag_settings()
-    report = run(
+    run(
         FLAGS.rows,
         FLAGS.profiled,
         FLAGS.output_dir,
@@ -379,7 +377,6 @@ def main(argv):
         reuse=FLAGS.reuse,
         **settings,
     )
-    print(to_markdown(report))
 
 
 if __name__ == "__main__":

@@ -289,9 +289,7 @@ def run(
         "profiles": profiles,
     }
     stem = os.path.join(output_dir, name)
-    reports.write_json(f"{stem}.json", report)
-    with open(f"{stem}.md", "w", encoding="utf-8") as file:
-        file.write(to_markdown(report))
+    reports.write_report(output_dir, name, report, to_markdown(report))
     _plot(report, f"{stem}.png")
     return report
 
@@ -314,7 +312,7 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
     settings = tasks.flag_settings()
-    report = run(
+    run(
         FLAGS.row,
         FLAGS.output_dir,
         FLAGS.name,
@@ -324,7 +322,6 @@ def main(argv):
         FLAGS.repeats,
         **settings,
     )
-    print(to_markdown(report))
 
 
 if __name__ == "__main__":

@@ -28,7 +28,6 @@ photos held out by source; `tgc.data.vintage_pairs`).
 
 from __future__ import annotations
 
-import json
 import os
 
 import keras
@@ -36,7 +35,7 @@ import numpy as np
 from absl import app, flags, logging
 
 import tfgancompress as tgc
-from tfgancompress import latency
+from tfgancompress import latency, reports
 
 FLAGS = flags.FLAGS
 
@@ -313,14 +312,11 @@ def run(
         ],
         "ops": {},
     }
-    for name, path in files.items():
-        if not name.startswith("teacher"):
+    for label, path in files.items():
+        if not label.startswith("teacher"):
             ops, _ = latency.op_profile(path, num_threads=threads)
-            report["ops"][name] = [vars(op) for op in ops]
-    with open(os.path.join(output_dir, f"{name}.json"), "w", encoding="utf-8") as file:
-        json.dump(report, file, indent=1)
-    with open(os.path.join(output_dir, f"{name}.md"), "w", encoding="utf-8") as file:
-        file.write(to_markdown(report))
+            report["ops"][label] = [vars(op) for op in ops]
+    reports.write_report(output_dir, name, report, to_markdown(report))
     points = [
         latency.LatencyPoint(
             name.removesuffix("_lowered"),
@@ -359,7 +355,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    report = run(
+    run(
         FLAGS.student,
         FLAGS.output_dir,
         FLAGS.size,
@@ -369,7 +365,6 @@ def main(argv):
         FLAGS.repeats,
         FLAGS.name,
     )
-    print(to_markdown(report))
 
 
 if __name__ == "__main__":
