@@ -124,3 +124,26 @@ def test_compare_and_table_count_photos_above_identity_and_pair_baselines():
     assert (
         "| method | 22.00 | 23.00 | 26.00 | **23.67** | 23.67 | 3/3 | +1.33 [" in table
     )
+
+
+def test_best_row_per_photo_leaves_the_references_out():
+    scores = {
+        "identity": {"fp32": [30.0, 10.0, 10.0]},
+        "colour_map": {"fp32": [10.0, 30.0, 10.0]},
+        "distill": {"fp32": [21.0, 21.0, 25.0]},
+        "method": {"fp32": [22.0, 20.0, 24.0]},
+    }
+    np.testing.assert_allclose(per_photo.best_per_photo(scores), [22.0, 21.0, 25.0])
+    report = {
+        "results": ["r.json"],
+        "split": "held_out",
+        "photos": ["s/a", "s/b", "s/c"],
+        "eval_size": 256,
+        "baselines": ["distill"],
+        "scores": scores,
+        "comparisons": per_photo.compare(scores, ["distill"]),
+    }
+    assert (
+        "| *best row, photo by photo* | 22.00 | 21.00 | 25.00 | *22.67* |"
+        in per_photo.to_markdown(report)
+    )
