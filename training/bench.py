@@ -446,6 +446,7 @@ def run(
     config = train.settings({**settings, "output_dir": output_dir})
     work_dir = work_dir or os.path.join(output_dir, "bench")
     os.makedirs(output_dir, exist_ok=True)
+    os.makedirs(work_dir, exist_ok=True)
     print("loading the task (teacher views are cached)", flush=True)
     task = task or tasks.from_settings(config)
     budget = train.budget_for(task, config)
