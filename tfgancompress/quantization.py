@@ -48,7 +48,10 @@ does about it (measured on the vintage teacher's students at 256x256):
   the output convolution float32 removes that ReLU's rounding (with the
   padding in between kept float32 too), and keeping residual adds
   float32 leaves the residual stream unrounded but for its copies into
-  each block's int8 convolution.
+  each block's int8 convolution. One add alone gains little (its int8
+  neighbours round the stream anyway), so the greedy also offers every
+  add at once and takes them when that gains the most PSNR per float32
+  operation (`float_work`).
 
 Example:
 
