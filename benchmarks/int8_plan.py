@@ -4,7 +4,8 @@
 
 For each finished `training.bench` row (its `student.keras`), makes the
 int8 plan (`tgc.quantization.plan_int8`, calibrated on the task's
-reference views as the bench does) four ways at each `--targets` dB:
+reference views as the bench does) at each `--targets` dB, each of
+`--plans` (default: all four):
 
 - `single_8`: single layers only, the whole output simulated on 8 views
   (the plan before the residual stream was a candidate);
@@ -45,12 +46,15 @@ PLANS = {
 }
 
 
-def make_plans(student, calibration, targets: list[float]) -> dict[str, dict]:
-    """`{"<plan>@<target>": plan facts}`: each of `PLANS` at each target."""
+def make_plans(
+    student, calibration, targets: list[float], kinds: list[str]
+) -> dict[str, dict]:
+    """`{"<plan>@<target>": plan facts}`: each of `kinds` at each target."""
     model = tgc.export.equalize_for_int8(student, calibration)
     made = {}
     for target in targets:
-        for name, options in PLANS.items():
+        for name in kinds:
+            options = PLANS[name]
             label = f"{name}@{target:g}"
             print(f"planning {label}", flush=True)
             start = time.perf_counter()
@@ -71,7 +75,13 @@ def make_plans(student, calibration, targets: list[float]) -> dict[str, dict]:
 
 
 def measure_row(
-    row: str, task, files_dir: str, targets: list[float], runs: int, repeats: int
+    row: str,
+    task,
+    files_dir: str,
+    targets: list[float],
+    kinds: list[str],
+    runs: int,
+    repeats: int,
 ) -> dict:
     """Plans, files, quality and interleaved speed ratios of one row."""
     label = os.path.basename(os.path.normpath(row))
@@ -81,7 +91,7 @@ def measure_row(
     inputs, targets_out = task.held_out
     calibration = task.reference[0]
     shape = (1,) + inputs.shape[1:]
-    plans = make_plans(student, calibration, targets)
+    plans = make_plans(student, calibration, targets, kinds)
     paths = {"fp32": os.path.join(files_dir, "fp32.tflite")}
     tgc.export.to_litert(student, paths["fp32"], None, None, shape)
     files: dict[tuple, str] = {}
@@ -211,6 +221,7 @@ def run(
     files_dir: str,
     name: str,
     targets: list[float],
+    kinds: list[str],
     runs: int,
     repeats: int,
     **settings,
@@ -218,7 +229,7 @@ def run(
     """Measures every row; writes and returns the report."""
     task = tasks.from_settings(train.settings(settings))
     measured = [
-        measure_row(row, task, files_dir, targets, runs, repeats) for row in rows
+        measure_row(row, task, files_dir, targets, kinds, runs, repeats) for row in rows
     ]
     report = {
         "size": int(task.held_out[0].shape[1]),
@@ -241,6 +252,7 @@ def run(
 def _define_flags() -> None:
     flags.DEFINE_list("rows", None, "Finished bench row folders.", required=True)
     flags.DEFINE_list("targets", ["35"], "Whole-output targets, dB.")
+    flags.DEFINE_list("plans", list(PLANS), f"Plans to make, of {list(PLANS)}.")
     flags.DEFINE_string("output_dir", "outputs/int8_plan", "Where to write.")
     flags.DEFINE_string(
         "files_dir", "outputs/int8_plan_files", "Where the .tflite files go."
@@ -261,6 +273,7 @@ def main(argv):
         FLAGS.files_dir,
         FLAGS.name,
         [float(t) for t in FLAGS.targets],
+        FLAGS.plans,
         FLAGS.runs,
         FLAGS.repeats,
         **tasks.flag_settings(),
