@@ -379,6 +379,7 @@ def test_other_export_settings_reship_cached_rows_without_training(
             "fold_norms": False,
             "norm_statistics": "one_pass",
             "int8_target_psnr": tgc.quantization.DEFAULT_TARGET_PSNR,
+            "int8_plan": ship.INT8_PLAN,
         }
     }
     assert not bench.needs_reship(current, unfolded)
@@ -386,6 +387,9 @@ def test_other_export_settings_reship_cached_rows_without_training(
     # Files made before the int8 plan's whole-output target: made again.
     before_target = {k: v for k, v in current["export"].items() if "int8" not in k}
     assert bench.needs_reship({"export": before_target}, unfolded)
+    # ... and before the plan's residual stream candidate and 32 views.
+    before_stream = {k: v for k, v in current["export"].items() if k != "int8_plan"}
+    assert bench.needs_reship({"export": before_stream}, unfolded)
 
     def no_training(*args):
         raise AssertionError("a cached row was trained again")
@@ -429,6 +433,7 @@ def test_other_export_settings_reship_cached_rows_without_training(
         "fold_norms": False,
         "norm_statistics": "one_pass",
         "int8_target_psnr": tgc.quantization.DEFAULT_TARGET_PSNR,
+        "int8_plan": ship.INT8_PLAN,
         "folded_norms": 0,
         "instance_norms": norms,
     }

@@ -251,6 +251,41 @@ def test_a_whole_output_target_keeps_float_until_met(generator, calibration, tmp
     )
 
 
+def test_the_residual_stream_stays_float_as_one_candidate():
+    # Random weights, six blocks at 64x64 (~40 dB with every tensor in
+    # int8): one add kept float32 leaves the stream rounded by its int8
+    # neighbours, so the single-layer greedy keeps convolutions and adds
+    # one by one; all adds float32 together gain more per float32
+    # operation, and the target costs less float32 work.
+    size = 64
+    images = _images(16, seed=2)
+    images = np.repeat(np.repeat(images, 2, axis=1), 2, axis=2)
+    keras.utils.set_random_seed(0)
+    model = resnet_generator(ngf=8, n_blocks=6)
+    adds = [f"block{b}_add" for b in range(1, 7)]
+    target = 44.0
+    plans = {
+        stream: quantization.plan_int8(
+            model, images, target_psnr=target, residual_stream=stream
+        )
+        for stream in (False, True)
+    }
+    work = {
+        stream: sum(
+            quantization.float_work(model, plan.float_layers, (size, size, 3)).values()
+        )
+        for stream, plan in plans.items()
+    }
+    print({s: (p.float_layers, p.steps, work[s]) for s, p in plans.items()})
+    assert all(plan.steps[0][1] < target - 3.0 for plan in plans.values())
+    assert all(plan.planned_psnr >= target for plan in plans.values())
+    assert [added for added, _ in plans[True].steps[:2]] == [[], adds]
+    assert all(len(added) <= 1 for added, _ in plans[False].steps)
+    assert work[True] < work[False]
+    with pytest.raises(ValueError, match="target_samples"):
+        quantization.plan_int8(model, images, samples=8, target_samples=4)
+
+
 @pytest.mark.parametrize("bad", [0.0, -5.0, 101.0, float("nan"), "35", True])
 def test_a_bad_target_psnr_is_named(bad, generator, calibration, tmp_path):
     with pytest.raises(ValueError, match=r"target_psnr must be .* got"):

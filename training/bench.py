@@ -30,6 +30,7 @@ back, an unfinished one resumes from its checkpoints.
 The files are made under the export settings (`export_settings`: how
 the instance norms take their statistics, `training.ship.NORM_STATISTICS`,
 the int8 plan's whole-output target, `training.ship.INT8_TARGET_PSNR`,
+and its greedy, `training.ship.INT8_PLAN`,
 and `--fold_norms`, off by default (it costs quality): instance norms frozen
 on the reference views and folded into the convolutions, `training.ship.shipped_model`;
 the row's quality, int8 quality and speed are then those of the folded
@@ -218,6 +219,7 @@ def export_settings(config: dict) -> dict:
         "fold_norms": bool(config["fold_norms"]),
         "norm_statistics": ship.NORM_STATISTICS,
         "int8_target_psnr": ship.INT8_TARGET_PSNR,
+        "int8_plan": ship.INT8_PLAN,
     }
 
 

@@ -38,6 +38,13 @@ NORM_STATISTICS = "one_pass"
 # The whole-output target of the int8 files' plan (`tgc.export.to_litert`'s
 # default; files before it: the per-layer plan only, recorded as missing).
 INT8_TARGET_PSNR = tgc.quantization.DEFAULT_TARGET_PSNR
+# How the plan gets there (`plan_int8`'s defaults, `to_litert`'s): the
+# residual stream's adds one candidate, the whole output simulated on 32
+# views (files before it: single layers on 8 views, recorded as missing).
+INT8_PLAN = {
+    "residual_stream": True,
+    "target_samples": tgc.quantization.DEFAULT_TARGET_SAMPLES,
+}
 UNFOLDED = "student_unfolded"
 
 
@@ -102,7 +109,7 @@ def shipped_model(student: keras.Model, task: TaskData, fold_norms: bool):
 
     Returns:
         `(model, export)`: `export` records the settings (`fold_norms`,
-        `norm_statistics`, `int8_target_psnr`),
+        `norm_statistics`, `int8_target_psnr`, `int8_plan`),
         `folded_norms` (how many norms were folded), `instance_norms` (how
         many the files still compute per image: a norm not fed by a plain
         convolution stays) and, when norms were folded and the task has
@@ -118,6 +125,7 @@ def shipped_model(student: keras.Model, task: TaskData, fold_norms: bool):
         "fold_norms": fold_norms,
         "norm_statistics": NORM_STATISTICS,
         "int8_target_psnr": INT8_TARGET_PSNR,
+        "int8_plan": INT8_PLAN,
         "folded_norms": instance_norms(student) - left,
         "instance_norms": left,
     }
