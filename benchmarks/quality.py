@@ -306,9 +306,9 @@ class Task:
         return tgc.metrics.psnr(targets, student.predict(inputs, 2, verbose=0))
 
     def train_psnr(self, student, count: int = 45) -> float:
-        """Mean PSNR on central views of training photos (fit, not quality)."""
+        """Mean PSNR on up to `count` central views of training photos (fit)."""
         inputs, targets = (
-            images[:: len(images) // count][:count] for images in self.reference
+            images[:: max(1, len(images) // count)][:count] for images in self.reference
         )
         return float(
             np.mean(tgc.metrics.psnr(targets, student.predict(inputs, 3, verbose=0)))
@@ -561,7 +561,8 @@ def _markdown(rows: list[dict], task_info: dict) -> str:
         f"source (256x256; identity {task_info['identity_psnr']:.2f} dB). "
         "`refit`: after the least-squares refit; `init`: after block-wise "
         "reconstruction too (when the row has it); then the row's fine-tune. "
-        "`train views`: PSNR on 45 central views of training photos after the "
+        "`train views`: PSNR on up to 45 central views of training photos "
+        "(the task's reference photos, 32 since the tasks refactor) after the "
         "fine-tune (fit, not quality); `folded`: held-out PSNR once the trained "
         "student's instance norms are frozen and folded "
         "(`tgc.export.fold_instance_norms`). "

@@ -169,6 +169,27 @@ def test_block_steps_bring_a_refitted_student_closer_to_its_teacher():
     assert held_out_psnr() > refitted + 0.05, (held_out_psnr(), refitted)
 
 
+def test_a_block_reconstructed_student_saves_and_reloads(tmp_path):
+    teacher = models.resnet_generator(ngf=8, n_blocks=1)
+    gated = pruning.l1_gated(teacher, 0.5)
+    student = models.with_colour_skip(tgc.slim(gated))
+    x = _images(4, seed=15)
+    before = student.get_weights()
+    reconstruction.reconstruct_blocks(
+        student, teacher, x, surgery.kept_channels(gated), steps=3, verbose=False
+    )
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(before, student.get_weights(), strict=True)
+    )
+    path = tmp_path / "student.keras"
+    student.save(path)
+    reloaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(
+        reloaded.predict(x, verbose=0), student.predict(x, verbose=0), atol=1e-5
+    )
+
+
 def test_block_boundaries_are_checked():
     teacher = models.resnet_generator(ngf=8, n_blocks=1)
     assert reconstruction.residual_boundaries(teacher) == ["down2_relu", "block1_add"]
