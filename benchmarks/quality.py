@@ -16,8 +16,11 @@ teacher outputs).
 
 Finished rows are saved one by one under `--work_dir/rows/`; a killed run
 resumes at the first unfinished row (refitted students are cached under
-`--work_dir/students/`). Writes `quality.md`, `quality.json` and `quality.png` to
-`--output_dir` after every row.
+`--work_dir/students/`; a row with block-wise reconstruction starts from the
+cached refitted student of its selection). Writes `quality.md`, `quality.json`
+and `quality.png` to `--output_dir` after every row; the rows of the
+`quality.json` found there that this work dir did not run stay in the tables,
+marked as from an earlier run.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import json
 import os
 import pickle
 import time
+from collections.abc import Sequence
 
 import keras
 import numpy as np
@@ -306,13 +310,20 @@ class Task:
         return tgc.metrics.psnr(targets, student.predict(inputs, 2, verbose=0))
 
     def train_psnr(self, student, count: int = 45) -> float:
-        """Mean PSNR on up to `count` central views of training photos (fit)."""
-        inputs, targets = (
-            images[:: max(1, len(images) // count)][:count] for images in self.reference
-        )
+        """Mean PSNR on central views of training photos (fit, not quality).
+
+        On `count` of the reference photos, evenly spread (all of them when
+        there are fewer: the task now keeps 32).
+        """
+        inputs, targets = (_spread(images, count) for images in self.reference)
         return float(
             np.mean(tgc.metrics.psnr(targets, student.predict(inputs, 3, verbose=0)))
         )
+
+
+def _spread(images: np.ndarray, count: int) -> np.ndarray:
+    """`count` of `images` evenly spread (all of them when there are fewer)."""
+    return images[:: max(1, len(images) // count)][:count]
 
 
 def _as_uint8(images: np.ndarray) -> np.ndarray:
@@ -375,28 +386,15 @@ def build_student(task: Task, recipe: Recipe, work_dir: str):
     inputs, _ = task.views(recipe.calibration)
     chosen = np.random.default_rng(task.seed).permutation(len(inputs))
     calibration = _as_float(inputs[np.sort(chosen[: recipe.calibration_count])])
-    seconds = {}
-    start = time.perf_counter()
-    gated = _select(task, recipe, calibration)
-    student = tgc.models.with_colour_skip(tgc.slim(gated), task.colour_map)
-    kept = tgc.surgery.kept_channels(gated)
-    seconds["select"] = time.perf_counter() - start
-    start = time.perf_counter()
-    fits = tgc.reconstruction.reconstruct(
-        student, task.teacher, calibration, kept, verbose=False
-    )
-    seconds["refit"] = time.perf_counter() - start
-    info = {
-        "seconds": seconds,
-        "layer_errors": {fit.name: fit.relative_error for fit in fits},
-        "refit_psnr": float(np.mean(task.psnr(student))),
-        "widths": {
-            layer.name: layer.filters
-            for layer in student.layers
-            if isinstance(layer, keras.layers.Conv2D)
-        },
-    }
     if recipe.block_steps:
+        # The refitted student of the same selection (cached, so shared with
+        # the row without block-wise reconstruction), then the blocks.
+        student, info = build_student(
+            task, dataclasses.replace(recipe, block_steps=0), work_dir
+        )
+        info = {**info, "seconds": dict(info["seconds"])}
+        seconds = info["seconds"]
+        kept = tgc.surgery.kept_channels(_select(task, recipe, calibration))
         start = time.perf_counter()
         blocks = tgc.reconstruction.reconstruct_blocks(
             student,
@@ -408,6 +406,28 @@ def build_student(task: Task, recipe: Recipe, work_dir: str):
         )
         seconds["blocks"] = time.perf_counter() - start
         info["block_errors"] = [(b.name, b.error_before, b.error_after) for b in blocks]
+    else:
+        seconds = {}
+        start = time.perf_counter()
+        gated = _select(task, recipe, calibration)
+        student = tgc.models.with_colour_skip(tgc.slim(gated), task.colour_map)
+        kept = tgc.surgery.kept_channels(gated)
+        seconds["select"] = time.perf_counter() - start
+        start = time.perf_counter()
+        fits = tgc.reconstruction.reconstruct(
+            student, task.teacher, calibration, kept, verbose=False
+        )
+        seconds["refit"] = time.perf_counter() - start
+        info = {
+            "seconds": seconds,
+            "layer_errors": {fit.name: fit.relative_error for fit in fits},
+            "refit_psnr": float(np.mean(task.psnr(student))),
+            "widths": {
+                layer.name: layer.filters
+                for layer in student.layers
+                if isinstance(layer, keras.layers.Conv2D)
+            },
+        }
     os.makedirs(os.path.dirname(path), exist_ok=True)
     student.save(path)
     with open(info_path, "w") as file:
@@ -551,6 +571,10 @@ def _optional(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
+def _label(row: dict) -> str:
+    return row["name"] + (" (earlier run)" if row.get("earlier") else "")
+
+
 def _markdown(rows: list[dict], task_info: dict) -> str:
     lines = [
         "# Student quality at 20x fewer MACs: ablation",
@@ -561,13 +585,14 @@ def _markdown(rows: list[dict], task_info: dict) -> str:
         f"source (256x256; identity {task_info['identity_psnr']:.2f} dB). "
         "`refit`: after the least-squares refit; `init`: after block-wise "
         "reconstruction too (when the row has it); then the row's fine-tune. "
-        "`train views`: PSNR on up to 45 central views of training photos "
-        "(the task's reference photos, 32 since the tasks refactor) after the "
+        "`train views`: PSNR on the central views of 45 training photos (32 "
+        "since the task keeps 32 reference photos) after the "
         "fine-tune (fit, not quality); `folded`: held-out PSNR once the trained "
         "student's instance norms are frozen and folded "
         "(`tgc.export.fold_instance_norms`). "
         "Seconds are wall time on the shared 2-core machine (noisy: compare "
-        "within a run).",
+        "within a run). `(earlier run)`: measured by an earlier run of the "
+        "harness (other code and machine state), kept from its table.",
         "",
         "| row | G MACs | refit dB | init dB | PSNR dB | SSIM | FD | > identity "
         "| train views dB | folded dB | select s | refit s | blocks s "
@@ -592,7 +617,7 @@ def _markdown(rows: list[dict], task_info: dict) -> str:
             ),
             row["note"],
         ]
-        lines.append(f"| {row['name']} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_label(row)} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -607,7 +632,10 @@ def _plot(rows: list[dict], task_info: dict, path: str) -> None:
     for row in rows:
         steps = [point[0] for point in row["curve"]]
         line = axes.plot(
-            steps, [point[1] for point in row["curve"]], "o-", label=row["name"]
+            steps,
+            [point[1] for point in row["curve"]],
+            "x--" if row.get("earlier") else "o-",
+            label=_label(row),
         )[0]
         if len(row["curve"][-1]) > 2:
             axes.plot(
@@ -656,6 +684,7 @@ def main(argv):
     }
     rows_dir = os.path.join(FLAGS.work_dir, "rows")
     os.makedirs(rows_dir, exist_ok=True)
+    earlier = earlier_rows(os.path.join(FLAGS.output_dir, "quality.json"), rows_dir)
     for name in names:
         path = os.path.join(rows_dir, f"{name}.json")
         if os.path.exists(path):
@@ -669,18 +698,55 @@ def main(argv):
         logging.info(
             "row %s: %.2f dB (untrained %.2f)", name, row["psnr"], row["untrained_psnr"]
         )
-        write_tables(rows_dir, task_info, FLAGS.output_dir)
-    write_tables(rows_dir, task_info, FLAGS.output_dir)
+        write_tables(rows_dir, task_info, FLAGS.output_dir, earlier)
+    write_tables(rows_dir, task_info, FLAGS.output_dir, earlier)
 
 
-def write_tables(rows_dir: str, task_info: dict, output_dir: str) -> None:
-    """Writes the table, JSON and plot of every finished row, in table order."""
+def earlier_rows(table_path: str, rows_dir: str) -> list[dict]:
+    """The rows of an existing `quality.json` that this work dir did not run.
+
+    They were measured in an earlier run (another work dir, machine state or
+    code) and are kept in the tables, marked `"earlier": true`. A row this
+    run makes again is then shown next to its earlier result.
+
+    Args:
+        table_path: The `quality.json` a previous run wrote (may not exist).
+        rows_dir: This run's finished rows, one `<name>.json` each.
+
+    Returns:
+        The earlier rows, each with `"earlier": True`.
+    """
+    if not os.path.exists(table_path):
+        return []
+    with open(table_path) as file:
+        rows = json.load(file)["rows"]
+    return [
+        {**row, "earlier": True}
+        for row in rows
+        if row.get("earlier")
+        or not os.path.exists(os.path.join(rows_dir, f"{row['name']}.json"))
+    ]
+
+
+def write_tables(
+    rows_dir: str, task_info: dict, output_dir: str, earlier: Sequence[dict] = ()
+) -> None:
+    """Writes the table, JSON and plot of every finished row, in table order.
+
+    Args:
+        rows_dir: This run's finished rows, one `<name>.json` each.
+        task_info: The task's budget and identity scores.
+        output_dir: Where `quality.{md,json,png}` go.
+        earlier: Rows of earlier runs (`earlier_rows`), each listed after
+            this run's row of the same name.
+    """
     done = []
     for name in ROWS:
         path = os.path.join(rows_dir, f"{name}.json")
         if os.path.exists(path):
             with open(path) as file:
                 done.append(json.load(file))
+        done.extend(row for row in earlier if row["name"] == name)
     _write(done, task_info, output_dir)
 
 

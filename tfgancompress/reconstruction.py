@@ -731,10 +731,6 @@ def reconstruct_blocks(
             )
         kept_by_index[k] = indices
     targets = _block_targets(teacher, boundaries, images, kept_by_index, batch_size)
-    # Block models cut at inner tensors add nodes to the layers they run,
-    # after which the model cannot be saved: train a copy, then copy back.
-    trained = keras.models.clone_model(student)
-    trained.set_weights(student.get_weights())
     rng = np.random.default_rng(seed)
     progress = keras.utils.Progbar(
         len(targets),
@@ -742,12 +738,16 @@ def reconstruct_blocks(
         stateful_metrics=["error"],
         unit_name="block",
     )
+    # Models cut at inner tensors leave nodes in their source graph that
+    # `student.save` cannot serialise: cut a clone, copy its weights back.
+    clone = keras.models.clone_model(student)
+    clone.set_weights(student.get_weights())
     ends = [*boundaries, None]
     current = images
     fits = []
     for k, (end, wanted) in enumerate(zip(ends, targets, strict=True)):
         start = boundaries[k - 1] if k else None
-        model, with_input = _block_model(trained, start, end)
+        model, with_input = _block_model(clone, start, end)
         inputs = [current, images] if with_input else [current]
         before = _relative_error(model, inputs, wanted, batch_size)
         _train_block(model, inputs, wanted, steps, learning_rate, batch_size, rng)
@@ -755,5 +755,5 @@ def reconstruct_blocks(
         after = float(np.mean((current - wanted) ** 2) / max(np.var(wanted), 1e-12))
         fits.append(BlockFit(end, before, after))
         progress.update(k + 1, [("error", after)], finalize=k + 1 == len(targets))
-    student.set_weights(trained.get_weights())
+    student.set_weights(clone.get_weights())
     return fits
