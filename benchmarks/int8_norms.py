@@ -298,9 +298,7 @@ def _plot(report: dict, path: str) -> None:
     axis.set_ylabel("speed vs the fp32 file (x)")
     axis.set_title("int8 files: norms float32 vs norms int8 (dots: runs)")
     axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    pyplot.close(figure)
+    reports.save_figure(figure, path)
 
 
 def run(

@@ -210,9 +210,7 @@ def _plot(report: dict, path: str) -> None:
     axis.set_ylabel("int8 speed vs fp32 (x)")
     axis.set_title("int8 plans: quality lost vs speed (dots: timing runs)")
     axis.legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    pyplot.close(figure)
+    reports.save_figure(figure, path)
 
 
 def run(
@@ -241,11 +239,8 @@ def run(
         "rows": measured,
     }
     os.makedirs(output_dir, exist_ok=True)
-    stem = os.path.join(output_dir, name)
-    reports.write_json(f"{stem}.json", report)
-    with open(f"{stem}.md", "w", encoding="utf-8") as file:
-        file.write(to_markdown(report))
-    _plot(report, f"{stem}.png")
+    reports.write_report(output_dir, name, report, to_markdown(report))
+    _plot(report, os.path.join(output_dir, f"{name}.png"))
     return report
 
 
@@ -267,7 +262,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    report = run(
+    run(
         FLAGS.rows,
         FLAGS.output_dir,
         FLAGS.files_dir,
@@ -278,7 +273,6 @@ def main(argv):
         FLAGS.repeats,
         **tasks.flag_settings(),
     )
-    print(to_markdown(report))
 
 
 if __name__ == "__main__":

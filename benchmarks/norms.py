@@ -143,9 +143,7 @@ def _plot(report: dict, path: str) -> None:
     axis.set_ylabel("speed vs two-pass norms (x)")
     axis.set_title(f"{report['row_label']}: instance-norm lowerings (dots: runs)")
     axis.legend()
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    pyplot.close(figure)
+    reports.save_figure(figure, path)
 
 
 def to_markdown(report: dict) -> str:
