@@ -6,6 +6,8 @@ import pytest
 
 import tfgancompress as tgc
 from tfgancompress import models, pruning, reconstruction, surgery
+from training import budget, methods
+from training.methods import base
 
 SHAPE = (32, 32, 3)
 
@@ -149,3 +151,31 @@ def test_layer_equations_solve_to_the_layer():
     )
     with pytest.raises(ValueError, match="not an ungrouped Conv2D"):
         reconstruction.layer_equations(model, [inputs._keras_history.operation.name], x)
+
+
+def test_distill_keeps_the_greedy_channels_when_given_calibration_images():
+    teacher = _teacher_ignoring_big_stem_filters()
+    half = tgc.profile(pruning.l1_prune(teacher, 0.5), SHAPE).macs
+    target = budget.Budget(half, SHAPE)
+    images = _images(8, 7)
+    distill = methods.get("distill")
+
+    def stem_kept(setup, method=distill):
+        student = method.slim(method.build(teacher, setup))
+        return student, student.kept["stem_conv"].tolist()
+
+    greedy, kept = stem_kept(base.Setup(target, calibration=lambda: images))
+    assert greedy.state["selection"] == "greedy"
+    assert kept == [0, 1, 2, 3]  # the channels down1 reads
+    l1, kept = stem_kept(base.Setup(target))
+    assert l1.state["selection"] == "l1"
+    assert kept == [4, 5, 6, 7]  # the largest filters
+    # Same widths either way, so the same MACs, within the budget.
+    macs = [tgc.profile(s.generator, SHAPE).macs for s in (greedy, l1)]
+    assert macs[0] == macs[1] <= target.macs
+    forced = methods.get("distill", "selection=l1")
+    assert stem_kept(base.Setup(target, calibration=images), forced)[1] == kept
+    with pytest.raises(ValueError, match="needs calibration images"):
+        methods.get("distill", "selection=greedy").build(teacher, base.Setup(target))
+    with pytest.raises(ValueError, match=r"Setup.calibration must be .*\(8, 32, 32\)"):
+        distill.build(teacher, base.Setup(target, calibration=images[..., 0]))

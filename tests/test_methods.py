@@ -53,11 +53,16 @@ def test_options_defaults_parsing_and_errors():
 def test_description_is_stable_and_names_every_option():
     method = methods.get("distill", "lambda_gan=0.5,lambda_distill=2")
     assert method.description == (
-        "distill(lambda_distill=2.0,lambda_gan=0.5,lambda_recon=None)"
+        "distill(lambda_distill=2.0,lambda_gan=0.5,lambda_recon=None,selection='auto')"
     )
     assert json.loads(json.dumps(method.describe())) == {
         "method": "distill",
-        "options": {"lambda_distill": 2.0, "lambda_gan": 0.5, "lambda_recon": None},
+        "options": {
+            "lambda_distill": 2.0,
+            "lambda_gan": 0.5,
+            "lambda_recon": None,
+            "selection": "auto",
+        },
     }
     assert hash(method) == hash(
         methods.get("distill", lambda_distill=2, lambda_gan=0.5)

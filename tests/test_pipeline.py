@@ -111,6 +111,8 @@ def test_baselines_at_one_twentieth_give_plain_students(task):
         students[name] = result
     distill, uniform = students["distill"], students["uniform"]
     assert distill.refit_images == 8 and uniform.refit_images is None
+    # The refit's images reach the build: distill selects channels on them.
+    assert distill.student.state["selection"] == "greedy"
     assert uniform.student.kept is None
     # Same widths, different weights: uniform is initialised afresh.
     widths = [layer.output.shape[-1] for layer in distill.student.generator.layers]

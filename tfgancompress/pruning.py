@@ -22,7 +22,8 @@ decides what that is:
   stream. The greedy path gives each group's error at every width, so
   `allocate_widths` also spends a MACs budget across layers, removing one
   channel at a time where it costs the least error per MAC;
-  `apply_paths` sets the gates.
+  `apply_paths` sets the gates, and `path_importance` turns the paths into
+  per-gate scores for `tgc.schedules.apply_sparsity`.
 - `scale_importance(model)` ranks channels by their scale gate's `|gamma|`
   (network slimming), residual groups sharing their mean;
 - `prune_to_budget(gated, importance, budget_macs, input_shape)` finds one
@@ -657,6 +658,28 @@ def allocate_widths(
         widths[best] -= 1
         current = best_macs
     return widths
+
+
+def path_importance(paths: list[SelectionPath]) -> dict[str, np.ndarray]:
+    """Per-gate channel scores that rank each group's channels in path order.
+
+    A channel chosen `k`-th scores `len(order) - k`; channels the path never
+    chose score 0. Keeping a gate's top `n <= len(order)` channels by these
+    scores (`tgc.schedules.apply_sparsity`) keeps the path's first `n`.
+
+    Args:
+        paths: `greedy_paths(gated, ...)`.
+
+    Returns:
+        `{gate name: (channels,) float32 scores}` for every gate of every group.
+    """
+    importance = {}
+    for path in paths:
+        score = np.zeros(path.channels, np.float32)
+        score[path.order] = np.arange(len(path.order), 0, -1, dtype=np.float32)
+        for name in path.gates:
+            importance[name] = score
+    return importance
 
 
 def apply_paths(

@@ -24,6 +24,10 @@ from training.callbacks import gates_of
 
 DEFAULT_INPUT_SHAPE = (256, 256, 3)
 DEFAULT_MACS_RATIO = 20.0
+IMPORTANCES = ("greedy", "l1", "position")
+# The greedy paths go this far past the keep ratio (each layer's rounding
+# may keep a channel more than the ratio says).
+GREEDY_MARGIN = 0.05
 
 
 class BudgetError(ValueError):
@@ -171,19 +175,29 @@ def keep_ratio_for_budget(
     budget: Budget,
     importance: str = "l1",
     tolerance: float = 0.005,
+    images: np.ndarray | None = None,
+    verbose: bool = True,
 ) -> tuple[float, keras.Model]:
     """The largest uniform keep-ratio whose pruned teacher fits the budget.
 
     Every gated layer (`tgc.pruning.add_gates`: one gate after every norm)
-    keeps the same fraction of its channels; bisection on that fraction.
+    keeps the same fraction of its channels; bisection on that fraction
+    (which channels are kept does not change the MACs).
 
     Args:
         teacher: The generator to prune.
         budget: The MACs budget.
-        importance: `"l1"`: each layer keeps its top filters by L1 norm
-            (residual channels ranked together, `tgc.pruning.l1_importance`);
-            `"position"`: its first channels.
+        importance: Which channels each layer keeps. `"greedy"`: the ones
+            the teacher's next layers need most, by greedy least-squares
+            selection on `images` (`tgc.pruning.greedy_paths`; residual
+            channels chosen together for every block that reads them);
+            `"l1"`: its top filters by L1 norm (residual channels ranked
+            together, `tgc.pruning.l1_importance`); `"position"`: its
+            first channels.
         tolerance: Bisection stops when the ratio interval is this narrow.
+        images: `(N, H, W, C)` calibration inputs in the teacher's range,
+            for `"greedy"` only (a few dozen training views).
+        verbose: Show the greedy selection's progress.
 
     Returns:
         `(keep_ratio, gated)`: the ratio in (0, 1] and the binary-gated copy
@@ -192,12 +206,22 @@ def keep_ratio_for_budget(
     Raises:
         BudgetError: If the budget is not reachable even when every layer
             keeps a single channel.
-        ValueError: On an unknown `importance`.
+        ValueError: On an unknown `importance`, or `"greedy"` without
+            `images`.
     """
-    if importance not in ("l1", "position"):
-        raise ValueError(f"importance must be 'l1' or 'position', got {importance!r}.")
+    if importance not in IMPORTANCES:
+        raise ValueError(
+            f"importance must be one of {IMPORTANCES}, got {importance!r}."
+        )
+    if importance == "greedy" and images is None:
+        raise ValueError(
+            "Greedy channel selection needs calibration images (images=...): "
+            "the teacher's activations on them decide which channels stay."
+        )
     shape = budget.input_shape
-    pruning = _UniformPruning(teacher, importance)
+    pruning = _UniformPruning(
+        teacher, "position" if importance == "greedy" else importance
+    )
     if _macs(pruning.set(1.0), shape) <= budget.macs:
         return 1.0, pruning.gated
     low, high = 1e-3, 1.0
@@ -206,4 +230,13 @@ def keep_ratio_for_budget(
         middle = (low + high) / 2
         fits = _macs(pruning.set(middle), shape) <= budget.macs
         low, high = (middle, high) if fits else (low, middle)
+    if importance == "greedy":
+        paths = tgc.pruning.greedy_paths(
+            pruning.gated,
+            teacher,
+            images,
+            max_keep=min(1.0, low + GREEDY_MARGIN),
+            verbose=verbose,
+        )
+        pruning.importance = tgc.pruning.path_importance(paths)
     return low, pruning.set(low)

@@ -613,7 +613,9 @@ def compress(
         steps: Training steps of all phases together (`method.split_steps`).
         steps_per_epoch: Steps between checkpoints and epoch callbacks.
         calibration: Images (or a function returning them) for the
-            least-squares refit; `None` turns the refit off.
+            least-squares refit, and `setup.calibration` when that is `None`
+            (`distill` selects channels on them); `None` turns the refit
+            off.
         colour_map: `(matrix, bias)` of a global colour skip around the
             student (see `slim`).
         match_steps: Steps of the `match` phase after the refit (the
@@ -657,6 +659,13 @@ def compress(
                 )
             ),
         )
+    if calibration is not None:
+        # One array for the method's build and the refit, computed when first
+        # needed (a resumed run may need neither).
+        given = calibration
+        calibration = functools.cache(given if callable(given) else lambda: given)
+        if setup.calibration is None:
+            setup = dataclasses.replace(setup, calibration=calibration)
     if checkpoint_dir and setup.work_dir is None:
         setup = dataclasses.replace(
             setup, work_dir=os.path.join(checkpoint_dir, "method")
@@ -741,7 +750,7 @@ def compress(
         student = timed("slim", slim, method, student, colour_map)
         finished("slim", student)
         if student.kept is not None and calibration is not None:
-            images = calibration() if callable(calibration) else calibration
+            images = calibration()
             refit_images = len(images)
             log(f"refitting to the teacher by least squares on {refit_images} images")
             timed("refit", refit, student, teacher, images, verbose=bool(verbose))

@@ -21,9 +21,12 @@ through its phases by `training.pipeline` at `--macs_ratio` (default 20:
 the student costs at most 1/20 of the teacher's MACs at 256x256) or
 `--macs_budget` G MACs, for `--steps` training steps in all; its knobs are
 `--method_options=key=value,...`. The default, `distill`, is the
-distillation baseline: the teacher cut to the budget by filter L1 norm, its
-convolutions refitted to the teacher by least squares on
-`--reconstruction_views` training views (`tgc.reconstruction`), then
+distillation baseline: the teacher cut to the budget, keeping the channels
+its next layers need most by greedy least-squares selection on
+`--reconstruction_views` training views (`tgc.pruning.greedy_paths`;
+`--method_options=selection=l1` keeps the largest filters instead), its
+convolutions refitted to the teacher by least squares on the same views
+(`tgc.reconstruction`), then
 trained with pixel + feature distillation + a GAN loss. With
 `--colour_skip` (default) the student is wrapped as
 `y = colour_map(x) + student(x)`, starting at the task's least-squares

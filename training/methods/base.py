@@ -104,6 +104,11 @@ class Setup:
             called when needed (`validation_arrays`). `None`: none given
             (`training.pipeline.compress` then supplies a slice of the
             training batches).
+        calibration: Training-view inputs (or a function returning them)
+            that methods building from the teacher's activations read
+            (`distill`'s greedy channel selection), `None` when none were
+            given; `training.pipeline.compress` sets its `calibration`
+            images, the ones the refit uses (`calibration_images`).
         work_dir: A folder for the method's own files (search logs, caches,
             resumable state), or `None` to keep them in memory;
             `training.pipeline.compress` sets `<checkpoint_dir>/method`.
@@ -120,6 +125,7 @@ class Setup:
     seed: int = 0
     jit_compile: bool = True
     validation: typing.Any = dataclasses.field(default=None, compare=False, repr=False)
+    calibration: typing.Any = dataclasses.field(default=None, compare=False, repr=False)
     work_dir: str | None = None
     report_dir: str | None = None
 
@@ -153,6 +159,23 @@ class Setup:
                 f"length, got shapes {inputs.shape} and {targets.shape}."
             )
         return inputs, targets
+
+    def calibration_images(self) -> np.ndarray | None:
+        """The calibration inputs as a float32 `(N, H, W, C)` array, or `None`.
+
+        Raises:
+            ValueError: If they are not a batch of images.
+        """
+        images = self.calibration() if callable(self.calibration) else self.calibration
+        if images is None:
+            return None
+        images = np.asarray(images, np.float32)
+        if images.ndim != 4 or not len(images):
+            raise ValueError(
+                "Setup.calibration must be a non-empty (N, H, W, C) batch of "
+                f"images, got shape {images.shape}."
+            )
+        return images
 
 
 @dataclasses.dataclass

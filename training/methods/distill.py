@@ -1,8 +1,15 @@
 """`distill`: the distillation baseline every method must beat.
 
-1. build: the teacher with every layer cut to its top filters by L1 norm
-   (residual channels ranked together), at the largest uniform keep-ratio
-   that fits the MACs budget (`training.budget.keep_ratio_for_budget`);
+1. build: the teacher with every layer cut to the same fraction of its
+   channels, the largest uniform keep-ratio that fits the MACs budget
+   (`training.budget.keep_ratio_for_budget`). Which channels stay
+   (`selection`): by default, when calibration images are given
+   (`Setup.calibration`; `training.pipeline.compress` passes its refit
+   images), the ones the teacher's next layers need most, by greedy
+   least-squares selection (`tgc.pruning.greedy_paths`, He et al. 2017;
+   residual channels chosen together for every block that reads them);
+   without them, or with `selection="l1"`, each layer's top filters by L1
+   norm (residual channels ranked together);
 2. no search phase: the L1 cut meets the budget at once;
 3. `slim`, recording which teacher channels each layer kept;
 4. the pipeline refits the student to the teacher by least squares
@@ -10,7 +17,7 @@
 5. fine-tune with pixel L1 + feature distillation (1x1 mappers on the
    teacher's taps) + a GAN loss, all steps.
 
-GAN Compression initialises its students the same way.
+GAN Compression initialises its students the L1 way.
 """
 
 from __future__ import annotations
@@ -20,37 +27,55 @@ import dataclasses
 from training import budget
 from training.methods import base, register
 
+SELECTIONS = ("auto", "greedy", "l1")
+
 
 @register
 class Distill(base.Method):
-    """L1-pruned teacher, least-squares refit, pixel + feature + GAN loss."""
+    """Pruned teacher (greedy or L1 selection), least-squares refit, distillation."""
 
     name = "distill"
 
     @dataclasses.dataclass(frozen=True)
     class Options:
-        """Loss weights of the fine-tuning objective.
+        """Channel selection and the loss weights of the fine-tuning objective.
 
         Attributes:
+            selection: Which channels the student keeps: `"greedy"`
+                (least-squares reconstruction of the teacher's next layers
+                on `Setup.calibration`), `"l1"` (filter L1 norm) or
+                `"auto"`: greedy when calibration images are given, else L1.
             lambda_recon: L1 to the target; `None`: 100 paired, 10 unpaired.
             lambda_distill: Feature distillation; `None`: 1 paired, 0.01
                 unpaired.
             lambda_gan: The adversarial term.
         """
 
+        selection: str = "auto"
         lambda_recon: float | None = None
         lambda_distill: float | None = None
         lambda_gan: float = 1.0
 
         def __post_init__(self):
+            if self.selection not in SELECTIONS:
+                raise ValueError(
+                    f"distill's selection must be one of {SELECTIONS}, got "
+                    f"{self.selection!r}."
+                )
             base.check_non_negative(self, "distill")
 
     def build(self, teacher, setup):
-        keep_ratio, gated = budget.keep_ratio_for_budget(teacher, setup.budget, "l1")
+        images = setup.calibration_images()
+        selection = self.options.selection
+        if selection == "auto":
+            selection = "l1" if images is None else "greedy"
+        keep_ratio, gated = budget.keep_ratio_for_budget(
+            teacher, setup.budget, selection, images=images
+        )
         return base.Student(
             gated,
             base.discriminator(setup, teacher.output_shape[-1]),
-            state={"keep_ratio": keep_ratio},
+            state={"keep_ratio": keep_ratio, "selection": selection},
         )
 
     def finetune_trainer(self, student, teacher, setup, steps):
