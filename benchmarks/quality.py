@@ -171,6 +171,14 @@ ROWS = {
         "uniform widths; cheap step as pixel_128",
         selection="greedy",
     ),
+    "greedy_long": Recipe(
+        "greedy selection, uniform widths; cheap step on the 782 128-px views, "
+        "Adam 1e-3, 3000 steps",
+        selection="greedy",
+        steps=3000,
+        learning_rate=1e-3,
+        eval_every=250,
+    ),
     "greedy_alloc": Recipe(
         "greedy selection, widths allocated by error per MAC "
         "(tgc.pruning.allocate_widths); cheap step as pixel_128",

@@ -10,7 +10,7 @@
    residual channels chosen together for every block that reads them);
    without them, or with `selection="l1"`, each layer's top filters by L1
    norm (residual channels ranked together);
-2. no search phase: the L1 cut meets the budget at once;
+2. no search phase: the cut meets the budget at once;
 3. `slim`, recording which teacher channels each layer kept;
 4. the pipeline refits the student to the teacher by least squares
    (`tgc.reconstruction`, on by default);
