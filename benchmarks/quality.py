@@ -190,6 +190,12 @@ ROWS = {
         "(exposure x0.1-1, teacher run on them)",
         train_views=(ZOOM_128, Views(exposure=True)),
     ),
+    "greedy_dark": Recipe(
+        "greedy selection, uniform widths; cheap step on the 128-px views and "
+        "as many darkened copies, as pixel_dark",
+        selection="greedy",
+        train_views=(ZOOM_128, Views(exposure=True)),
+    ),
     "pixel_jitter1": Recipe(
         "cheap step on 128-px views with full-strength colour jitter",
         train_views=(Views(jitter=1.0),),
