@@ -147,6 +147,7 @@ def test_reconstruction_errors_name_the_problem():
 
 
 def test_block_steps_bring_a_refitted_student_closer_to_its_teacher():
+    keras.utils.set_random_seed(3)  # unseeded, 1 run in 10 gained < 0.05 dB
     teacher = models.resnet_generator(ngf=8, n_blocks=2)
     _perturb(teacher, seed=11, scale=0.05)
     gated = pruning.l1_gated(teacher, 0.5)

@@ -695,6 +695,7 @@ def apply_paths(
     Raises:
         ValueError: If a width is missing, below 1 or longer than its path.
     """
+    importance = path_importance(paths)
     for path in paths:
         width = widths.get(path.name)
         if width is None or not 1 <= width <= len(path.order):
@@ -702,13 +703,13 @@ def apply_paths(
                 f"Group {path.name!r} needs a width in [1, {len(path.order)}], got "
                 f"{width}."
             )
-        importance = np.zeros(path.channels, np.float32)
-        importance[path.order[:width]] = np.arange(width, 0, -1, dtype=np.float32)
         for name in path.gates:
             gate = gated.get_layer(name)
             if not isinstance(gate, keras_layers.ChannelGate):
                 raise ValueError(f"Layer {name!r} is not a ChannelGate.")
-            schedules.apply_sparsity(gate, 1.0 - width / path.channels, importance)
+            schedules.apply_sparsity(
+                gate, 1.0 - width / path.channels, importance[name]
+            )
 
 
 @dataclasses.dataclass(frozen=True)

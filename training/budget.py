@@ -143,7 +143,11 @@ def _macs(gated: keras.Model, input_shape) -> int:
 
 
 class _UniformPruning:
-    """A gated copy of a model whose gates all keep one fraction of channels."""
+    """A gated copy of a model whose gates all keep one fraction of channels.
+
+    `importance` maps gate names to channel scores (`"l1"`: filter L1
+    norms); gates without scores keep their first channels.
+    """
 
     def __init__(self, teacher: keras.Model, importance: str):
         self.gated = tgc.pruning.add_gates(teacher, "binary")
@@ -219,9 +223,9 @@ def keep_ratio_for_budget(
             "the teacher's activations on them decide which channels stay."
         )
     shape = budget.input_shape
-    pruning = _UniformPruning(
-        teacher, "position" if importance == "greedy" else importance
-    )
+    # Greedy scores are set after the bisection (the widths do not depend on
+    # them); until then its gates keep their first channels.
+    pruning = _UniformPruning(teacher, importance)
     if _macs(pruning.set(1.0), shape) <= budget.macs:
         return 1.0, pruning.gated
     low, high = 1e-3, 1.0
