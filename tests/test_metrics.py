@@ -85,6 +85,29 @@ def test_psnr_ssim_l1_match_references():
     )
 
 
+def test_detail_psnr_removes_exactly_each_images_mean_colour_difference():
+    a, b = _pairs()
+    offset = np.array([0.2, -0.1, 0.05], "float32")
+    shifted = np.clip(b + offset, -1.0, 1.0)
+    difference = a - shifted
+    residual = difference - difference.mean(axis=(1, 2), keepdims=True)
+    want = 10 * np.log10(4.0 / np.square(residual).mean(axis=(1, 2, 3)))
+    np.testing.assert_allclose(metrics.detail_psnr(a, shifted), want, rtol=1e-5)
+    # The squared error splits into tone + detail: the detail PSNR is never lower.
+    assert np.all(metrics.detail_psnr(a, shifted) >= metrics.psnr(a, shifted))
+    tone = np.square(difference.mean(axis=(1, 2))).mean(axis=1)
+    np.testing.assert_allclose(
+        10 ** (-np.asarray(metrics.psnr(a, shifted)) / 10) * 4.0,
+        tone + np.square(residual).mean(axis=(1, 2, 3)),
+        rtol=1e-4,
+    )
+    # A pure colour offset is all tone: no detail error (up to float rounding).
+    assert np.all(np.asarray(metrics.detail_psnr(b, b + offset)) > 100.0)
+    assert np.all(np.asarray(metrics.psnr(b, b + offset)) < 30.0)
+    with pytest.raises(ValueError, match="detail_psnr.*same shape"):
+        metrics.detail_psnr(a, b[:, :8])
+
+
 def test_image_metrics_run_under_xla():
     a, b = _pairs()
     compiled = tf.function(lambda x, y: metrics.ssim(x, y), jit_compile=True)

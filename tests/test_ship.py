@@ -105,6 +105,10 @@ def test_scorer_matches_its_definitions():
     scores = scorer.score(targets * 0.5)
     expected = 10 * np.log10(4 / np.mean((targets * 0.5) ** 2, axis=(1, 2, 3)))
     assert scores["psnr"] == pytest.approx(np.mean(expected), rel=1e-4)
+    residual = targets * 0.5 - (targets * 0.5).mean(axis=(1, 2), keepdims=True)
+    detail = 10 * np.log10(4 / np.mean(residual**2, axis=(1, 2, 3)))
+    assert scores["detail_psnr"] == pytest.approx(np.mean(detail), rel=1e-4)
+    assert scores["detail_psnr"] > scores["psnr"]
     assert scores["l1"] == pytest.approx(np.mean(np.abs(targets * 0.5)), rel=1e-4)
     assert scores["fd"] > 0
     assert scorer.score(targets)["fd"] == pytest.approx(0.0, abs=1e-6)

@@ -7,8 +7,8 @@ runs them in order:
 1. `export_files`: each Keras model as a float32 `.tflite` file, and the
    ones named in `int8` as int8 files too (`tgc.export.to_litert`,
    calibrated on given images);
-2. `Scorer`: PSNR, SSIM, L1, Fréchet distance and KID of any outputs
-   against the teacher's outputs on the evaluation images (teacher
+2. `Scorer`: PSNR, detail PSNR, SSIM, L1, Fréchet distance and KID of any
+   outputs against the teacher's outputs on the evaluation images (teacher
    features computed once); `litert_outputs` runs a file on them;
 3. `time_files`: every file timed interleaved in one run
    (`tgc.latency.compare_latency`), so the speed-ups share the machine's
@@ -71,10 +71,16 @@ class Scorer:
         )
 
     def score(self, outputs: np.ndarray) -> dict[str, float | None]:
-        """PSNR (dB), SSIM, L1, FD and KID of `outputs` against the teacher."""
+        """PSNR (dB), SSIM, L1, FD and KID of `outputs` against the teacher.
+
+        Also `detail_psnr`: the PSNR once each image's mean colour difference
+        is removed (`metrics.detail_psnr`); its gap to `psnr` is the part of
+        the error that is one colour offset per image.
+        """
         outputs = np.asarray(outputs, np.float32)
         scores = {
             "psnr": float(np.mean(metrics.psnr(self.targets, outputs))),
+            "detail_psnr": float(np.mean(metrics.detail_psnr(self.targets, outputs))),
             "ssim": float(np.mean(metrics.ssim(self.targets, outputs))),
             "l1": float(np.mean(metrics.l1(self.targets, outputs))),
             "fd": None,

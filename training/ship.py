@@ -63,9 +63,9 @@ def _cell(row: dict, key: str, scale: float, fmt: str) -> str:
 def rows_markdown(rows: dict[str, dict]) -> list[str]:
     """The table of `ship`'s rows (MACs, params, latency, quality)."""
     lines = [
-        "| model | G MACs | M params | LiteRT ms | speed-up | PSNR dB | SSIM | FD "
-        "| KID |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| model | G MACs | M params | LiteRT ms | speed-up | PSNR dB "
+        "| detail PSNR dB | SSIM | FD | KID |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, row in rows.items():
         cells = [
@@ -74,6 +74,7 @@ def rows_markdown(rows: dict[str, dict]) -> list[str]:
             _cell(row, "latency_ms", 1, ".1f"),
             _cell(row, "speedup", 1, ".2f"),
             _cell(row, "psnr", 1, ".2f"),
+            _cell(row, "detail_psnr", 1, ".2f"),
             _cell(row, "ssim", 1, ".3f"),
             _cell(row, "fd", 1, ".2f"),
             _cell(row, "kid", 1, ".4f"),
