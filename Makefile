@@ -38,7 +38,8 @@ APT_GET := DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=300
 PHOTO_PACKAGES := gcompris-qt-data kphotoalbum lomiri-wallpapers-16.04 \
 	lxqt-themes palapeli-data plasma-workspace-wallpapers scratch tuxpaint-data
 # The extended photo set's extra packages (`--photo_set=extended`; ~390 MB
-# download, ~600 MB unpacked): `make photos-extended`, never part of set-up.
+# download, ~600 MB unpacked): `make photos-extended`, not part of set-up;
+# `make train` (the main job, which trains on that set) unpacks them first.
 EXTRA_PHOTO_PACKAGES := kalzium-data libjxl-testdata lomiri-wallpapers-20.04 \
 	mate-backgrounds stellarium-data
 # Keep in step with tfgancompress.data.default_photo_dir().
@@ -102,8 +103,8 @@ test: install
 	if [ $$status -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; \
 	exit $$status
 
-train: install
-	$(PYTHON) -m training.train --output_dir=outputs/vintage
+train: install photos-extended
+	$(PYTHON) -m training.train --photo_set=extended --output_dir=outputs/vintage
 
 demo: install
 	$(PYTHON) -m tfgancompress.demo

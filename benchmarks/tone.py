@@ -145,6 +145,7 @@ def run(student_path: str, output_dir: str, name: str, **settings) -> dict:
     report = {
         "student": student_path,
         "task": task.key,
+        "seed": task.seed,
         "photos": task.photo_names["held_out"],
         "splits": {
             split: score_split(student, *arrays) for split, arrays in splits.items()
@@ -162,6 +163,9 @@ def _define_flags() -> None:
     )
     flags.DEFINE_string("output_dir", "benchmarks/results", "Where to write.")
     flags.DEFINE_string("name", "tone", "Stem of the report files.")
+    flags.DEFINE_integer(
+        "seed", 0, "The student's run seed (it draws the validation photos)."
+    )
     tasks.define_flags()
 
 
@@ -169,7 +173,13 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    run(FLAGS.student, FLAGS.output_dir, FLAGS.name, **tasks.flag_settings())
+    run(
+        FLAGS.student,
+        FLAGS.output_dir,
+        FLAGS.name,
+        seed=FLAGS.seed,
+        **tasks.flag_settings(),
+    )
 
 
 if __name__ == "__main__":
