@@ -3,6 +3,7 @@
     python -m training.train --teacher=G.pth --photos=my_photos/ [--held_out=DIR]
     python -m training.train --teacher=G.keras --pairs=facades/train
     python -m training.train --output_dir=outputs/vintage      # the built-in task
+    python -m training.train --photo_set=extended              # what `make train` runs
     python -m training.train --method=uniform --macs_ratio=25
     python -m training.train --method=distill --method_options=lambda_distill=2
 
@@ -42,9 +43,9 @@ trains under a `tf.distribute` strategy (`training.distribute`;
 Then `training.ship` writes `student.keras`, `student.tflite` (fp32),
 `student_int8.tflite`, `teacher.tflite`, `samples.png` (input | teacher |
 student | |teacher - student| x4) and `report.md`/`report.json` (MACs,
-params, LiteRT latency and speed-up, PSNR/SSIM/FD/KID vs the teacher on
-the held-out photos, next to the identity and colour-map references, and
-the wall time of every phase). With `--fold_norms` (off by default: it
+params, LiteRT latency and speed-up, PSNR/detail PSNR/SSIM/FD/KID vs the
+teacher on the held-out photos, next to the identity and colour-map
+references, and the wall time of every phase). With `--fold_norms` (off by default: it
 costs quality) the `.tflite` files, and the student's row, are of the student with its
 instance norms frozen and folded into its convolutions (faster; the
 report's `student_unfolded` row scores the trained student itself).
