@@ -1,6 +1,7 @@
 """How much of a student's error is one colour offset per photo.
 
-    python -m benchmarks.tone --student=outputs/vintage/student.keras
+    python -m benchmarks.tone --student=outputs/vintage/student.keras \
+        --photo_set=extended          # the task flags and --seed of its run
 
 A student's squared error against the teacher splits exactly into a *tone*
 part (the square of each photo's mean colour difference) and a *detail*
@@ -16,6 +17,7 @@ where the error is, and so which kind of lever could remove it. Writes
 
 from __future__ import annotations
 
+import json
 import os
 
 import keras
@@ -129,6 +131,24 @@ def _plot(report: dict, path: str) -> None:
     reports.save_figure(figure, path)
 
 
+def _check_same_data(student_path: str, key: str) -> None:
+    """Refuses a student whose run (`run.json` beside it) had other data.
+
+    Its validation photos would then not be the ones it never trained on.
+    """
+    path = os.path.join(os.path.dirname(os.path.abspath(student_path)), "run.json")
+    if not os.path.exists(path):
+        return
+    with open(path) as file:
+        data = json.load(file).get("data")
+    if data is not None and data != key:
+        raise ValueError(
+            f"{student_path} was trained on data {data} ({path}); these task "
+            f"flags load {key}: pass the run's task flags and --seed "
+            "(`make train`'s student: --photo_set=extended)."
+        )
+
+
 def run(student_path: str, output_dir: str, name: str, **settings) -> dict:
     """Scores `student_path` on the task's held-out and validation photos;
     writes the report (and prints its table) and returns it."""
@@ -138,6 +158,7 @@ def run(student_path: str, output_dir: str, name: str, **settings) -> dict:
             "file (`python -m training.train` writes <output_dir>/student.keras)."
         )
     task = tasks.from_settings(train.settings(settings))
+    _check_same_data(student_path, task.key)
     student = keras.saving.load_model(student_path)
     splits = {"held_out": task.held_out}
     if task.validation is not None:

@@ -47,3 +47,12 @@ def test_score_split_orders_the_three_psnrs_and_reports_the_offset():
 def test_a_missing_student_is_named(tmp_path):
     with pytest.raises(FileNotFoundError, match="nothing.keras"):
         tone.run(str(tmp_path / "nothing.keras"), str(tmp_path), "tone")
+
+
+def test_a_student_of_other_data_is_refused(tmp_path):
+    (tmp_path / "student.keras").write_bytes(b"not read")
+    (tmp_path / "run.json").write_text('{"data": "other-data"}')
+    with pytest.raises(ValueError, match="trained on data other-data.*--photo_set"):
+        tone._check_same_data(str(tmp_path / "student.keras"), "this-data")
+    (tmp_path / "run.json").write_text('{"data": "this-data"}')
+    tone._check_same_data(str(tmp_path / "student.keras"), "this-data")
