@@ -120,8 +120,9 @@ def define_flags() -> None:
     flags.DEFINE_integer(
         "steps",
         DEFAULTS["steps"],
-        "Training steps of all phases together (the method splits them).",
-        lower_bound=1,
+        "Training steps of all phases together (the method splits them); 0: "
+        "none (a method without a search then stops after the match phase).",
+        lower_bound=0,
     )
     flags.DEFINE_integer(
         "steps_per_epoch",
@@ -635,7 +636,7 @@ def run(**overrides) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if FLAGS.steps_per_epoch > FLAGS.steps:
+    if 0 < FLAGS.steps < FLAGS.steps_per_epoch:
         raise app.UsageError("--steps_per_epoch must not exceed --steps.")
     try:  # fail before any work on a bad method or option
         methods.get(FLAGS.method, FLAGS.method_options)
