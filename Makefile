@@ -104,7 +104,8 @@ test: install
 	exit $$status
 
 train: install photos-extended
-	$(PYTHON) -m training.train --photo_set=extended --output_dir=outputs/vintage
+	$(PYTHON) -m training.train --photo_set=extended --match_steps=1600 --steps=0 \
+		--nocolour_skip --output_dir=outputs/vintage
 
 demo: install
 	$(PYTHON) -m tfgancompress.demo

@@ -262,6 +262,27 @@ def test_match_phase_in_the_pipeline_checkpoints_and_resumes(task, tmp_path):
     assert _psnr(saved, x, y) == pytest.approx(scores["match"], abs=1e-3)
 
 
+def test_zero_steps_ship_the_matched_student(task):
+    teacher, x, y, pairs = task
+    phases = []
+    result = pipeline.compress(
+        methods.get("distill"),
+        teacher,
+        pairs,
+        _setup(teacher),
+        steps=0,
+        steps_per_epoch=2,
+        calibration=x[:4],
+        match_steps=2,
+        after_phase=lambda phase, student: phases.append(phase),
+        verbose=0,
+    )
+    assert phases == ["build", "slim", "refit", "match"]
+    assert result.steps == {"search": 0, "finetune": 0}
+    assert result.trained_steps == {"match": 2}
+    assert sorted(result.histories) == ["match"]
+
+
 def test_students_of_a_frozen_teacher_are_trainable(task):
     teacher = task[0]
     teacher.trainable = False  # as AdversarialTrainer(freeze_teacher=True) leaves it

@@ -3,7 +3,8 @@
     python -m training.train --teacher=G.pth --photos=my_photos/ [--held_out=DIR]
     python -m training.train --teacher=G.keras --pairs=facades/train
     python -m training.train --output_dir=outputs/vintage      # the built-in task
-    python -m training.train --photo_set=extended              # what `make train` runs
+    python -m training.train --photo_set=extended --match_steps=1600 --steps=0 \
+        --nocolour_skip                                    # what `make train` runs
     python -m training.train --method=uniform --macs_ratio=25
     python -m training.train --method=distill --method_options=lambda_distill=2
 
@@ -27,11 +28,14 @@ its next layers need most by greedy least-squares selection on
 `--reconstruction_views` training views (`tgc.pruning.greedy_paths`;
 `--method_options=selection=l1` keeps the largest filters instead), its
 convolutions refitted to the teacher by least squares on the same views
-(`tgc.reconstruction`), then
-trained with pixel + feature distillation + a GAN loss. With
-`--colour_skip` (default) the student is wrapped as
-`y = colour_map(x) + student(x)`, starting at the task's least-squares
-colour map (`tgc.models.with_colour_skip`).
+(`tgc.reconstruction`), then matched to the teacher's outputs for
+`--match_steps` steps (MSE, the student alone) and trained with pixel +
+feature distillation + a GAN loss (`--steps=0`: no such steps; the
+matched student is shipped). With `--colour_skip` (default) the student
+is wrapped as `y = colour_map(x) + student(x)`, starting at the task's
+least-squares colour map (`tgc.models.with_colour_skip`); `make train`
+turns it off, which scored higher on the held-out photos (README,
+"Student quality at 1/20").
 
 Training checkpoints to `<output_dir>/checkpoints/` every epoch and after
 each phase; run the same command again after an interruption and it resumes
@@ -120,8 +124,9 @@ def define_flags() -> None:
     flags.DEFINE_integer(
         "steps",
         DEFAULTS["steps"],
-        "Training steps of all phases together (the method splits them).",
-        lower_bound=1,
+        "Training steps of all phases together (the method splits them); 0: "
+        "none (a method without a search then stops after the match phase).",
+        lower_bound=0,
     )
     flags.DEFINE_integer(
         "steps_per_epoch",
@@ -635,7 +640,7 @@ def run(**overrides) -> dict:
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    if FLAGS.steps_per_epoch > FLAGS.steps:
+    if 0 < FLAGS.steps < FLAGS.steps_per_epoch:
         raise app.UsageError("--steps_per_epoch must not exceed --steps.")
     try:  # fail before any work on a bad method or option
         methods.get(FLAGS.method, FLAGS.method_options)
