@@ -68,6 +68,9 @@ def test_main_job_rejects_unknown_methods_options_and_budgets(tmp_path):
         train.run(method="uniform", method_options="lambda=1")
     with pytest.raises(BudgetError, match="out of reach for method 'uniform'"):
         train.run(**SMALL, method="uniform", macs_ratio=1e6, output_dir=str(tmp_path))
+    with pytest.raises(ValueError, match="steps=0 leaves method 'dmad' no steps"):
+        train.run(method="dmad", steps=0, output_dir=str(tmp_path / "dmad"))
+    assert not (tmp_path / "dmad").exists()  # refused before any work
 
 
 def _console_lines(output: str) -> list[str]:

@@ -102,6 +102,8 @@ RUN_DEFAULTS = {
     "overwrite": False,
 }
 DEFAULTS = {**RUN_DEFAULTS, **tasks.DEFAULTS}
+# Steps on which `_check_steps` asks a method whether it searches.
+SEARCH_PROBE_STEPS = 100
 
 FLAGS = flags.FLAGS
 
@@ -502,6 +504,21 @@ def _notes(facts: dict) -> list[str]:
     ]
 
 
+def _check_steps(method: methods.Method, steps: int) -> None:
+    """Refuses `steps=0` for a method that spends some of its steps searching.
+
+    Without steps, such a method would slim a student it never searched.
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}.")
+    if steps == 0 and method.split_steps(SEARCH_PROBE_STEPS)["search"]:
+        raise ValueError(
+            f"steps=0 leaves method {method.name!r} no steps for its search: "
+            "give it steps, or use a method without a search (distill, "
+            "uniform) to ship the matched student."
+        )
+
+
 def run(**overrides) -> dict:
     """The whole job; returns the report (also written to `output_dir`).
 
@@ -514,14 +531,16 @@ def run(**overrides) -> dict:
         distributed run, only `phase_steps` and `trained_steps`.
 
     Raises:
-        ValueError: On an unknown setting, method, option or strategy, or a
-            bad task (a missing folder, no usable image, ...).
+        ValueError: On an unknown setting, method, option or strategy, a
+            bad task (a missing folder, no usable image, ...), or `steps=0`
+            for a method with a search.
         BudgetError: If the method cannot reach the MACs budget.
         FileExistsError: If `output_dir` holds another run's results and
             `overwrite` is False (`claim_output_dir`).
     """
     config = settings(overrides)
     method = methods.get(config["method"], config["method_options"])
+    _check_steps(method, config["steps"])
     start = time.perf_counter()
     distribution = distribute.strategy(config["strategy"])
     chief = distribute.is_chief(distribution)
