@@ -281,6 +281,10 @@ def test_zero_steps_ship_the_matched_student(task):
     assert result.steps == {"search": 0, "finetune": 0}
     assert result.trained_steps == {"match": 2}
     assert sorted(result.histories) == ["match"]
+    with pytest.raises(ValueError, match="'gan_slimming' no steps for its search"):
+        pipeline.compress(
+            methods.get("gan_slimming"), teacher, pairs, _setup(teacher), steps=0
+        )
 
 
 def test_students_of_a_frozen_teacher_are_trainable(task):

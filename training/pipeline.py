@@ -60,6 +60,8 @@ from training.distribute import MultiWorkerFit
 from training.methods import Method, Setup, Student
 
 PHASES = ("build", "search", "slim", "refit", "match", "finetune")
+# Steps on which `check_steps` asks a method whether it searches.
+SEARCH_PROBE_STEPS = 100
 
 
 @dataclasses.dataclass
@@ -577,6 +579,25 @@ def _claim(checkpoint_dir: str, run: dict) -> None:
         tgc.reports.write_json(path, run)
 
 
+def check_steps(method: Method, steps: int) -> None:
+    """Refuses `steps` that `compress` cannot share out for `method`.
+
+    `steps=0` (only the phases up to `match`) suits a method without a
+    search; one that searches would slim a student it never searched.
+
+    Raises:
+        ValueError: If `steps` is negative, or 0 for a method with a search.
+    """
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}.")
+    if steps == 0 and method.split_steps(SEARCH_PROBE_STEPS)["search"]:
+        raise ValueError(
+            f"steps=0 leaves method {method.name!r} no steps for its search: "
+            "give it steps, or use a method without a search (distill, "
+            "uniform) to ship the matched student."
+        )
+
+
 def compress(
     method: Method,
     teacher: keras.Model,
@@ -638,8 +659,10 @@ def compress(
     Raises:
         BudgetError: If the budget is out of reach for the method, or (a
             bug in the method) its finished student is over budget.
-        ValueError: If `checkpoint_dir` holds another run's checkpoints.
+        ValueError: If `checkpoint_dir` holds another run's checkpoints, or
+            on `steps` that `check_steps` refuses.
     """
+    check_steps(method, steps)
     split = method.split_steps(steps)
     if sorted(split) != ["finetune", "search"] or sum(split.values()) != steps:
         raise ValueError(

@@ -102,8 +102,6 @@ RUN_DEFAULTS = {
     "overwrite": False,
 }
 DEFAULTS = {**RUN_DEFAULTS, **tasks.DEFAULTS}
-# Steps on which `_check_steps` asks a method whether it searches.
-SEARCH_PROBE_STEPS = 100
 
 FLAGS = flags.FLAGS
 
@@ -504,21 +502,6 @@ def _notes(facts: dict) -> list[str]:
     ]
 
 
-def _check_steps(method: methods.Method, steps: int) -> None:
-    """Refuses `steps=0` for a method that spends some of its steps searching.
-
-    Without steps, such a method would slim a student it never searched.
-    """
-    if steps < 0:
-        raise ValueError(f"steps must be >= 0, got {steps}.")
-    if steps == 0 and method.split_steps(SEARCH_PROBE_STEPS)["search"]:
-        raise ValueError(
-            f"steps=0 leaves method {method.name!r} no steps for its search: "
-            "give it steps, or use a method without a search (distill, "
-            "uniform) to ship the matched student."
-        )
-
-
 def run(**overrides) -> dict:
     """The whole job; returns the report (also written to `output_dir`).
 
@@ -540,7 +523,7 @@ def run(**overrides) -> dict:
     """
     config = settings(overrides)
     method = methods.get(config["method"], config["method_options"])
-    _check_steps(method, config["steps"])
+    pipeline.check_steps(method, config["steps"])  # before any work
     start = time.perf_counter()
     distribution = distribute.strategy(config["strategy"])
     chief = distribute.is_chief(distribution)
