@@ -668,10 +668,15 @@ def train_run_row(name: str, run_dir: str, task=None) -> dict:
         "seed": report["seed"],
         "macs": student["macs"],
         "refit_psnr": report["initial_psnr"],
-        **{key: student[key] for key in ("psnr", "detail_psnr", "ssim", "fd")},
+        **{key: student[key] for key in ("psnr", "ssim", "fd")},
+        # Reports written before detail PSNR existed: the rescored photos'.
+        "detail_psnr": student.get(
+            "detail_psnr", float(np.mean(scores["detail_psnr"]))
+        ),
         "int8_psnr": report["rows"]["student_int8"]["psnr"],
         "photos": [photo.split("/")[-1] for photo in task.photo_names["held_out"]],
         "per_photo_psnr": scores["psnr"],
+        "per_photo_detail_psnr": scores["detail_psnr"],
         "identity_per_photo": scores["identity"],
         "above_identity": int(
             np.sum(np.array(scores["psnr"]) > np.array(scores["identity"]))
@@ -775,12 +780,14 @@ def _runs_markdown(runs: list[dict]) -> str:
         "scores of their reports against the teacher on the same 9 held-out "
         "photos (`refit`: after the least-squares refit; `int8`: the int8 "
         "file), and `> identity` from their `student.keras` rescored photo by "
-        "photo (`per_photo_psnr` in `quality.json`). `fine-tune steps`: "
-        "distill's steps after the match phase. Wall and phase seconds are "
-        "as each run measured them, under different machine loads: some runs "
-        "were alone on the 2 cores, others beside other runs (README, issue "
-        "11 section, says which), so compare seconds only between runs that "
-        "ran alone. `(earlier run)`: scored by an earlier `--runs`, kept.",
+        "photo (`per_photo_psnr` in `quality.json`; detail PSNR from a report "
+        "written before it existed: the mean of the rescored photos'). "
+        "`fine-tune steps`: distill's steps after the match phase. Wall and "
+        "phase seconds are as each run measured them, under different machine "
+        "loads: some runs were alone on the 2 cores, others beside other runs "
+        "(README, issue 11 section, says which), so compare seconds only "
+        "between runs that ran alone. `(earlier run)`: scored by an earlier "
+        "`--runs`, kept.",
         "",
         "| row | photo set | colour skip | match steps | fine-tune steps | seed "
         "| G MACs | refit dB | PSNR dB | detail PSNR dB | SSIM | FD | > identity "
