@@ -1,6 +1,7 @@
 """Student-quality levers on the vintage task, one ablation row each.
 
     python -m benchmarks.quality [--rows=main_job,pixel_128] [--work_dir=...]
+    python -m benchmarks.quality --runs=main_job_s0=outputs/vintage,...
 
 Every row compresses the pretrained vintage CycleGAN teacher to the same
 MACs budget (`--macs_budget`, default 2.84 G: 20x fewer than the teacher's
@@ -21,6 +22,15 @@ cached refitted student of its selection). Writes `quality.md`, `quality.json`
 and `quality.png` to `--output_dir` after every row; the rows of the
 `quality.json` found there that this work dir did not run stay in the tables,
 marked as from an earlier run.
+
+`--runs=label=run_dir,...` adds finished `python -m training.train` runs
+(the main job's levers: photo set, match steps, fine-tune steps, colour
+skip, tone jitter, seed) as a second table, "Main-job runs": their
+reports' scores and phase seconds, and the photos above their identity
+score from their `student.keras` rescored on the held-out photos
+(`train_run_row`; no training). Without `--rows`, no harness row runs and
+the harness's rows stay as `quality.json` has them; runs in `quality.json`
+not given again stay, marked as from an earlier run.
 """
 
 from __future__ import annotations
@@ -38,12 +48,20 @@ import tensorflow as tf
 from absl import app, flags, logging
 
 import tfgancompress as tgc
+from benchmarks import tone
 from training import budget as budget_lib
-from training import methods, pipeline, tasks
+from training import methods, pipeline, tasks, train
 from training.methods import base
 
 FLAGS = flags.FLAGS
-flags.DEFINE_list("rows", None, "Rows to run (default: all, in table order).")
+flags.DEFINE_list(
+    "rows", None, "Rows to run (default: all, in table order; none with --runs)."
+)
+flags.DEFINE_list(
+    "runs",
+    None,
+    "Finished `training.train` runs to score, as label=run_dir,... (no training).",
+)
 flags.DEFINE_string("output_dir", "benchmarks/results", "Where quality.md/json go.")
 flags.DEFINE_string("work_dir", "outputs/quality", "Finished rows and students.")
 flags.DEFINE_float("macs_budget", 2.84, "Student G MACs at 256x256.")
@@ -581,6 +599,109 @@ def run_row(task: Task, name: str, recipe: Recipe, work_dir: str) -> dict:
     }
 
 
+def run_task_settings(report: dict, run: dict) -> dict:
+    """The settings (`training.train.settings`) of the task a run trained on.
+
+    Args:
+        report: The run's `report.json`: its views, and the sources of its
+            training photos.
+        run: The run's `run.json`: its seed.
+
+    Returns:
+        The settings: the report's views, the run's seed and the smallest
+        built-in photo set holding every source of its training photos.
+    """
+    sources = set(report["sources"]["train"])
+    photo_set = min(
+        (name for name, known in tgc.data.PHOTO_SETS.items() if sources <= set(known)),
+        key=lambda name: len(tgc.data.PHOTO_SETS[name]),
+    )
+    return train.settings(
+        {**report["views"], "photo_set": photo_set, "seed": run["seed"]}
+    )
+
+
+def _read_json(path: str) -> dict:
+    with open(path) as file:
+        return json.load(file)
+
+
+def train_run_row(name: str, run_dir: str, task=None) -> dict:
+    """One ablation row of a finished `training.train` run (no training).
+
+    The scores, settings and seconds come from the run's `report.json` and
+    `run.json`; the per-photo PSNR (and so the photos above their identity
+    score) from its `student.keras`, scored against the teacher on the
+    task's held-out photos (`benchmarks.tone.score_split`).
+
+    Args:
+        name: The row's label.
+        run_dir: The run's `--output_dir`.
+        task: The task it trained on (a `training.tasks.TaskData`); default:
+            rebuilt from the run's settings (`run_task_settings`).
+
+    Returns:
+        The row, with the per-photo PSNR of the student and the identity.
+
+    Raises:
+        ValueError: If the task's data key is not the run's
+            (`benchmarks.tone.check_same_data`).
+    """
+    report = _read_json(os.path.join(run_dir, "report.json"))
+    run = _read_json(os.path.join(run_dir, "run.json"))
+    settings = run_task_settings(report, run)
+    if task is None:
+        task = tasks.from_settings(settings)
+    student_path = os.path.join(run_dir, "student.keras")
+    tone.check_same_data(student_path, task.key)
+    scores = tone.score_split(keras.saving.load_model(student_path), *task.held_out)
+    student = report["rows"]["student"]
+    return {
+        "name": name,
+        "run_dir": run_dir,
+        "task": report["task_description"],
+        "photo_set": settings["photo_set"],
+        "views": report["views"],
+        "colour_skip": run["colour_skip"],
+        "match_steps": report["match_steps"],
+        "steps": report["steps"],
+        "seed": report["seed"],
+        "macs": student["macs"],
+        "refit_psnr": report["initial_psnr"],
+        **{key: student[key] for key in ("psnr", "ssim", "fd")},
+        # Reports written before detail PSNR existed: the rescored photos'.
+        "detail_psnr": student.get(
+            "detail_psnr", float(np.mean(scores["detail_psnr"]))
+        ),
+        "int8_psnr": report["rows"]["student_int8"]["psnr"],
+        "photos": [photo.split("/")[-1] for photo in task.photo_names["held_out"]],
+        "per_photo_psnr": scores["psnr"],
+        "per_photo_detail_psnr": scores["detail_psnr"],
+        "identity_per_photo": scores["identity"],
+        "above_identity": int(
+            np.sum(np.array(scores["psnr"]) > np.array(scores["identity"]))
+        ),
+        "wall_seconds": report["wall_seconds"],
+        "phase_seconds": report["phase_seconds"],
+    }
+
+
+def merge_runs(saved: Sequence[dict], scored: Sequence[dict]) -> list[dict]:
+    """The table's runs: `saved` ones, replaced where scored again, then new.
+
+    Args:
+        saved: The runs of the existing `quality.json`.
+        scored: The runs scored now (`train_run_row`).
+
+    Returns:
+        Each saved run in its place (marked `"earlier": True` unless scored
+        again, then the new row), then the scored runs not saved before.
+    """
+    new = {row["name"]: row for row in scored}
+    merged = [new.pop(row["name"], {**row, "earlier": True}) for row in saved]
+    return merged + list(new.values())
+
+
 def _optional(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
 
@@ -635,14 +756,71 @@ def _markdown(rows: list[dict], task_info: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _plot(rows: list[dict], task_info: dict, path: str) -> None:
+PHASES = ("build", "refit", "match", "finetune", "ship")
+TONE_JITTERS = ("white_balance_jitter", "gamma_jitter", "channel_gamma_jitter")
+
+
+def _photo_set(run: dict) -> str:
+    """The run's photo set, and its tone jitters when on."""
+    jitters = [
+        f"{key.replace('_', ' ')} {run['views'][key]:g}"
+        for key in TONE_JITTERS
+        if run["views"].get(key)
+    ]
+    return ", ".join([run["photo_set"], *jitters])
+
+
+def _runs_markdown(runs: list[dict]) -> str:
+    lines = [
+        "## Main-job runs (`training.train`)",
+        "",
+        "Finished `python -m training.train` runs of the vintage task (`distill`, "
+        "greedy selection, 1/20 of the teacher's MACs), scored by `python -m "
+        "benchmarks.quality --runs=label=run_dir,...` without training: the "
+        "scores of their reports against the teacher on the same 9 held-out "
+        "photos (`refit`: after the least-squares refit; `int8`: the int8 "
+        "file), and `> identity` from their `student.keras` rescored photo by "
+        "photo (`per_photo_psnr` in `quality.json`; detail PSNR from a report "
+        "written before it existed: the mean of the rescored photos'). "
+        "`fine-tune steps`: distill's steps after the match phase. Wall and "
+        "phase seconds are as each run measured them, under different machine "
+        "loads: some runs were alone on the 2 cores, others beside other runs "
+        "(README, issue 11 section, says which), so compare seconds only "
+        "between runs that ran alone. `(earlier run)`: scored by an earlier "
+        "`--runs`, kept.",
+        "",
+        "| row | photo set | colour skip | match steps | fine-tune steps | seed "
+        "| G MACs | refit dB | PSNR dB | detail PSNR dB | SSIM | FD | > identity "
+        "| int8 PSNR dB | wall s | build s | refit s | match s | fine-tune s "
+        "| ship s |",
+        "|---|---|---|" + "---:|" * 17,
+    ]
+    for run in runs:
+        seconds = run["phase_seconds"]
+        cells = [
+            _label(run),
+            _photo_set(run),
+            "yes" if run["colour_skip"] else "no",
+            str(run["match_steps"]),
+            str(run["steps"]),
+            str(run["seed"]),
+            f"{run['macs'] / 1e9:.2f}",
+            f"{run['refit_psnr']:.2f}",
+            f"**{run['psnr']:.2f}**",
+            f"{run['detail_psnr']:.2f}",
+            f"{run['ssim']:.3f}",
+            f"{run['fd']:.1f}",
+            f"{run['above_identity']}/{len(run['per_photo_psnr'])}",
+            f"{run['int8_psnr']:.2f}",
+            f"{run['wall_seconds']:.0f}",
+            *(f"{seconds[k]:.0f}" if k in seconds else "" for k in PHASES),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot_curves(axes, rows: list[dict], task_info: dict) -> None:
     """Held-out PSNR along each row's fine-tune (and on training views)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(8, 5))
     for row in rows:
         steps = [point[0] for point in row["curve"]]
         line = axes.plot(
@@ -665,28 +843,113 @@ def _plot(rows: list[dict], task_info: dict, path: str) -> None:
         "1/20 student: held-out photos (solid), training views (dotted)", fontsize=10
     )
     axes.legend(fontsize=8)
+
+
+def _plot_runs(axes, runs: list[dict]) -> None:
+    """Each main-job run's held-out PSNR against its wall time."""
+    for run in runs:
+        minutes = run["wall_seconds"] / 60
+        axes.plot(minutes, run["psnr"], "x" if run.get("earlier") else "o")
+        axes.annotate(run["name"], (minutes, run["psnr"]), fontsize=7)
+    axes.set_xlabel("wall time (min; machine loads differ)")
+    axes.set_ylabel("PSNR vs teacher (dB)")
+    axes.set_title("Main-job runs (training.train): held-out photos", fontsize=10)
+
+
+def _plot(rows: list[dict], task_info: dict, runs: list[dict], path: str) -> None:
+    """The harness rows' curves and the runs' PSNR against wall time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = int(bool(rows)) + int(bool(runs))
+    figure, axes = plt.subplots(1, panels, figsize=(8 * panels, 5), squeeze=False)
+    axes = list(axes[0])
+    if rows:
+        _plot_curves(axes.pop(0), rows, task_info)
+    if runs:
+        _plot_runs(axes.pop(0), runs)
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
 
 
-def _write(rows: list[dict], task_info: dict, output_dir: str) -> None:
+def _write(
+    rows: list[dict], task_info: dict, output_dir: str, runs: Sequence[dict] = ()
+) -> None:
+    """Writes `quality.{md,json,png}`: the harness rows, then the runs."""
+    runs = list(runs)
+    sections = [_markdown(rows, task_info)] if rows else []
+    sections += [_runs_markdown(runs)] if runs else []
     os.makedirs(output_dir, exist_ok=True)
-    _plot(rows, task_info, os.path.join(output_dir, "quality.png"))
+    _plot(rows, task_info, runs, os.path.join(output_dir, "quality.png"))
+    table = {"task": task_info, "rows": rows}
     with open(os.path.join(output_dir, "quality.json"), "w") as file:
-        json.dump({"task": task_info, "rows": rows}, file, indent=1)
+        json.dump({**table, "runs": runs} if runs else table, file, indent=1)
     with open(os.path.join(output_dir, "quality.md"), "w") as file:
-        file.write(_markdown(rows, task_info))
+        file.write("\n".join(sections))
+
+
+def _saved_table(output_dir: str) -> dict:
+    """The `quality.json` in `output_dir` (empty when there is none)."""
+    path = os.path.join(output_dir, "quality.json")
+    return _read_json(path) if os.path.exists(path) else {}
+
+
+def write_runs(runs: Sequence[dict], output_dir: str) -> None:
+    """Adds scored runs to the tables in `output_dir`, harness rows untouched.
+
+    Args:
+        runs: Rows of finished `training.train` runs (`train_run_row`).
+        output_dir: Where `quality.{md,json,png}` are (`merge_runs` keeps
+            the runs there that are not scored again).
+    """
+    saved = _saved_table(output_dir)
+    _write(
+        saved.get("rows", []),
+        saved.get("task", {}),
+        output_dir,
+        merge_runs(saved.get("runs", []), runs),
+    )
+
+
+def _parse_runs(values: Sequence[str]) -> list[tuple[str, str]]:
+    """`--runs`'s `label=run_dir` values as (label, run_dir) pairs."""
+    pairs = [value.split("=", 1) for value in values]
+    bad = [value for value, pair in zip(values, pairs, strict=True) if len(pair) != 2]
+    if bad:
+        raise app.UsageError(f"--runs takes label=run_dir values, not {bad}.")
+    return [(label, run_dir) for label, run_dir in pairs]
 
 
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
-    names = FLAGS.rows or list(ROWS)
+    names = FLAGS.rows or ([] if FLAGS.runs else list(ROWS))
     unknown = sorted(set(names) - set(ROWS))
     if unknown:
         raise app.UsageError(f"Unknown rows {unknown}; known: {list(ROWS)}.")
     logging.set_verbosity(logging.INFO)
+    if FLAGS.runs:
+        runs = [
+            train_run_row(label, run_dir) for label, run_dir in _parse_runs(FLAGS.runs)
+        ]
+        for run in runs:
+            logging.info(
+                "run %s: %.2f dB, %d/%d above the identity",
+                run["name"],
+                run["psnr"],
+                run["above_identity"],
+                len(run["per_photo_psnr"]),
+            )
+        write_runs(runs, FLAGS.output_dir)
+    if names:
+        _run_rows(names)
+
+
+def _run_rows(names: Sequence[str]) -> None:
+    """Runs the harness rows `names` (resuming) and writes the tables."""
     task = Task(FLAGS.macs_budget, FLAGS.seed, FLAGS.work_dir)
     task_info = {
         "teacher_macs": tgc.profile(task.teacher, (256, 256, 3)).macs,
@@ -753,6 +1016,8 @@ def write_tables(
         output_dir: Where `quality.{md,json,png}` go.
         earlier: Rows of earlier runs (`earlier_rows`), each listed after
             this run's row of the same name.
+
+    The `training.train` runs of the `quality.json` there stay as they are.
     """
     done = []
     for name in ROWS:
@@ -761,7 +1026,7 @@ def write_tables(
             with open(path) as file:
                 done.append(json.load(file))
         done.extend(row for row in earlier if row["name"] == name)
-    _write(done, task_info, output_dir)
+    _write(done, task_info, output_dir, _saved_table(output_dir).get("runs", []))
 
 
 if __name__ == "__main__":

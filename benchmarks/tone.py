@@ -131,7 +131,7 @@ def _plot(report: dict, path: str) -> None:
     reports.save_figure(figure, path)
 
 
-def _check_same_data(student_path: str, key: str) -> None:
+def check_same_data(student_path: str, key: str) -> None:
     """Refuses a student whose run (`run.json` beside it) had other data.
 
     Its validation photos would then not be the ones it never trained on.
@@ -158,7 +158,7 @@ def run(student_path: str, output_dir: str, name: str, **settings) -> dict:
             "file (`python -m training.train` writes <output_dir>/student.keras)."
         )
     task = tasks.from_settings(train.settings(settings))
-    _check_same_data(student_path, task.key)
+    check_same_data(student_path, task.key)
     student = keras.saving.load_model(student_path)
     splits = {"held_out": task.held_out}
     if task.validation is not None:

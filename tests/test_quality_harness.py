@@ -3,7 +3,9 @@
 import json
 import types
 
+import keras
 import numpy as np
+import pytest
 
 import tfgancompress as tgc
 from benchmarks import quality
@@ -107,3 +109,146 @@ def test_training_views_are_spread_over_fewer_reference_photos_than_asked():
     images = np.arange(100)
     assert list(quality._spread(images, 45)) == list(range(0, 90, 2))
     assert list(quality._spread(images[:32], 45)) == list(range(32))
+
+
+def _report(sources: dict, white_balance: float = 0.0) -> dict:
+    views = {"photo_size": 64, "crop_size": 32, "white_balance_jitter": white_balance}
+    return {
+        "task_description": "a small task",
+        "sources": {"train": sources},
+        "views": views,
+        "rows": {
+            "student": {
+                "psnr": 25.5,
+                "detail_psnr": 27.5,
+                "ssim": 0.8,
+                "fd": 60.0,
+                "macs": 2.75e9,
+            },
+            "student_int8": {"psnr": 25.1},
+            "identity": {"psnr": 22.8},
+        },
+        "initial_psnr": 21.7,
+        "match_steps": 1600,
+        "steps": 0,
+        "seed": 1,
+        "phase_seconds": {"build": 80.0, "refit": 50.0, "match": 480.0, "ship": 120.0},
+        "wall_seconds": 736.0,
+    }
+
+
+def _run_dir(path, report: dict, student) -> str:
+    path.mkdir()
+    student.save(path / "student.keras")
+    (path / "report.json").write_text(json.dumps(report))
+    run = {"data": "the-data", "colour_skip": False, "seed": report["seed"]}
+    (path / "run.json").write_text(json.dumps(run))
+    return str(path)
+
+
+def test_a_finished_train_run_becomes_a_row_with_its_per_photo_scores(tmp_path):
+    student = keras.Sequential([keras.Input((None, None, 3)), keras.layers.Dense(3)])
+    rng = np.random.default_rng(0)
+    inputs = rng.uniform(-0.9, 0.9, (4, 64, 64, 3)).astype("float32")
+    outputs = np.clip(student.predict(inputs, verbose=0), -1, 1)
+    noise = rng.normal(0.0, 0.02, inputs.shape).astype("float32")
+    # The student is near the teacher on three photos, the identity on one.
+    targets = np.concatenate([outputs[:3], inputs[3:]]) + noise
+    task = types.SimpleNamespace(
+        key="the-data",
+        held_out=(inputs, targets),
+        photo_names={"held_out": [f"source/photo{i}" for i in range(4)]},
+    )
+    run_dir = _run_dir(tmp_path / "run", _report({"opencv-doc": 3}), student)
+
+    row = quality.train_run_row("main_job_s1", run_dir, task)
+
+    per_photo = np.asarray(tgc.metrics.psnr(targets, outputs))
+    assert row["per_photo_psnr"] == pytest.approx(per_photo.tolist(), abs=1e-3)
+    identity = np.asarray(tgc.metrics.psnr(targets, inputs))
+    assert row["identity_per_photo"] == pytest.approx(identity.tolist(), abs=1e-3)
+    assert row["above_identity"] == 3
+    assert row["photos"] == ["photo0", "photo1", "photo2", "photo3"]
+    assert (row["psnr"], row["detail_psnr"], row["int8_psnr"]) == (25.5, 27.5, 25.1)
+    assert (row["refit_psnr"], row["wall_seconds"]) == (21.7, 736.0)
+    assert (row["photo_set"], row["colour_skip"], row["seed"]) == ("standard", False, 1)
+    assert (row["match_steps"], row["steps"], row["macs"]) == (1600, 0, 2.75e9)
+    other = types.SimpleNamespace(**{**vars(task), "key": "other-data"})
+    with pytest.raises(ValueError, match="trained on data the-data"):
+        quality.train_run_row("main_job_s1", run_dir, other)
+
+
+def test_a_run_task_is_the_smallest_photo_set_with_its_sources():
+    run = {"seed": 2}
+    standard = quality.run_task_settings(_report({"opencv-doc": 3}), run)
+    extended = quality.run_task_settings(
+        _report({"opencv-doc": 3, "stellarium-data": 5}, white_balance=0.5), run
+    )
+    assert (standard["photo_set"], extended["photo_set"]) == ("standard", "extended")
+    assert (extended["white_balance_jitter"], extended["photo_size"]) == (0.5, 64)
+    assert (standard["seed"], standard["crops_per_photo"]) == (2, 2)
+
+
+def _run(name: str, psnr: float) -> dict:
+    return {
+        "name": name,
+        "photo_set": "extended",
+        "views": {"white_balance_jitter": 0.5},
+        "colour_skip": False,
+        "match_steps": 1600,
+        "steps": 0,
+        "seed": 1,
+        "macs": 2.75e9,
+        "refit_psnr": 21.77,
+        "psnr": psnr,
+        "detail_psnr": 28.0,
+        "ssim": 0.778,
+        "fd": 75.6,
+        "int8_psnr": 26.2,
+        "per_photo_psnr": [25.0] * 9,
+        "above_identity": 5,
+        "wall_seconds": 736.0,
+        "phase_seconds": {"build": 79.0, "refit": 49.0, "match": 481.0, "ship": 120.0},
+    }
+
+
+def test_runs_get_their_own_table_and_earlier_runs_stay(tmp_path):
+    task_info = {
+        "teacher_macs": 56.8e9,
+        "macs_budget": 2.84e9,
+        "held_out": 9,
+        "identity_psnr": 22.81,
+    }
+    output_dir, rows_dir = tmp_path / "results", tmp_path / "rows"
+    rows_dir.mkdir()
+    (rows_dir / "greedy.json").write_text(json.dumps(_row("greedy", 24.16)))
+    quality.write_tables(str(rows_dir), task_info, str(output_dir))
+    harness = (output_dir / "quality.md").read_text()
+    table = output_dir / "quality.json"
+    saved = json.loads(table.read_text())
+
+    quality.write_runs([_run("a", 26.42), _run("b", 26.58)], str(output_dir))
+    quality.write_runs([_run("b", 26.60), _run("c", 27.61)], str(output_dir))
+
+    markdown = (output_dir / "quality.md").read_text()
+    assert markdown.startswith(harness + "\n## Main-job runs (`training.train`)")
+    assert (
+        "| a (earlier run) | extended, white balance jitter 0.5 | no | 1600 | 0 | 1 "
+        "| 2.75 | 21.77 | **26.42** | 28.00 | 0.778 | 75.6 | 5/9 | 26.20 | 736 "
+        "| 79 | 49 | 481 |  | 120 |"
+    ) in markdown
+    assert "| b | " in markdown and "| c | " in markdown
+    assert "b (earlier run)" not in markdown
+    written = json.loads(table.read_text())
+    assert (written["task"], written["rows"]) == (saved["task"], saved["rows"])
+    assert [
+        (r["name"], r["psnr"], r.get("earlier", False)) for r in written["runs"]
+    ] == [
+        ("a", 26.42, True),
+        ("b", 26.60, False),
+        ("c", 27.61, False),
+    ]
+    # A harness run afterwards keeps the runs.
+    quality.write_tables(str(rows_dir), task_info, str(output_dir))
+    assert json.loads(table.read_text())["runs"] == written["runs"]
+    assert (output_dir / "quality.md").read_text() == markdown

@@ -53,6 +53,6 @@ def test_a_student_of_other_data_is_refused(tmp_path):
     (tmp_path / "student.keras").write_bytes(b"not read")
     (tmp_path / "run.json").write_text('{"data": "other-data"}')
     with pytest.raises(ValueError, match="trained on data other-data.*--photo_set"):
-        tone._check_same_data(str(tmp_path / "student.keras"), "this-data")
+        tone.check_same_data(str(tmp_path / "student.keras"), "this-data")
     (tmp_path / "run.json").write_text('{"data": "this-data"}')
-    tone._check_same_data(str(tmp_path / "student.keras"), "this-data")
+    tone.check_same_data(str(tmp_path / "student.keras"), "this-data")
