@@ -56,3 +56,46 @@ def test_skip_errors_name_the_problem():
     gray = models.resnet_generator(ngf=8, n_blocks=1, output_channels=1)
     with pytest.raises(ValueError, match="3 channels in and out"):
         models.with_colour_skip(gray)
+
+
+def _blurred(x, sigma):
+    kernel = models.gaussian_kernel(sigma)
+    radius = len(kernel) // 2
+    padded = np.pad(x, ((0, 0), (radius, radius), (radius, radius), (0, 0)), "reflect")
+    rows = sum(w * padded[:, :, i : i + x.shape[2], :] for i, w in enumerate(kernel))
+    return sum(w * rows[:, i : i + x.shape[1], :, :] for i, w in enumerate(kernel))
+
+
+def test_detail_skip_adds_the_inputs_detail_and_no_tone(tmp_path):
+    core = models.resnet_generator(ngf=8, n_blocks=1)
+    student = models.with_detail_skip(core, sigma=1.5, gain=0.5)
+    x = _images(2, seed=2) * 0.4
+    expected = np.clip(core.predict(x, verbose=0) + 0.5 * (x - _blurred(x, 1.5)), -1, 1)
+    np.testing.assert_allclose(student.predict(x, verbose=0), expected, atol=1e-5)
+    flat = np.full((1, 32, 32, 3), [0.3, -0.2, 0.6], np.float32)
+    np.testing.assert_allclose(
+        student.predict(flat, verbose=0), core.predict(flat, verbose=0), atol=1e-6
+    )
+    assert [w.name for w in student.trainable_weights if "detail" in w.path] == [
+        "kernel"
+    ]
+    size = len(models.gaussian_kernel(1.5))
+    assert size == 11  # radius ceil(3 sigma)
+    blur = (32 + size - 1) * 32 * 3 * size + 32 * 32 * 3 * size  # rows, columns
+    assert (
+        tgc.profile(student, (32, 32, 3)).macs - tgc.profile(core, (32, 32, 3)).macs
+        == blur + 32 * 32 * 3 * 3
+    )
+    path = export.to_litert(student, tmp_path / "d.tflite", input_shape=(32, 32, 3))
+    np.testing.assert_allclose(
+        export.run_litert(path, x[:1]), student.predict(x[:1], verbose=0), atol=1e-4
+    )
+
+
+def test_detail_skip_errors_name_the_problem():
+    core = models.resnet_generator(ngf=8, n_blocks=1)
+    with pytest.raises(ValueError, match="sigma > 0 pixels, got 0"):
+        models.with_detail_skip(core, sigma=0)
+    gray = models.resnet_generator(ngf=8, n_blocks=1, output_channels=1)
+    with pytest.raises(ValueError, match="as many output channels as input"):
+        models.with_detail_skip(gray)
