@@ -128,6 +128,15 @@ def test_distills_colour_skip_option_is_key_neutral_and_turns_the_skip_off():
     )
 
 
+def test_a_detail_skip_enters_run_keys_only_when_on():
+    budget = types.SimpleNamespace(macs=1000)
+    task = types.SimpleNamespace(key="data")
+    distill = methods.get("distill")
+    off = train.run_settings(distill, budget, train.settings({}), task)
+    on = train.run_settings(distill, budget, train.settings({"detail_skip": 2.0}), task)
+    assert "detail_skip" not in off and on == {**off, "detail_skip": 2.0}
+
+
 def test_option_types_bool_int_str_and_optional():
     @dataclasses.dataclass(frozen=True)
     class Options:
