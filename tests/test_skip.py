@@ -15,6 +15,16 @@ def _images(n, seed, size=32):
     )
 
 
+def _check_added_macs_and_litert(student, core, added, x, directory):
+    """`student` costs `core`'s MACs + `added`; its LiteRT file computes it."""
+    shape = (32, 32, 3)
+    assert tgc.profile(student, shape).macs == tgc.profile(core, shape).macs + added
+    path = export.to_litert(student, directory / "student.tflite", input_shape=shape)
+    np.testing.assert_allclose(
+        export.run_litert(path, x[:1]), student.predict(x[:1], verbose=0), atol=1e-4
+    )
+
+
 def test_fit_colour_map_recovers_a_known_map():
     x = _images(4, seed=0) * 0.5
     matrix = np.array([[0.9, 0.1, 0.0], [0.05, 0.8, 0.1], [0.0, 0.2, 0.7]])
@@ -39,14 +49,7 @@ def test_skip_starts_as_the_colour_map_then_adds_the_generator(tmp_path):
     out_conv.set_weights([w + 0.05 for w in out_conv.get_weights()])
     expected = np.clip(x @ matrix + bias + core.predict(x, verbose=0), -1, 1)
     np.testing.assert_allclose(student.predict(x, verbose=0), expected, atol=1e-5)
-    assert (
-        tgc.profile(student, (32, 32, 3)).macs
-        == tgc.profile(core, (32, 32, 3)).macs + 32 * 32 * 9
-    )
-    path = export.to_litert(student, tmp_path / "s.tflite", input_shape=(32, 32, 3))
-    np.testing.assert_allclose(
-        export.run_litert(path, x[:1]), student.predict(x[:1], verbose=0), atol=1e-4
-    )
+    _check_added_macs_and_litert(student, core, 32 * 32 * 9, x, tmp_path)
 
 
 def test_skip_errors_name_the_problem():
@@ -82,14 +85,7 @@ def test_detail_skip_adds_the_inputs_detail_and_no_tone(tmp_path):
     size = len(models.gaussian_kernel(1.5))
     assert size == 11  # radius ceil(3 sigma)
     blur = (32 + size - 1) * 32 * 3 * size + 32 * 32 * 3 * size  # rows, columns
-    assert (
-        tgc.profile(student, (32, 32, 3)).macs - tgc.profile(core, (32, 32, 3)).macs
-        == blur + 32 * 32 * 3 * 3
-    )
-    path = export.to_litert(student, tmp_path / "d.tflite", input_shape=(32, 32, 3))
-    np.testing.assert_allclose(
-        export.run_litert(path, x[:1]), student.predict(x[:1], verbose=0), atol=1e-4
-    )
+    _check_added_macs_and_litert(student, core, blur + 32 * 32 * 3 * 3, x, tmp_path)
 
 
 def test_detail_skip_errors_name_the_problem():
