@@ -105,7 +105,7 @@ test: install
 
 train: install photos-extended
 	$(PYTHON) -m training.train --photo_set=extended --match_steps=1600 --steps=0 \
-		--nocolour_skip --output_dir=outputs/vintage
+		--nocolour_skip --detail_skip=2 --output_dir=outputs/vintage
 
 demo: install
 	$(PYTHON) -m tfgancompress.demo

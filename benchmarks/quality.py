@@ -626,6 +626,13 @@ def _read_json(path: str) -> dict:
         return json.load(file)
 
 
+def _skips(run: dict) -> str:
+    skips = ["colour"] if run["colour_skip"] else []
+    if run.get("detail_skip"):
+        skips.append(f"detail {run['detail_skip']:g} px")
+    return " + ".join(skips) or "none"
+
+
 def train_run_row(name: str, run_dir: str, task=None) -> dict:
     """One ablation row of a finished `training.train` run (no training).
 
@@ -663,6 +670,7 @@ def train_run_row(name: str, run_dir: str, task=None) -> dict:
         "photo_set": settings["photo_set"],
         "views": report["views"],
         "colour_skip": run["colour_skip"],
+        "detail_skip": run.get("detail_skip", 0.0),
         "match_steps": report["match_steps"],
         "steps": report["steps"],
         "seed": report["seed"],
@@ -789,7 +797,7 @@ def _runs_markdown(runs: list[dict]) -> str:
         "between runs that ran alone. `(earlier run)`: scored by an earlier "
         "`--runs`, kept.",
         "",
-        "| row | photo set | colour skip | match steps | fine-tune steps | seed "
+        "| row | photo set | skips | match steps | fine-tune steps | seed "
         "| G MACs | refit dB | PSNR dB | detail PSNR dB | SSIM | FD | > identity "
         "| int8 PSNR dB | wall s | build s | refit s | match s | fine-tune s "
         "| ship s |",
@@ -800,7 +808,7 @@ def _runs_markdown(runs: list[dict]) -> str:
         cells = [
             _label(run),
             _photo_set(run),
-            "yes" if run["colour_skip"] else "no",
+            _skips(run),
             str(run["match_steps"]),
             str(run["steps"]),
             str(run["seed"]),

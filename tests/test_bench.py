@@ -265,6 +265,8 @@ def test_variants_are_rows_of_their_own():
         "perceptual",
         False,
     )
+    noskip = bench.known_rows()["distill_noskip"].make()
+    assert noskip.name == "distill" and not noskip.colour_skip
 
 
 def _bench_command(tmp_path) -> list[str]:

@@ -34,7 +34,9 @@ def test_options_defaults_parsing_and_errors():
     assert len({from_text, from_list, from_mapping, from_kwargs, default}) == 2
     assert methods.get("distill", "lambda_recon=none") == default
 
-    with pytest.raises(ValueError, match=r"\['lambda_l1'\].*known: lambda_distill"):
+    with pytest.raises(
+        ValueError, match=r"\['lambda_l1'\].*known: colour_skip, lambda_distill"
+    ):
         methods.get("distill", "lambda_l1=3")
     with pytest.raises(ValueError, match="'lambda_gan' of method 'distill' must be"):
         methods.get("distill", "lambda_gan=lots")
@@ -108,6 +110,31 @@ def test_an_added_key_neutral_option_leaves_run_keys_as_they_were():
     assert key(Added(width=4)) != key(Before())
     assert key(Added(rate=2.0)) == key(Before(rate=2.0)) != key(Before())
     assert key(Plain()) != key(Before())
+
+
+def test_distills_colour_skip_option_is_key_neutral_and_turns_the_skip_off():
+    budget = types.SimpleNamespace(macs=1000)
+    task = types.SimpleNamespace(key="data")
+    config = train.settings({})
+    default, off = methods.get("distill"), methods.get("distill", "colour_skip=false")
+    assert default.colour_skip and not off.colour_skip
+    assert "colour_skip" not in default.describe()["options"]
+    assert off.describe()["options"]["colour_skip"] is False
+    assert train.run_key(default, budget, config, task) == train.run_key(
+        methods.get("distill", colour_skip=True), budget, config, task
+    )
+    assert train.run_key(off, budget, config, task) != train.run_key(
+        default, budget, config, task
+    )
+
+
+def test_a_detail_skip_enters_run_keys_only_when_on():
+    budget = types.SimpleNamespace(macs=1000)
+    task = types.SimpleNamespace(key="data")
+    distill = methods.get("distill")
+    off = train.run_settings(distill, budget, train.settings({}), task)
+    on = train.run_settings(distill, budget, train.settings({"detail_skip": 2.0}), task)
+    assert "detail_skip" not in off and on == {**off, "detail_skip": 2.0}
 
 
 def test_option_types_bool_int_str_and_optional():

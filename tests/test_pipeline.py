@@ -287,6 +287,32 @@ def test_zero_steps_ship_the_matched_student(task):
         )
 
 
+def test_a_detail_skip_is_refitted_around_and_paid_for_in_the_budget(task):
+    teacher, x, y, pairs = task
+    setup = _setup(teacher)
+    scores = {}
+    result = pipeline.compress(
+        methods.get("distill"),
+        teacher,
+        pairs,
+        setup,
+        steps=0,
+        calibration=x[:4],
+        detail_skip=2.0,
+        after_phase=lambda phase, s: scores.update({phase: _psnr(s.generator, x, y)}),
+        verbose=0,
+    )
+    generator = result.student.generator
+    skip = generator.get_layer("detail_skip").kernel.numpy()[0, 0]
+    np.testing.assert_array_equal(skip, np.eye(3))
+    assert scores["refit"] > scores["slim"] + 0.5  # 9.73 -> 10.70 dB
+    assert result.macs == tgc.profile(generator, SHAPE).macs <= setup.budget.macs
+    assert pipeline.skip_macs(SHAPE, detail_skip=2.0) == (
+        (256 + 12) * 256 * 3 * 13 + 256 * 256 * 3 * 13 + 256 * 256 * 9
+    )
+    assert not methods.get("gan_slimming", refit=False).detail_skip
+
+
 def test_students_of_a_frozen_teacher_are_trainable(task):
     teacher = task[0]
     teacher.trainable = False  # as AdversarialTrainer(freeze_teacher=True) leaves it

@@ -142,6 +142,7 @@ def _run_dir(path, report: dict, student) -> str:
     student.save(path / "student.keras")
     (path / "report.json").write_text(json.dumps(report))
     run = {"data": "the-data", "colour_skip": False, "seed": report["seed"]}
+    run["detail_skip"] = 2.0
     (path / "run.json").write_text(json.dumps(run))
     return str(path)
 
@@ -172,6 +173,7 @@ def test_a_finished_train_run_becomes_a_row_with_its_per_photo_scores(tmp_path):
     assert (row["psnr"], row["detail_psnr"], row["int8_psnr"]) == (25.5, 27.5, 25.1)
     assert (row["refit_psnr"], row["wall_seconds"]) == (21.7, 736.0)
     assert (row["photo_set"], row["colour_skip"], row["seed"]) == ("standard", False, 1)
+    assert row["detail_skip"] == 2.0
     assert (row["match_steps"], row["steps"], row["macs"]) == (1600, 0, 2.75e9)
     other = types.SimpleNamespace(**{**vars(task), "key": "other-data"})
     with pytest.raises(ValueError, match="trained on data the-data"):
@@ -228,16 +230,20 @@ def test_runs_get_their_own_table_and_earlier_runs_stay(tmp_path):
     saved = json.loads(table.read_text())
 
     quality.write_runs([_run("a", 26.42), _run("b", 26.58)], str(output_dir))
-    quality.write_runs([_run("b", 26.60), _run("c", 27.61)], str(output_dir))
+    detail = {**_run("c", 27.61), "colour_skip": True, "detail_skip": 2.0}
+    quality.write_runs([_run("b", 26.60), detail], str(output_dir))
 
     markdown = (output_dir / "quality.md").read_text()
     assert markdown.startswith(harness + "\n## Main-job runs (`training.train`)")
     assert (
-        "| a (earlier run) | extended, white balance jitter 0.5 | no | 1600 | 0 | 1 "
+        "| a (earlier run) | extended, white balance jitter 0.5 | none | 1600 | 0 | 1 "
         "| 2.75 | 21.77 | **26.42** | 28.00 | 0.778 | 75.6 | 5/9 | 26.20 | 736 "
         "| 79 | 49 | 481 |  | 120 |"
     ) in markdown
-    assert "| b | " in markdown and "| c | " in markdown
+    assert "| b | " in markdown
+    assert (
+        "| c | extended, white balance jitter 0.5 | colour + detail 2 px |" in markdown
+    )
     assert "b (earlier run)" not in markdown
     written = json.loads(table.read_text())
     assert (written["task"], written["rows"]) == (saved["task"], saved["rows"])

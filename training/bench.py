@@ -80,6 +80,7 @@ BASELINES = ("uniform", "distill")
 # A variant a method's module registers as a method of its own (e.g.
 # `gan_slimming_int8`) is a row already.
 VARIANTS: dict[str, tuple[str, str]] = {
+    "distill_noskip": ("distill", "colour_skip=false"),
     "gan_slimming_paper": ("gan_slimming", gan_slimming.PAPER_OPTIONS),
 }
 

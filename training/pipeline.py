@@ -9,9 +9,10 @@ one step budget:
 2. `search`: the method's search/prune trainer, `fit` for its share of the
    steps (none for the baselines);
 3. `slim`: plain, physically smaller models; optionally the generator is
-   wrapped in a global colour skip (`tgc.models.with_colour_skip`), whose
-   MACs the budget the method builds to leaves room for (unless the
-   method opts out: `Method.colour_skip`);
+   wrapped in a global colour skip (`tgc.models.with_colour_skip`) and/or
+   a detail skip (`tgc.models.with_detail_skip`), whose MACs the budget
+   the method builds to leaves room for (unless the method opts out:
+   `Method.colour_skip`, `Method.detail_skip`);
 4. `refit`: least-squares refit of the student's convolutions to the
    teacher (`tgc.reconstruction`) on calibration images, when the student
    inherits the teacher's channels; skipped without calibration images;
@@ -117,11 +118,42 @@ class _StopAtStep(keras.callbacks.Callback):
             self.model.stop_training = True
 
 
-def colour_skip_macs(input_shape, colour_map) -> int:
-    """MACs `tgc.models.with_colour_skip` adds to a generator at `input_shape`."""
+def with_skips(
+    generator: keras.Model,
+    colour_map: tuple[np.ndarray, np.ndarray] | None = None,
+    detail_skip: float = 0.0,
+    zero_layer: str | None = "out_conv",
+) -> keras.Model:
+    """The generator in the skips a run asks for (none: itself).
+
+    Args:
+        generator: A slimmed generator.
+        colour_map: `(matrix, bias)`: a global colour skip starting at this
+            map (`tgc.models.with_colour_skip`: the generator's last
+            convolution restarts at zero, so its output starts at the map).
+        detail_skip: The blur sigma in pixels of a detail skip
+            (`tgc.models.with_detail_skip`, inside the colour skip); 0: none.
+        zero_layer: The layer the colour skip zeroes (`with_colour_skip`).
+
+    Returns:
+        The wrapped generator; the refit fits its output layer around them.
+    """
+    if detail_skip:
+        generator = tgc.models.with_detail_skip(generator, detail_skip)
+    if colour_map is not None:
+        generator = tgc.models.with_colour_skip(generator, colour_map, zero_layer)
+    return generator
+
+
+def skip_macs(
+    input_shape,
+    colour_map: tuple[np.ndarray, np.ndarray] | None = None,
+    detail_skip: float = 0.0,
+) -> int:
+    """MACs `with_skips` adds to a generator at `input_shape`."""
     inputs = keras.Input(tuple(input_shape))
     probe = keras.Model(inputs, keras.layers.Identity()(inputs))
-    wrapped = tgc.models.with_colour_skip(probe, colour_map, zero_layer=None)
+    wrapped = with_skips(probe, colour_map, detail_skip, zero_layer=None)
     shape = tuple(input_shape)
     return tgc.profile(wrapped, shape).macs - tgc.profile(probe, shape).macs
 
@@ -280,6 +312,7 @@ def slim(
     method: Method,
     student: Student,
     colour_map: tuple[np.ndarray, np.ndarray] | None = None,
+    detail_skip: float = 0.0,
 ) -> Student:
     """Phase 3: the method's `slim` (plain models, kept-channel map).
 
@@ -287,16 +320,16 @@ def slim(
         method: The method.
         student: The searched student.
         colour_map: `(matrix, bias)`: wrap the slimmed generator in a global
-            colour skip starting at this map (`tgc.models.with_colour_skip`:
-            the generator's last convolution restarts at zero, so its output
-            starts at the colour map; the refit fits it around the skip).
+            colour skip starting at this map (`with_skips`; the refit fits
+            the output layer around it).
+        detail_skip: The blur sigma of a detail skip around it (`with_skips`);
+            0: none.
 
     Returns:
         The slimmed `Student`.
     """
     student = method.slim(student)
-    if colour_map is not None:
-        student.generator = tgc.models.with_colour_skip(student.generator, colour_map)
+    student.generator = with_skips(student.generator, colour_map, detail_skip)
     return student
 
 
@@ -608,6 +641,7 @@ def compress(
     steps_per_epoch: int = 50,
     calibration: np.ndarray | Callable[[], np.ndarray] | None = None,
     colour_map: tuple[np.ndarray, np.ndarray] | None = None,
+    detail_skip: float = 0.0,
     match_steps: int = 0,
     match_learning_rate: float = 1e-3,
     callbacks: Sequence[keras.callbacks.Callback] = (),
@@ -639,6 +673,8 @@ def compress(
             off.
         colour_map: `(matrix, bias)` of a global colour skip around the
             student (see `slim`).
+        detail_skip: The blur sigma in pixels of a detail skip around the
+            student (see `slim`); 0: none.
         match_steps: Steps of the `match` phase after the refit (the
             student alone against the target images; on top of `steps`).
         match_learning_rate: Its Adam learning rate.
@@ -671,6 +707,8 @@ def compress(
         )
     if not method.colour_skip:
         colour_map = None
+    if not method.detail_skip:
+        detail_skip = 0.0
     seconds, histories = {}, {}
     directories, refit_images = {}, None
     if setup.validation is None:
@@ -694,9 +732,7 @@ def compress(
             setup, work_dir=os.path.join(checkpoint_dir, "method")
         )
     # The generator the method builds and searches leaves room for the skip.
-    skip = 0
-    if colour_map is not None:
-        skip = colour_skip_macs(setup.budget.input_shape, colour_map)
+    skip = skip_macs(setup.budget.input_shape, colour_map, detail_skip)
     if checkpoint_dir:
         _claim(
             checkpoint_dir,
@@ -706,6 +742,7 @@ def compress(
                 "steps": steps,
                 "seed": setup.seed,
                 "colour_skip": colour_map is not None,
+                **({"detail_skip": detail_skip} if detail_skip else {}),
                 "match_steps": match_steps,
                 "match_learning_rate": match_learning_rate,
             },
@@ -770,7 +807,7 @@ def compress(
                 finished("search", student)
                 if directories:
                     _save(student, directories["searched"])
-        student = timed("slim", slim, method, student, colour_map)
+        student = timed("slim", slim, method, student, colour_map, detail_skip)
         finished("slim", student)
         if student.kept is not None and calibration is not None:
             images = calibration()

@@ -4,7 +4,7 @@
     python -m training.train --teacher=G.keras --pairs=facades/train
     python -m training.train --output_dir=outputs/vintage      # the built-in task
     python -m training.train --photo_set=extended --match_steps=1600 --steps=0 \
-        --nocolour_skip                                    # what `make train` runs
+        --nocolour_skip --detail_skip=2                    # what `make train` runs
     python -m training.train --method=uniform --macs_ratio=25
     python -m training.train --method=distill --method_options=lambda_distill=2
 
@@ -35,7 +35,11 @@ matched student is shipped). With `--colour_skip` (default) the student
 is wrapped as `y = colour_map(x) + student(x)`, starting at the task's
 least-squares colour map (`tgc.models.with_colour_skip`); `make train`
 turns it off, which scored higher on the held-out photos (README,
-"Student quality at 1/20").
+"Student quality at 1/20"). `--detail_skip=sigma` (off by default) wraps
+the student as `y = student(x) + A (x - blur(x))`, the input's detail
+finer than a Gaussian of `sigma` pixels through a trainable colour matrix
+`A` (`tgc.models.with_detail_skip`): detail without tone; `make train`
+uses `--detail_skip=2`.
 
 Training checkpoints to `<output_dir>/checkpoints/` every epoch and after
 each phase; run the same command again after an interruption and it resumes
@@ -83,6 +87,7 @@ RUN_DEFAULTS = {
     "macs_ratio": DEFAULT_MACS_RATIO,
     "macs_budget": None,
     "colour_skip": True,
+    "detail_skip": 0.0,
     "reconstruction_views": 64,
     "match_steps": 1000,
     "match_learning_rate": 1e-3,
@@ -176,6 +181,13 @@ def define_run_flags() -> None:
         DEFAULTS["colour_skip"],
         "Wrap the student in a global colour skip (y = colour map + student).",
     )
+    flags.DEFINE_float(
+        "detail_skip",
+        DEFAULTS["detail_skip"],
+        "Blur sigma in pixels of a detail skip around the student "
+        "(y = student + A (x - blur(x))); 0: none.",
+        lower_bound=0.0,
+    )
     flags.DEFINE_integer(
         "reconstruction_views",
         DEFAULTS["reconstruction_views"],
@@ -256,12 +268,16 @@ RUN_KEYS = (
 def run_settings(
     method: methods.Method, budget: Budget, config: dict, task: tasks.TaskData
 ) -> dict:
-    """What names one run: method, options, budget, training settings, data."""
+    """What names one run: method, options, budget, training settings, data.
+
+    A detail skip enters only when on, so runs without one keep their keys.
+    """
     return {
         **method.describe(),
         "macs_budget": budget.macs,
         "data": task.key,
         **{key: config[key] for key in RUN_KEYS},
+        **({"detail_skip": config["detail_skip"]} if config["detail_skip"] else {}),
     }
 
 
@@ -425,6 +441,7 @@ def compress(
         if views
         else None,
         colour_map=task.colour_map if skip else None,
+        detail_skip=config["detail_skip"],
         match_steps=config["match_steps"],
         match_learning_rate=config["match_learning_rate"],
         callbacks=[callbacks.Evaluate(*task.validation)] if task.validation else [],
@@ -497,9 +514,18 @@ def _notes(facts: dict) -> list[str]:
         "",
         f"Student before training: {initial}",
         "",
+        f"Skips around the student: {_skips(facts)}.",
+        "",
         *method_state,
         *discriminator,
     ]
+
+
+def _skips(facts: dict) -> str:
+    skips = ["the colour skip"] if facts["colour_skip"] else []
+    if facts["detail_skip"]:
+        skips.append(f"a detail skip (blur sigma {facts['detail_skip']:g} px)")
+    return " and ".join(skips) or "none"
 
 
 def run(**overrides) -> dict:
@@ -617,6 +643,8 @@ def run(**overrides) -> dict:
         macs_budget=budget.macs,
         steps=config["steps"],
         match_steps=config["match_steps"],
+        colour_skip=bool(config["colour_skip"] and method.colour_skip),
+        detail_skip=config["detail_skip"] if method.detail_skip else 0.0,
         batch_size=config["batch_size"],
         phase_steps=result.steps,
         trained_steps=result.trained_steps,

@@ -19,7 +19,12 @@ from tfgancompress.models.pytorch import (
     pretrained,
 )
 from tfgancompress.models.resnet import mobile_resnet_generator, resnet_generator
-from tfgancompress.models.skip import fit_colour_map, with_colour_skip
+from tfgancompress.models.skip import (
+    fit_colour_map,
+    gaussian_kernel,
+    with_colour_skip,
+    with_detail_skip,
+)
 from tfgancompress.models.taps import tap_names, with_taps
 from tfgancompress.models.unet import unet_generator
 
@@ -29,6 +34,7 @@ __all__ = [
     "TorchConv2DTranspose",
     "UnsafeCheckpointError",
     "fit_colour_map",
+    "gaussian_kernel",
     "infer_architecture",
     "load_pytorch_generator",
     "load_pytorch_state_dict",
@@ -40,5 +46,6 @@ __all__ = [
     "tap_names",
     "unet_generator",
     "with_colour_skip",
+    "with_detail_skip",
     "with_taps",
 ]

@@ -12,12 +12,20 @@ only what the teacher adds: the local, image-dependent part.
 The result is a plain functional model: the skip is one 1x1 `Conv2D`
 (3 -> 3), an `Add` and a `hard_tanh` clip, so `tgc.profile`, `tgc.slim` and
 the LiteRT/ONNX exporters see ordinary layers (RELU_N1_TO_1 in LiteRT).
+
+The detail skip (`with_detail_skip`) passes only the input's fine detail,
+`x - blur(x)`, through a 3x3 colour matrix to the output: it carries
+edges and texture, not tone (a constant image adds nothing through it),
+so the student's tone stays its own layers' while its detail can come
+from the input, as a teacher that keeps most of its input keeps it.
 """
 
 from __future__ import annotations
 
 import keras
 import numpy as np
+
+from keras_layers.norm import ReflectionPadding2D
 
 
 def fit_colour_map(
@@ -114,3 +122,76 @@ def with_colour_skip(
         ]
     )
     return keras.Model(x, y, name=name or f"{generator.name}_colour_skip")
+
+
+def gaussian_kernel(sigma: float) -> np.ndarray:
+    """A normalised 1-D Gaussian of radius `ceil(3 * sigma)`, float32."""
+    radius = int(np.ceil(3 * sigma))
+    offsets = np.arange(-radius, radius + 1, dtype=np.float64)
+    kernel = np.exp(-0.5 * (offsets / sigma) ** 2)
+    return (kernel / kernel.sum()).astype(np.float32)
+
+
+def with_detail_skip(
+    generator: keras.Model,
+    sigma: float = 2.0,
+    gain: float = 1.0,
+    name: str | None = None,
+) -> keras.Model:
+    """Wraps a generator as `hard_tanh(generator(x) + A (x - blur(x)))`.
+
+    `blur` is a fixed Gaussian of standard deviation `sigma` pixels
+    (separable: two depthwise convolutions on the reflection-padded input);
+    `A` is a trainable 1x1 `Conv2D` without bias, starting at `gain` times
+    the identity. The generator keeps its output layer: refit it around
+    the skip (`tgc.reconstruction.reconstruct` fits the output layer to
+    what the rest leaves), or start with `gain=0`.
+
+    Args:
+        generator: A functional image-to-image model with as many channels
+            out as in. Its layers are shared with the result (not copied).
+        sigma: The blur's standard deviation in pixels (> 0); detail finer
+            than about `sigma` passes.
+        gain: `A`'s starting diagonal.
+        name: The model's name (default `<generator>_detail_skip`).
+
+    Returns:
+        A flat functional model with the layers `detail_pad`,
+        `detail_blur_rows`, `detail_blur_columns` (not trainable),
+        `detail_high`, `detail_skip` (`A`), `detail_skip_add` and
+        `detail_skip_clip`.
+
+    Raises:
+        ValueError: If `sigma` is not positive or the generator's input and
+            output channels differ.
+
+    Example:
+
+    >>> student = with_detail_skip(tgc.slim(gated), sigma=2.0)
+    """
+    channels = generator.input_shape[-1]
+    if not sigma > 0:
+        raise ValueError(f"with_detail_skip needs sigma > 0 pixels, got {sigma}.")
+    if generator.output_shape[-1] != channels:
+        raise ValueError(
+            "with_detail_skip needs as many output channels as input channels, "
+            f"got {generator.input_shape} -> {generator.output_shape}."
+        )
+    kernel = gaussian_kernel(sigma)
+    radius = len(kernel) // 2
+    rows = keras.layers.DepthwiseConv2D(
+        (1, len(kernel)), use_bias=False, trainable=False, name="detail_blur_rows"
+    )
+    columns = keras.layers.DepthwiseConv2D(
+        (len(kernel), 1), use_bias=False, trainable=False, name="detail_blur_columns"
+    )
+    mix = keras.layers.Conv2D(channels, 1, use_bias=False, name="detail_skip")
+    x = generator.input
+    padded = ReflectionPadding2D(radius, name="detail_pad")(x)
+    high = keras.layers.Subtract(name="detail_high")([x, columns(rows(padded))])
+    summed = keras.layers.Add(name="detail_skip_add")([mix(high), generator.output])
+    y = keras.layers.Activation("hard_tanh", name="detail_skip_clip")(summed)
+    rows.set_weights([np.tile(kernel.reshape(1, -1, 1, 1), (1, 1, channels, 1))])
+    columns.set_weights([np.tile(kernel.reshape(-1, 1, 1, 1), (1, 1, channels, 1))])
+    mix.set_weights([gain * np.eye(channels, dtype=np.float32)[None, None]])
+    return keras.Model(x, y, name=name or f"{generator.name}_detail_skip")

@@ -299,12 +299,16 @@ class Method(abc.ABC):
         colour_skip: Whether the pipeline may wrap the slimmed generator in
             the global colour skip (which resets its output layer); `False`
             for a student that keeps the output layer it trained.
+        detail_skip: Whether the pipeline may wrap it in the detail skip
+            (`tgc.models.with_detail_skip`, whose output layer the refit
+            fits around it); `False` as for `colour_skip`.
     """
 
     name: ClassVar[str] = ""
     Options: ClassVar[type] = NoOptions
     search_share: ClassVar[float] = 0.0
     colour_skip: ClassVar[bool] = True
+    detail_skip: ClassVar[bool] = True
 
     def __init__(self, options=None, **overrides):
         if isinstance(options, self.Options):

@@ -49,12 +49,16 @@ class Distill(base.Method):
             lambda_distill: Feature distillation; `None`: 1 paired, 0.01
                 unpaired.
             lambda_gan: The adversarial term.
+            colour_skip: Whether the pipeline may wrap the student in the
+                global colour skip (`training.train --colour_skip`);
+                `False` keeps the output layer the student refits.
         """
 
         selection: str = "auto"
         lambda_recon: float | None = None
         lambda_distill: float | None = None
         lambda_gan: float = 1.0
+        colour_skip: bool = base.key_neutral(True)
 
         def __post_init__(self):
             if self.selection not in SELECTIONS:
@@ -63,6 +67,11 @@ class Distill(base.Method):
                     f"{self.selection!r}."
                 )
             base.check_non_negative(self, "distill")
+
+    @property
+    def colour_skip(self) -> bool:
+        """The `colour_skip` option."""
+        return self.options.colour_skip
 
     def build(self, teacher, setup):
         images = setup.calibration_images()

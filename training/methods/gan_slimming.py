@@ -363,6 +363,11 @@ class GanSlimming(base.Method):
         """Only with the refit: the skip resets the output layer it refits."""
         return self.options.refit
 
+    @property
+    def detail_skip(self) -> bool:
+        """Only with the refit, which fits the output layer around the skip."""
+        return self.options.refit
+
     def smallest_macs(self, teacher, input_shape) -> int:
         """The teacher with every prunable scale gate closed."""
         gated = tgc.pruning.add_gates(teacher, "scale")
