@@ -25,7 +25,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from keras_layers.norm import ReflectionPadding2D
+from keras_layers import ReflectionPadding2D
 
 
 def fit_colour_map(

@@ -50,8 +50,8 @@ class Distill(base.Method):
                 unpaired.
             lambda_gan: The adversarial term.
             colour_skip: Whether the pipeline may wrap the student in the
-                global colour skip (`training.train --colour_skip`);
-                `False` keeps the output layer the student refits.
+                global colour skip when the run asks for it
+                (`training.train --colour_skip`); `False`: never.
         """
 
         selection: str = "auto"
