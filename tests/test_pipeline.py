@@ -311,6 +311,11 @@ def test_a_detail_skip_is_refitted_around_and_paid_for_in_the_budget(task):
         (256 + 12) * 256 * 3 * 13 + 256 * 256 * 3 * 13 + 256 * 256 * 9
     )
     assert not methods.get("gan_slimming", refit=False).detail_skip
+    both = {"colour_map": (np.eye(3), np.zeros(3)), "detail_skip": 2.0}
+    with pytest.raises(ValueError, match="passes the input's detail twice"):
+        pipeline.compress(
+            methods.get("distill"), teacher, pairs, setup, steps=0, **both
+        )
 
 
 def test_students_of_a_frozen_teacher_are_trainable(task):

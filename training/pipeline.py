@@ -695,8 +695,9 @@ def compress(
     Raises:
         BudgetError: If the budget is out of reach for the method, or (a
             bug in the method) its finished student is over budget.
-        ValueError: If `checkpoint_dir` holds another run's checkpoints, or
-            on `steps` that `check_steps` refuses.
+        ValueError: If `checkpoint_dir` holds another run's checkpoints, on
+            `steps` that `check_steps` refuses, or when both skips are asked
+            for (and the method takes both).
     """
     check_steps(method, steps)
     split = method.split_steps(steps)
@@ -709,6 +710,13 @@ def compress(
         colour_map = None
     if not method.detail_skip:
         detail_skip = 0.0
+    if colour_map is not None and detail_skip:
+        raise ValueError(
+            "A detail skip inside the colour skip passes the input's detail twice "
+            "(the colour map already carries it): the benchmark's distill row "
+            "fell from 24.97 to 23.17 dB with both. Turn the colour skip off "
+            "(--nocolour_skip) or the detail skip (--detail_skip=0)."
+        )
     seconds, histories = {}, {}
     directories, refit_images = {}, None
     if setup.validation is None:
