@@ -307,6 +307,7 @@ def test_a_detail_skip_is_refitted_around_and_paid_for_in_the_budget(task):
     np.testing.assert_array_equal(skip, np.eye(3))
     assert scores["refit"] > scores["slim"] + 0.5  # 9.73 -> 10.70 dB
     assert result.macs == tgc.profile(generator, SHAPE).macs <= setup.budget.macs
+    assert result.skips == {"colour_skip": False, "detail_skip": 2.0}
     assert pipeline.skip_macs(SHAPE, detail_skip=2.0) == (
         (256 + 12) * 256 * 3 * 13 + 256 * 256 * 3 * 13 + 256 * 256 * 9
     )

@@ -84,6 +84,9 @@ class Compressed:
         trained_steps: The step counter of each training phase's trainer
             when its `fit` ended in this call (a resumed phase counts the
             steps made before the interruption too).
+        skips: The skips around the student: `colour_skip` (bool) and
+            `detail_skip` (the blur sigma, 0 for none), after the method's
+            say (`Method.colour_skip`, `Method.detail_skip`).
     """
 
     student: Student
@@ -93,6 +96,7 @@ class Compressed:
     histories: dict[str, dict]
     refit_images: int | None = None
     trained_steps: dict[str, int] = dataclasses.field(default_factory=dict)
+    skips: dict = dataclasses.field(default_factory=dict)
 
 
 class _LogStep(keras.callbacks.Callback):
@@ -132,12 +136,23 @@ def with_skips(
             map (`tgc.models.with_colour_skip`: the generator's last
             convolution restarts at zero, so its output starts at the map).
         detail_skip: The blur sigma in pixels of a detail skip
-            (`tgc.models.with_detail_skip`, inside the colour skip); 0: none.
+            (`tgc.models.with_detail_skip`); 0: none.
         zero_layer: The layer the colour skip zeroes (`with_colour_skip`).
 
     Returns:
         The wrapped generator; the refit fits its output layer around them.
+
+    Raises:
+        ValueError: If both skips are asked for: the colour map already
+            passes the input's detail, so the detail skip would pass it twice.
     """
+    if colour_map is not None and detail_skip:
+        raise ValueError(
+            "A detail skip inside the colour skip passes the input's detail twice "
+            "(the colour map already carries it): the benchmark's distill row "
+            "fell from 24.97 to 23.17 dB with both. Turn the colour skip off "
+            "(--nocolour_skip) or the detail skip (--detail_skip=0)."
+        )
     if detail_skip:
         generator = tgc.models.with_detail_skip(generator, detail_skip)
     if colour_map is not None:
@@ -710,13 +725,6 @@ def compress(
         colour_map = None
     if not method.detail_skip:
         detail_skip = 0.0
-    if colour_map is not None and detail_skip:
-        raise ValueError(
-            "A detail skip inside the colour skip passes the input's detail twice "
-            "(the colour map already carries it): the benchmark's distill row "
-            "fell from 24.97 to 23.17 dB with both. Turn the colour skip off "
-            "(--nocolour_skip) or the detail skip (--detail_skip=0)."
-        )
     seconds, histories = {}, {}
     directories, refit_images = {}, None
     if setup.validation is None:
@@ -739,7 +747,8 @@ def compress(
         setup = dataclasses.replace(
             setup, work_dir=os.path.join(checkpoint_dir, "method")
         )
-    # The generator the method builds and searches leaves room for the skip.
+    # The generator the method builds and searches leaves room for the skips
+    # (and both together are refused here, before any work).
     skip = skip_macs(setup.budget.input_shape, colour_map, detail_skip)
     if checkpoint_dir:
         _claim(
@@ -868,4 +877,7 @@ def compress(
         for phase, history in histories.items()
         if history is not None
     }
-    return Compressed(student, macs, split, seconds, histories, refit_images, trained)
+    skips = {"colour_skip": colour_map is not None, "detail_skip": detail_skip}
+    return Compressed(
+        student, macs, split, seconds, histories, refit_images, trained, skips
+    )
