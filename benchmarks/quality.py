@@ -603,19 +603,27 @@ def run_task_settings(report: dict, run: dict) -> dict:
     """The settings (`training.train.settings`) of the task a run trained on.
 
     Args:
-        report: The run's `report.json`: its views, and the sources of its
-            training photos.
+        report: The run's `report.json`: its views, its photo set (or, in
+            reports written before it had one, the sources of its training
+            photos).
         run: The run's `run.json`: its seed.
 
     Returns:
-        The settings: the report's views, the run's seed and the smallest
-        built-in photo set holding every source of its training photos.
+        The settings: the report's views, the run's seed and its photo set;
+        for an older report, the smallest built-in photo set holding every
+        source of its training photos.
     """
-    sources = set(report["sources"]["train"])
-    photo_set = min(
-        (name for name, known in tgc.data.PHOTO_SETS.items() if sources <= set(known)),
-        key=lambda name: len(tgc.data.PHOTO_SETS[name]),
-    )
+    photo_set = report.get("photo_set")
+    if photo_set is None:
+        sources = set(report["sources"]["train"])
+        photo_set = min(
+            (
+                name
+                for name, known in tgc.data.PHOTO_SETS.items()
+                if sources <= set(known)
+            ),
+            key=lambda name: len(tgc.data.PHOTO_SETS[name]),
+        )
     return train.settings(
         {**report["views"], "photo_set": photo_set, "seed": run["seed"]}
     )

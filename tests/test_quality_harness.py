@@ -180,7 +180,7 @@ def test_a_finished_train_run_becomes_a_row_with_its_per_photo_scores(tmp_path):
         quality.train_run_row("main_job_s1", run_dir, other)
 
 
-def test_a_run_task_is_the_smallest_photo_set_with_its_sources():
+def test_a_run_task_is_its_reports_photo_set_or_the_smallest_with_its_sources():
     run = {"seed": 2}
     standard = quality.run_task_settings(_report({"opencv-doc": 3}), run)
     extended = quality.run_task_settings(
@@ -189,6 +189,8 @@ def test_a_run_task_is_the_smallest_photo_set_with_its_sources():
     assert (standard["photo_set"], extended["photo_set"]) == ("standard", "extended")
     assert (extended["white_balance_jitter"], extended["photo_size"]) == (0.5, 64)
     assert (standard["seed"], standard["crops_per_photo"]) == (2, 2)
+    named = {**_report({"opencv-doc": 3}), "photo_set": "extended"}
+    assert quality.run_task_settings(named, run)["photo_set"] == "extended"
 
 
 def _run(name: str, psnr: float) -> dict:

@@ -41,6 +41,7 @@ def test_main_job_writes_everything(tmp_path):
         assert (tmp_path / name).stat().st_size > 0
     saved = json.loads((tmp_path / "report.json").read_text())
     assert saved["steps"] == 2 and saved["method"] == "distill"
+    assert saved["photo_set"] == "standard"
     assert saved["method_options"]["lambda_distill"] == 2.0
     assert saved["phase_steps"] == {"search": 0, "finetune": 2}
     rows = report["rows"]

@@ -635,6 +635,7 @@ def run(**overrides) -> dict:
     seconds["ship"] = time.perf_counter() - ship_start
     report.update(
         method=config["method"],
+        photo_set=config["photo_set"],
         strategy=config["strategy"],
         replicas=distribution.num_replicas_in_sync,
         description=method.description,
