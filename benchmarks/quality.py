@@ -624,8 +624,12 @@ def run_task_settings(report: dict, run: dict) -> dict:
             ),
             key=lambda name: len(tgc.data.PHOTO_SETS[name]),
         )
+    leaves = {
+        key: report.get(key, train.DEFAULTS[key])
+        for key in ("dead_leaves", "dead_leaves_fov")
+    }
     return train.settings(
-        {**report["views"], "photo_set": photo_set, "seed": run["seed"]}
+        {**report["views"], "photo_set": photo_set, "seed": run["seed"], **leaves}
     )
 
 
@@ -676,6 +680,8 @@ def train_run_row(name: str, run_dir: str, task=None) -> dict:
         "run_dir": run_dir,
         "task": report["task_description"],
         "photo_set": settings["photo_set"],
+        "dead_leaves": settings["dead_leaves"],
+        "dead_leaves_fov": settings["dead_leaves_fov"],
         "views": report["views"],
         "colour_skip": run["colour_skip"],
         "detail_skip": run.get("detail_skip", 0.0),
@@ -777,13 +783,17 @@ TONE_JITTERS = ("white_balance_jitter", "gamma_jitter", "channel_gamma_jitter")
 
 
 def _photo_set(run: dict) -> str:
-    """The run's photo set, and its tone jitters when on."""
-    jitters = [
+    """The run's photo set, its dead-leaves images and tone jitters when on."""
+    extras = [
         f"{key.replace('_', ' ')} {run['views'][key]:g}"
         for key in TONE_JITTERS
         if run["views"].get(key)
     ]
-    return ", ".join([run["photo_set"], *jitters])
+    if run.get("dead_leaves"):
+        fov = run.get("dead_leaves_fov", 0.0)
+        framed = f" ({fov:.0%} framed)" if fov else ""
+        extras.insert(0, f"{run['dead_leaves']} dead leaves{framed}")
+    return ", ".join([run["photo_set"], *extras])
 
 
 def _runs_markdown(runs: list[dict]) -> str:
@@ -821,7 +831,7 @@ def _runs_markdown(runs: list[dict]) -> str:
             str(run["steps"]),
             str(run["seed"]),
             f"{run['macs'] / 1e9:.2f}",
-            f"{run['refit_psnr']:.2f}",
+            "-" if run["refit_psnr"] is None else f"{run['refit_psnr']:.2f}",
             f"**{run['psnr']:.2f}**",
             f"{run['detail_psnr']:.2f}",
             f"{run['ssim']:.3f}",

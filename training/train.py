@@ -636,6 +636,8 @@ def run(**overrides) -> dict:
     report.update(
         method=config["method"],
         photo_set=config["photo_set"],
+        dead_leaves=config["dead_leaves"],
+        dead_leaves_fov=config["dead_leaves_fov"],
         strategy=config["strategy"],
         replicas=distribution.num_replicas_in_sync,
         description=method.description,
