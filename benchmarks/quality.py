@@ -626,7 +626,7 @@ def run_task_settings(report: dict, run: dict) -> dict:
         )
     leaves = {
         key: report.get(key, train.DEFAULTS[key])
-        for key in ("dead_leaves", "dead_leaves_fov")
+        for key in ("dead_leaves", "dead_leaves_fov", "dead_leaves_one_hue")
     }
     return train.settings(
         {**report["views"], "photo_set": photo_set, "seed": run["seed"], **leaves}
@@ -682,6 +682,7 @@ def train_run_row(name: str, run_dir: str, task=None) -> dict:
         "photo_set": settings["photo_set"],
         "dead_leaves": settings["dead_leaves"],
         "dead_leaves_fov": settings["dead_leaves_fov"],
+        "dead_leaves_one_hue": settings["dead_leaves_one_hue"],
         "views": report["views"],
         "colour_skip": run["colour_skip"],
         "detail_skip": run.get("detail_skip", 0.0),
@@ -790,9 +791,16 @@ def _photo_set(run: dict) -> str:
         if run["views"].get(key)
     ]
     if run.get("dead_leaves"):
-        fov = run.get("dead_leaves_fov", 0.0)
-        framed = f" ({fov:.0%} framed)" if fov else ""
-        extras.insert(0, f"{run['dead_leaves']} dead leaves{framed}")
+        shares = [
+            f"{run[key]:.0%} {what}"
+            for key, what in (
+                ("dead_leaves_fov", "framed"),
+                ("dead_leaves_one_hue", "one hue"),
+            )
+            if run.get(key)
+        ]
+        kinds = f" ({', '.join(shares)})" if shares else ""
+        extras.insert(0, f"{run['dead_leaves']} dead leaves{kinds}")
     return ", ".join([run["photo_set"], *extras])
 
 

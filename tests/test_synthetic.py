@@ -59,6 +59,12 @@ def test_dead_leaves_photos_are_written_once_and_keep_their_prefix(tmp_path):
     dark = [np.asarray(Image.open(p.path))[:3, :3].max() <= 10 for p in framed]
     assert 10 <= sum(dark) <= 30
     assert tgc.data.count_by_source([*photos, *more]) == {"dead-leaves": 8}
+    # One hue: drawn from a stream of its own, so the other images stay.
+    hued = tgc.data.dead_leaves_photos(
+        5, size=32, seed=1, one_hue=0.5, folder=tmp_path / "e"
+    )
+    same = [a.read_bytes() == b.read_bytes() for a, b in zip(hued, more, strict=True)]
+    assert 0 < sum(same) < 5
     assert tgc.data.dead_leaves_photos(0, folder=tmp_path / "d") == []
     with pytest.raises(ValueError, match="count must be >= 0, got -1"):
         tgc.data.dead_leaves_photos(-1)
@@ -98,3 +104,14 @@ def test_a_task_trains_on_dead_leaves_but_never_scores_on_them(tmp_path, monkeyp
     )
     with pytest.raises(ValueError, match="dead_leaves=2 needs a teacher"):
         tasks.load(teacher=teacher_file, pairs=tmp_path / "photos", dead_leaves=2)
+
+
+def test_a_one_hue_image_keeps_its_colours_near_one_hue():
+    image = tgc.data.dead_leaves_image(96, seed=2, hue_band=(0.6, 0.08))
+    hsv = np.asarray(Image.fromarray(image).convert("HSV"), float) / 255.0
+    coloured = (hsv[..., 1] > 0.3) & (hsv[..., 2] > 0.3)  # hue is defined there
+    distance = np.abs((hsv[..., 0][coloured] - 0.6 + 0.5) % 1.0 - 0.5)
+    assert coloured.mean() > 0.2 and np.quantile(distance, 0.95) < 0.06
+    free = np.asarray(Image.fromarray(tgc.data.dead_leaves_image(96, seed=2)))
+    free = np.asarray(Image.fromarray(free).convert("HSV"), float)[..., 0] / 255.0
+    assert np.quantile(np.abs((free - 0.6 + 0.5) % 1.0 - 0.5), 0.95) > 0.2

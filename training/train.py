@@ -641,6 +641,7 @@ def run(**overrides) -> dict:
         photo_set=config["photo_set"],
         dead_leaves=config["dead_leaves"],
         dead_leaves_fov=config["dead_leaves_fov"],
+        dead_leaves_one_hue=config["dead_leaves_one_hue"],
         strategy=config["strategy"],
         replicas=distribution.num_replicas_in_sync,
         description=method.description,

@@ -43,6 +43,7 @@ DEFAULTS = {
     "photo_set": tgc.data.DEFAULT_PHOTO_SET,
     "dead_leaves": 0,
     "dead_leaves_fov": 0.0,
+    "dead_leaves_one_hue": 0.0,
     **dataclasses.asdict(VIEWS),
 }
 
@@ -59,6 +60,7 @@ def load(
     photo_set: str = tgc.data.DEFAULT_PHOTO_SET,
     dead_leaves: int = 0,
     dead_leaves_fov: float = 0.0,
+    dead_leaves_one_hue: float = 0.0,
 ) -> TaskData:
     """The task of these choices, loaded once.
 
@@ -84,6 +86,7 @@ def load(
             was.
         dead_leaves_fov: Fraction of them framed in a circular field of
             view on black.
+        dead_leaves_one_hue: Fraction of them drawn in one hue.
 
     Returns:
         With no `teacher`, `photos` or `pairs`: the vintage task. With a
@@ -113,7 +116,10 @@ def load(
         )
     tgc.data.photo_set(photo_set)  # an unknown name fails before any loading
     extra = tgc.data.dead_leaves_photos(
-        dead_leaves, seed=DEAD_LEAVES_SEED, field_of_view=dead_leaves_fov
+        dead_leaves,
+        seed=DEAD_LEAVES_SEED,
+        field_of_view=dead_leaves_fov,
+        one_hue=dead_leaves_one_hue,
     )
     if teacher is None:
         return vintage_task(views, seed, cache_dir, photo_set, extra_train=extra)
@@ -153,6 +159,7 @@ def from_settings(settings: dict) -> TaskData:
         photo_set=settings.get("photo_set", tgc.data.DEFAULT_PHOTO_SET),
         dead_leaves=settings.get("dead_leaves", 0),
         dead_leaves_fov=settings.get("dead_leaves_fov", 0.0),
+        dead_leaves_one_hue=settings.get("dead_leaves_one_hue", 0.0),
     )
 
 
@@ -216,6 +223,14 @@ def define_flags() -> None:
         DEFAULTS["dead_leaves_fov"],
         "Fraction of the --dead_leaves images framed in a circular field of "
         "view on black (as a microscope or fundus camera frames a picture).",
+        lower_bound=0.0,
+        upper_bound=1.0,
+    )
+    flags.DEFINE_float(
+        "dead_leaves_one_hue",
+        DEFAULTS["dead_leaves_one_hue"],
+        "Fraction of the --dead_leaves images drawn in one hue (every colour "
+        "within 0.04 of one random hue, as in a sunset or a stained slide).",
         lower_bound=0.0,
         upper_bound=1.0,
     )
