@@ -624,8 +624,12 @@ def run_task_settings(report: dict, run: dict) -> dict:
             ),
             key=lambda name: len(tgc.data.PHOTO_SETS[name]),
         )
+    leaves = {
+        key: report.get(key, train.DEFAULTS[key])
+        for key in ("dead_leaves", "dead_leaves_fov", "dead_leaves_one_hue")
+    }
     return train.settings(
-        {**report["views"], "photo_set": photo_set, "seed": run["seed"]}
+        {**report["views"], "photo_set": photo_set, "seed": run["seed"], **leaves}
     )
 
 
@@ -676,6 +680,9 @@ def train_run_row(name: str, run_dir: str, task=None) -> dict:
         "run_dir": run_dir,
         "task": report["task_description"],
         "photo_set": settings["photo_set"],
+        "dead_leaves": settings["dead_leaves"],
+        "dead_leaves_fov": settings["dead_leaves_fov"],
+        "dead_leaves_one_hue": settings["dead_leaves_one_hue"],
         "views": report["views"],
         "colour_skip": run["colour_skip"],
         "detail_skip": run.get("detail_skip", 0.0),
@@ -777,13 +784,24 @@ TONE_JITTERS = ("white_balance_jitter", "gamma_jitter", "channel_gamma_jitter")
 
 
 def _photo_set(run: dict) -> str:
-    """The run's photo set, and its tone jitters when on."""
-    jitters = [
+    """The run's photo set, its dead-leaves images and tone jitters when on."""
+    extras = [
         f"{key.replace('_', ' ')} {run['views'][key]:g}"
         for key in TONE_JITTERS
         if run["views"].get(key)
     ]
-    return ", ".join([run["photo_set"], *jitters])
+    if run.get("dead_leaves"):
+        shares = [
+            f"{run[key]:.0%} {what}"
+            for key, what in (
+                ("dead_leaves_fov", "framed"),
+                ("dead_leaves_one_hue", "one hue"),
+            )
+            if run.get(key)
+        ]
+        kinds = f" ({', '.join(shares)})" if shares else ""
+        extras.insert(0, f"{run['dead_leaves']} dead leaves{kinds}")
+    return ", ".join([run["photo_set"], *extras])
 
 
 def _runs_markdown(runs: list[dict]) -> str:
@@ -821,7 +839,7 @@ def _runs_markdown(runs: list[dict]) -> str:
             str(run["steps"]),
             str(run["seed"]),
             f"{run['macs'] / 1e9:.2f}",
-            f"{run['refit_psnr']:.2f}",
+            "-" if run["refit_psnr"] is None else f"{run['refit_psnr']:.2f}",
             f"**{run['psnr']:.2f}**",
             f"{run['detail_psnr']:.2f}",
             f"{run['ssim']:.3f}",

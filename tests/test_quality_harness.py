@@ -191,6 +191,11 @@ def test_a_run_task_is_its_reports_photo_set_or_the_smallest_with_its_sources():
     assert (standard["seed"], standard["crops_per_photo"]) == (2, 2)
     named = {**_report({"opencv-doc": 3}), "photo_set": "extended"}
     assert quality.run_task_settings(named, run)["photo_set"] == "extended"
+    # Dead-leaves images: from the report, off in reports written before them.
+    assert (standard["dead_leaves"], standard["dead_leaves_fov"]) == (0, 0.0)
+    leaves = {**named, "dead_leaves": 200, "dead_leaves_fov": 0.5}
+    settings = quality.run_task_settings(leaves, run)
+    assert (settings["dead_leaves"], settings["dead_leaves_fov"]) == (200, 0.5)
 
 
 def _run(name: str, psnr: float) -> dict:
@@ -233,7 +238,10 @@ def test_runs_get_their_own_table_and_earlier_runs_stay(tmp_path):
 
     quality.write_runs([_run("a", 26.42), _run("b", 26.58)], str(output_dir))
     detail = {**_run("c", 27.61), "colour_skip": True, "detail_skip": 2.0}
-    quality.write_runs([_run("b", 26.60), detail], str(output_dir))
+    # A resumed run whose report has no refit score, trained with dead leaves.
+    resumed = {**_run("d", 26.5), "refit_psnr": None, "dead_leaves": 200}
+    resumed["dead_leaves_fov"] = 0.5
+    quality.write_runs([_run("b", 26.60), detail, resumed], str(output_dir))
 
     markdown = (output_dir / "quality.md").read_text()
     assert markdown.startswith(harness + "\n## Main-job runs (`training.train`)")
@@ -247,6 +255,10 @@ def test_runs_get_their_own_table_and_earlier_runs_stay(tmp_path):
         "| c | extended, white balance jitter 0.5 | colour + detail 2 px |" in markdown
     )
     assert "b (earlier run)" not in markdown
+    assert (
+        "| d | extended, 200 dead leaves (50% framed), white balance jitter 0.5 "
+        "| none | 1600 | 0 | 1 | 2.75 | - | **26.50** |"
+    ) in markdown
     written = json.loads(table.read_text())
     assert (written["task"], written["rows"]) == (saved["task"], saved["rows"])
     assert [
@@ -255,6 +267,7 @@ def test_runs_get_their_own_table_and_earlier_runs_stay(tmp_path):
         ("a", 26.42, True),
         ("b", 26.60, False),
         ("c", 27.61, False),
+        ("d", 26.5, False),
     ]
     # A harness run afterwards keeps the runs.
     quality.write_tables(str(rows_dir), task_info, str(output_dir))

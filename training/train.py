@@ -16,7 +16,10 @@ the final score, else `--held_out_fraction` of your files (seeded, by
 file). Without them: the pretrained vintage CycleGAN teacher on the
 built-in photos (the README's main job). The view settings (`--photo_size`,
 `--crop_size`, `--crops_per_photo`, ...) say how many teacher runs the data
-cost; the teacher's outputs are cached on disk.
+cost; the teacher's outputs are cached on disk. `--dead_leaves=N` adds N
+synthetic dead-leaves images to the training photos
+(`tgc.data.dead_leaves_photos`; `--dead_leaves_fov` frames a fraction of
+them in a circular field of view), labelled by the teacher as the photos are.
 
 `--method` is any registered method (`training.methods.available()`), run
 through its phases by `training.pipeline` at `--macs_ratio` (default 20:
@@ -636,6 +639,9 @@ def run(**overrides) -> dict:
     report.update(
         method=config["method"],
         photo_set=config["photo_set"],
+        dead_leaves=config["dead_leaves"],
+        dead_leaves_fov=config["dead_leaves_fov"],
+        dead_leaves_one_hue=config["dead_leaves_one_hue"],
         strategy=config["strategy"],
         replicas=distribution.num_replicas_in_sync,
         description=method.description,

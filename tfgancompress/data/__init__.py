@@ -20,6 +20,8 @@ tells how many photos each source gave a split:
   teacher's output on exactly that view), computed once and cached on disk;
   `pseudo_pairs` for any teacher.
 * `edges2photos(split)`: (HED edge drawing, photo), cached.
+* `dead_leaves_photos(count)`: synthetic dead-leaves images drawn from a
+  seed (`synthetic`), written once as PNGs: extra training photos.
 
 All images are `float32` NHWC in [-1, 1].
 
@@ -67,6 +69,7 @@ from tfgancompress.data.pairs import (
     pseudo_pairs,
     vintage_pairs,
 )
+from tfgancompress.data.synthetic import dead_leaves_image, dead_leaves_photos
 
 __all__ = [
     "DEBIAN_SOURCES",
@@ -83,6 +86,8 @@ __all__ = [
     "Photo",
     "builtin_photos",
     "count_by_source",
+    "dead_leaves_image",
+    "dead_leaves_photos",
     "default_cache_dir",
     "default_photo_dir",
     "edges2photos",

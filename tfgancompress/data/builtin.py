@@ -292,6 +292,9 @@ def builtin_photos(
 def count_by_source(photos: Sequence[Photo]) -> dict[str, int]:
     """How many of `photos` each source gave, in `PHOTO_SETS["extended"]` order.
 
+    Other sources (synthetic photos, `synthetic`) follow, in order of first
+    appearance.
+
     Example:
 
     >>> train, held_out = split_by_source(builtin_photos())
@@ -299,7 +302,7 @@ def count_by_source(photos: Sequence[Photo]) -> dict[str, int]:
     """
     counts = {source: 0 for source in PHOTO_SETS["extended"]}
     for photo in photos:
-        counts[photo.source] += 1
+        counts[photo.source] = counts.get(photo.source, 0) + 1
     return {source: count for source, count in counts.items() if count}
 
 

@@ -31,6 +31,8 @@ from training.tasks.photos import (
 )
 from training.tasks.vintage import VIEWS, vintage_task
 
+# The seed of the dead-leaves images a task adds (`load`'s `dead_leaves`).
+DEAD_LEAVES_SEED = 17
 # The command-line choices of a task and their defaults (`load`'s arguments).
 DEFAULTS = {
     "teacher": None,
@@ -39,6 +41,9 @@ DEFAULTS = {
     "held_out": None,
     "held_out_fraction": DEFAULT_HELD_OUT_FRACTION,
     "photo_set": tgc.data.DEFAULT_PHOTO_SET,
+    "dead_leaves": 0,
+    "dead_leaves_fov": 0.0,
+    "dead_leaves_one_hue": 0.0,
     **dataclasses.asdict(VIEWS),
 }
 
@@ -53,6 +58,9 @@ def load(
     seed: int = 0,
     cache_dir=None,
     photo_set: str = tgc.data.DEFAULT_PHOTO_SET,
+    dead_leaves: int = 0,
+    dead_leaves_fov: float = 0.0,
+    dead_leaves_one_hue: float = 0.0,
 ) -> TaskData:
     """The task of these choices, loaded once.
 
@@ -71,6 +79,14 @@ def load(
         photo_set: Which built-in photos the vintage or teacher-only task
             trains on (`tgc.data.PHOTO_SETS`; the held-out photos are the
             same in every set).
+        dead_leaves: Synthetic dead-leaves images added to the training
+            photos (`tgc.data.dead_leaves_photos`, seed 17, 256 px): the
+            teacher labels their views too. Never validation, reference
+            or held-out photos; 0 (off) leaves the task's data key as it
+            was.
+        dead_leaves_fov: Fraction of them framed in a circular field of
+            view on black.
+        dead_leaves_one_hue: Fraction of them drawn in one hue.
 
     Returns:
         With no `teacher`, `photos` or `pairs`: the vintage task. With a
@@ -78,7 +94,8 @@ def load(
 
     Raises:
         ValueError: On `photos` and `pairs` together, data without a
-            teacher, or `held_out` without data.
+            teacher, `held_out` without data, or `dead_leaves` with
+            `pairs` (pairs bring their targets; nothing labels new inputs).
     """
     if photos is not None and pairs is not None:
         raise ValueError("Give photos or pairs, not both.")
@@ -92,18 +109,43 @@ def load(
         raise ValueError(
             "A held-out folder goes with your photos or pairs (--photos or --pairs)."
         )
+    if dead_leaves and pairs is not None:
+        raise ValueError(
+            f"dead_leaves={dead_leaves} needs a teacher to label the images; a "
+            "pairs task has no teacher runs. Leave --dead_leaves at 0 with --pairs."
+        )
     tgc.data.photo_set(photo_set)  # an unknown name fails before any loading
+    extra = tgc.data.dead_leaves_photos(
+        dead_leaves,
+        seed=DEAD_LEAVES_SEED,
+        field_of_view=dead_leaves_fov,
+        one_hue=dead_leaves_one_hue,
+    )
     if teacher is None:
-        return vintage_task(views, seed, cache_dir, photo_set)
+        return vintage_task(views, seed, cache_dir, photo_set, extra_train=extra)
     model, key = load_teacher(teacher)
     if photos is not None:
         return photo_task(
-            model, key, photos, held_out, held_out_fraction, views, seed, cache_dir
+            model,
+            key,
+            photos,
+            held_out,
+            held_out_fraction,
+            views,
+            seed,
+            cache_dir,
+            extra_train=extra,
         )
     if pairs is not None:
         return pair_task(model, key, pairs, held_out, held_out_fraction, views, seed)
     return builtin_task(
-        model, key, views, seed, cache_dir=cache_dir, photo_set=photo_set
+        model,
+        key,
+        views,
+        seed,
+        cache_dir=cache_dir,
+        photo_set=photo_set,
+        extra_train=extra,
     )
 
 
@@ -115,6 +157,9 @@ def from_settings(settings: dict) -> TaskData:
         views=Views.from_settings(settings),
         seed=settings["seed"],
         photo_set=settings.get("photo_set", tgc.data.DEFAULT_PHOTO_SET),
+        dead_leaves=settings.get("dead_leaves", 0),
+        dead_leaves_fov=settings.get("dead_leaves_fov", 0.0),
+        dead_leaves_one_hue=settings.get("dead_leaves_one_hue", 0.0),
     )
 
 
@@ -164,6 +209,30 @@ def define_flags() -> None:
         "laboratory photos, JPEG XL's test photos and two wallpaper packages, "
         "unpacked by `make photos-extended`). Held out: the same 9 "
         "scikit-image photos.",
+    )
+    flags.DEFINE_integer(
+        "dead_leaves",
+        DEFAULTS["dead_leaves"],
+        "Synthetic dead-leaves images (256 px, seeded; written once under the "
+        "view cache) added to the training photos, labelled by the teacher; "
+        "never validation, reference or held-out photos. 0: off.",
+        lower_bound=0,
+    )
+    flags.DEFINE_float(
+        "dead_leaves_fov",
+        DEFAULTS["dead_leaves_fov"],
+        "Fraction of the --dead_leaves images framed in a circular field of "
+        "view on black (as a microscope or fundus camera frames a picture).",
+        lower_bound=0.0,
+        upper_bound=1.0,
+    )
+    flags.DEFINE_float(
+        "dead_leaves_one_hue",
+        DEFAULTS["dead_leaves_one_hue"],
+        "Fraction of the --dead_leaves images drawn in one hue (every colour "
+        "within 0.04 of one random hue, as in a sunset or a stained slide).",
+        lower_bound=0.0,
+        upper_bound=1.0,
     )
     flags.DEFINE_integer(
         "photo_size",

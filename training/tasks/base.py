@@ -344,11 +344,13 @@ def assemble(
     training_views: Callable[[list], Arrays],
     central_views: Callable[[list], Arrays],
     sources: bool = False,
+    extra_train: Sequence = (),
 ) -> TaskData:
     """A `TaskData` from training and held-out photos and two view loaders.
 
     Splits validation and reference photos off the training photos
-    (`split_photos`), then loads each split's views.
+    (`split_photos`), appends `extra_train` to the training split, then
+    loads each split's views.
 
     Args:
         name: Short task name (result files).
@@ -364,10 +366,14 @@ def assemble(
         central_views: Photos -> float `(inputs, teacher outputs)` central
             views.
         sources: Count each split's photos by built-in source.
+        extra_train: Photos trained on only (synthetic images,
+            `tgc.data.dead_leaves_photos`): never validation or reference
+            photos, so the splits of the other photos stay as they were.
     """
     train, validation, reference = split_photos(
         train_photos, views.validation_photos, views.reference_photos, seed
     )
+    train = [*train, *extra_train]
     splits = {
         "train": train,
         "validation": validation,

@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+from collections.abc import Sequence
 from pathlib import Path
 
 import keras
@@ -139,6 +140,7 @@ def views_task(
     seed: int,
     cache_dir=None,
     sources: bool = False,
+    extra_train: Sequence = (),
 ) -> TaskData:
     """A photo task: the teacher's views of training and held-out photos.
 
@@ -154,6 +156,7 @@ def views_task(
         seed: Seed of the splits.
         cache_dir: View cache root (default `tgc.data.default_cache_dir()`).
         sources: Count each split's photos by built-in source.
+        extra_train: Photos added to the training split only (`assemble`).
 
     Returns:
         The loaded `TaskData`.
@@ -178,6 +181,7 @@ def views_task(
         training_views=training_views,
         central_views=central_views,
         sources=sources,
+        extra_train=extra_train,
     )
 
 
@@ -209,6 +213,7 @@ def builtin_task(
     cache_dir=None,
     name: str = "builtin",
     photo_set: str = tgc.data.DEFAULT_PHOTO_SET,
+    extra_train: Sequence = (),
 ) -> TaskData:
     """`teacher` on the built-in photos, held out by source.
 
@@ -224,6 +229,8 @@ def builtin_task(
         photo_set: Which built-in photos (`tgc.data.PHOTO_SETS`); the
             default "standard" set keeps the task's data key as it was
             before the extended set existed.
+        extra_train: Photos added to the training split only (synthetic
+            images: `tgc.data.dead_leaves_photos`).
 
     Raises:
         ValueError: On an unknown photo set, or "extended" with none of its
@@ -244,6 +251,7 @@ def builtin_task(
         seed,
         cache_dir,
         sources=True,
+        extra_train=extra_train,
     )
 
 
@@ -256,6 +264,7 @@ def photo_task(
     views: Views | None = None,
     seed: int = 0,
     cache_dir=None,
+    extra_train: Sequence = (),
 ) -> TaskData:
     """`teacher` on your photos: a folder, and a held-out folder or fraction.
 
@@ -269,6 +278,7 @@ def photo_task(
         views: How to cut the views (default `Views()`).
         seed: Seed of the splits.
         cache_dir: View cache root.
+        extra_train: Photos added to the training split only.
 
     Raises:
         FileNotFoundError: If a folder does not exist.
@@ -289,4 +299,5 @@ def photo_task(
         views,
         seed,
         cache_dir,
+        extra_train=extra_train,
     )

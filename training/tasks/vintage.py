@@ -17,6 +17,8 @@ and sizes.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import tfgancompress as tgc
 from training.tasks.base import TaskData, Views
 from training.tasks.photos import builtin_task
@@ -40,6 +42,7 @@ def vintage_task(
     seed: int = 0,
     cache_dir=None,
     photo_set: str = tgc.data.DEFAULT_PHOTO_SET,
+    extra_train: Sequence = (),
 ) -> TaskData:
     """The vintage teacher on the built-in photos (see the module docstring).
 
@@ -48,6 +51,7 @@ def vintage_task(
         seed: Seed of the validation and reference draws.
         cache_dir: View cache root (default `tgc.data.default_cache_dir()`).
         photo_set: Which built-in photos (`tgc.data.PHOTO_SETS`).
+        extra_train: Photos added to the training split only.
     """
     return builtin_task(
         tgc.models.pretrained("vintage"),
@@ -57,4 +61,5 @@ def vintage_task(
         cache_dir=cache_dir,
         name="vintage",
         photo_set=photo_set,
+        extra_train=extra_train,
     )
