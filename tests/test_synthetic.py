@@ -58,6 +58,7 @@ def test_dead_leaves_photos_are_written_once_and_keep_their_prefix(tmp_path):
     )
     dark = [np.asarray(Image.open(p.path))[:3, :3].max() <= 10 for p in framed]
     assert 10 <= sum(dark) <= 30
+    assert dark == [p.name.endswith("-framed") for p in framed]
     assert tgc.data.count_by_source([*photos, *more]) == {"dead-leaves": 8}
     # One hue: drawn from a stream of its own, so the other images stay.
     hued = tgc.data.dead_leaves_photos(
@@ -90,6 +91,8 @@ def test_a_task_trains_on_dead_leaves_but_never_scores_on_them(tmp_path, monkeyp
 
     plain, leaves = load(), load(dead_leaves=3)
     assert leaves.key != plain.key and load(dead_leaves=0).key == plain.key
+    # Framed images are other images: another key (runs and rows follow it).
+    assert load(dead_leaves=3, dead_leaves_fov=1.0).key != leaves.key
     for split in ("validation", "held_out", "reference"):
         assert leaves.photo_names[split] == plain.photo_names[split]
     added = [f"dead-leaves/{i:04d}" for i in range(3)]

@@ -25,7 +25,6 @@ image = tgc.data.dead_leaves_image(256, seed=0)      # uint8 (256, 256, 3)
 from __future__ import annotations
 
 import colorsys
-import io
 import os
 from pathlib import Path
 
@@ -126,12 +125,6 @@ def dead_leaves_image(
     return np.clip(np.round(noisy), 0, 255).astype(np.uint8)
 
 
-def _png_bytes(image: np.ndarray) -> bytes:
-    buffer = io.BytesIO()
-    Image.fromarray(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
 def dead_leaves_photos(
     count: int,
     *,
@@ -162,7 +155,9 @@ def dead_leaves_photos(
             under `default_cache_dir()`); files already there are reused.
 
     Returns:
-        `Photo`s of source `"dead-leaves"`, named `0000`, `0001`, ...
+        `Photo`s of source `"dead-leaves"`, named `0000`, `0001`, ...,
+        with `-framed` and `-hue` for the framed and one-hue images (a
+        task's data key follows the names).
 
     Raises:
         ValueError: On a negative count or a fraction outside [0, 1].
@@ -185,15 +180,17 @@ def dead_leaves_photos(
     folder.mkdir(parents=True, exist_ok=True)
     photos = []
     for index in range(count):
-        path = folder / f"{index:04d}.png"
+        rng = np.random.default_rng([seed, index])
+        framed = bool(rng.random() < field_of_view)
+        hue_rng = np.random.default_rng([seed, index, 1])
+        one = hue_rng.random() < one_hue
+        band = (hue_rng.random(), ONE_HUE_WIDTH) if one else None
+        # The name tells the kind: tasks key their data on photo names.
+        name = f"{index:04d}" + ("-framed" if framed else "") + ("-hue" if one else "")
+        path = folder / f"{name}.png"
         if not path.is_file():
-            rng = np.random.default_rng([seed, index])
-            framed = bool(rng.random() < field_of_view)
-            hue_rng = np.random.default_rng([seed, index, 1])
-            one = hue_rng.random() < one_hue
-            band = (hue_rng.random(), ONE_HUE_WIDTH) if one else None
             image = dead_leaves_image(size, rng, framed, band)
-            with atomic.atomic_write(path, "wb") as file:
-                file.write(_png_bytes(image))
-        photos.append(Photo(SOURCE, f"{index:04d}", path))
+            with atomic.atomic_path(path) as temporary:
+                Image.fromarray(image).save(temporary)
+        photos.append(Photo(SOURCE, name, path))
     return photos
