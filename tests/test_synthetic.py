@@ -67,6 +67,13 @@ def test_dead_leaves_photos_are_written_once_and_keep_their_prefix(tmp_path):
     same = [a.read_bytes() == b.read_bytes() for a, b in zip(hued, more, strict=True)]
     assert 0 < sum(same) < 5
     assert tgc.data.dead_leaves_photos(0, folder=tmp_path / "d") == []
+    # Without a folder: under the cache root, named for the settings.
+    cached = tgc.data.dead_leaves_photos(
+        3, size=32, seed=1, field_of_view=0.5, cache_dir=tmp_path / "root"
+    )
+    folder = tmp_path / "root" / "synthetic" / "dead-leaves-32px-seed1-fov0.5"
+    assert [p.path for p in cached] == [folder / f"{p.name}.png" for p in cached]
+    assert [p.read_bytes() for p in cached] == [p.read_bytes() for p in framed[:3]]
     with pytest.raises(ValueError, match="count must be >= 0, got -1"):
         tgc.data.dead_leaves_photos(-1)
     with pytest.raises(ValueError, match=r"field_of_view must be in \[0, 1\], got 2"):
@@ -74,7 +81,7 @@ def test_dead_leaves_photos_are_written_once_and_keep_their_prefix(tmp_path):
 
 
 def test_a_task_trains_on_dead_leaves_but_never_scores_on_them(tmp_path, monkeypatch):
-    monkeypatch.setenv("TFGANCOMPRESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("TFGANCOMPRESS_CACHE", str(tmp_path / "default"))
     write_photos(tmp_path / "photos", 8)
     teacher = tgc.models.resnet_generator(ngf=8, n_blocks=1, affine=True)
     teacher_file = tmp_path / "teacher.keras"
@@ -86,10 +93,14 @@ def test_a_task_trains_on_dead_leaves_but_never_scores_on_them(tmp_path, monkeyp
             photos=tmp_path / "photos",
             held_out_fraction=0.25,
             views=VIEWS,
+            cache_dir=tmp_path / "cache",
             **leaves,
         )
 
     plain, leaves = load(), load(dead_leaves=3)
+    # The images go under the task's cache root, with its teacher views.
+    assert len(list((tmp_path / "cache" / "synthetic").glob("*/*.png"))) == 3
+    assert not (tmp_path / "default").exists()
     assert leaves.key != plain.key and load(dead_leaves=0).key == plain.key
     # Framed images are other images: another key (runs and rows follow it).
     assert load(dead_leaves=3, dead_leaves_fov=1.0).key != leaves.key

@@ -133,6 +133,7 @@ def dead_leaves_photos(
     field_of_view: float = 0.0,
     one_hue: float = 0.0,
     folder: str | os.PathLike | None = None,
+    cache_dir: str | os.PathLike | None = None,
 ) -> list[Photo]:
     """`count` dead-leaves images as photos, written as PNGs once and reused.
 
@@ -152,7 +153,9 @@ def dead_leaves_photos(
             `ONE_HUE_WIDTH / 2` of one random hue (as in a sunset, under
             water or a stained slide), in [0, 1].
         folder: Where the PNGs go (default: `synthetic/dead-leaves-...`
-            under `default_cache_dir()`); files already there are reused.
+            under `cache_dir`); files already there are reused.
+        cache_dir: Cache root of the default `folder` (default
+            `default_cache_dir()`, as for the teacher's views).
 
     Returns:
         `Photo`s of source `"dead-leaves"`, named `0000`, `0001`, ...,
@@ -175,7 +178,8 @@ def dead_leaves_photos(
             name += f"-fov{field_of_view:g}"
         if one_hue:
             name += f"-hue{one_hue:g}"
-        folder = default_cache_dir() / "synthetic" / name
+        root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+        folder = root / "synthetic" / name
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     photos = []

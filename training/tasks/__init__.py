@@ -75,7 +75,7 @@ def load(
         held_out_fraction: See `held_out`.
         views: How to cut views.
         seed: Seed of the splits.
-        cache_dir: View cache root.
+        cache_dir: View cache root (the dead-leaves PNGs go there too).
         photo_set: Which built-in photos the vintage or teacher-only task
             trains on (`tgc.data.PHOTO_SETS`; the held-out photos are the
             same in every set).
@@ -120,6 +120,7 @@ def load(
         seed=DEAD_LEAVES_SEED,
         field_of_view=dead_leaves_fov,
         one_hue=dead_leaves_one_hue,
+        cache_dir=cache_dir,
     )
     if teacher is None:
         return vintage_task(views, seed, cache_dir, photo_set, extra_train=extra)
