@@ -105,7 +105,8 @@ test: install
 
 train: install photos-extended
 	$(PYTHON) -m training.train --photo_set=extended --match_steps=1600 --steps=0 \
-		--nocolour_skip --detail_skip=2 --output_dir=outputs/vintage
+		--nocolour_skip --detail_skip=2 --dead_leaves=400 --dead_leaves_fov=0.5 \
+		--output_dir=outputs/vintage
 
 demo: install
 	$(PYTHON) -m tfgancompress.demo

@@ -4,7 +4,8 @@
     python -m training.train --teacher=G.keras --pairs=facades/train
     python -m training.train --output_dir=outputs/vintage      # the built-in task
     python -m training.train --photo_set=extended --match_steps=1600 --steps=0 \
-        --nocolour_skip --detail_skip=2                    # what `make train` runs
+        --nocolour_skip --detail_skip=2 \
+        --dead_leaves=400 --dead_leaves_fov=0.5            # what `make train` runs
     python -m training.train --method=uniform --macs_ratio=25
     python -m training.train --method=distill --method_options=lambda_distill=2
 
@@ -19,7 +20,8 @@ built-in photos (the README's main job). The view settings (`--photo_size`,
 cost; the teacher's outputs are cached on disk. `--dead_leaves=N` adds N
 synthetic dead-leaves images to the training photos
 (`tgc.data.dead_leaves_photos`; `--dead_leaves_fov` frames a fraction of
-them in a circular field of view), labelled by the teacher as the photos are.
+them in a circular field of view), labelled by the teacher as the photos are;
+`make train` adds 400, half of them framed.
 
 `--method` is any registered method (`training.methods.available()`), run
 through its phases by `training.pipeline` at `--macs_ratio` (default 20:
