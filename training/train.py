@@ -1,4 +1,4 @@
-"""Compress a generator on a task: your teacher and photos, or the built-in task.
+r"""Compress a generator on a task: your teacher and photos, or the built-in task.
 
     python -m training.train --teacher=G.pth --photos=my_photos/ [--held_out=DIR]
     python -m training.train --teacher=G.keras --pairs=facades/train
