@@ -178,8 +178,7 @@ def dead_leaves_photos(
             name += f"-fov{field_of_view:g}"
         if one_hue:
             name += f"-hue{one_hue:g}"
-        root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-        folder = root / "synthetic" / name
+        folder = Path(cache_dir or default_cache_dir()) / "synthetic" / name
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     photos = []
